@@ -1,0 +1,58 @@
+"""Run-time compatibility for a pure-Python Detectron2 v0.6 on numpy 2 / Pillow >= 10.
+
+Imported by ``crbp_d2/__init__.py`` before anything imports detectron2. Every patch is applied
+only when missing, so with upstream Detectron2 (compiled ``_C``, newer code) it is a no-op, and it
+is harmless when detectron2 is not installed at all.
+"""
+import importlib.util
+import os
+import sys
+import types
+
+import numpy as np
+
+
+def _patch_numpy_aliases() -> None:
+    # numpy >= 1.24 removed these aliases; Detectron2 v0.6 still uses np.int / np.float / np.str.
+    for name, typ in (("int", int), ("float", float), ("str", str), ("object", object), ("bool", bool)):
+        if name not in vars(np):
+            setattr(np, name, typ)
+
+
+def _patch_pillow() -> None:
+    try:
+        import PIL.Image
+    except ImportError:
+        return
+    if not hasattr(PIL.Image, "LINEAR"):  # removed in Pillow 10; a v0.6 default argument uses it
+        PIL.Image.LINEAR = PIL.Image.BILINEAR
+
+
+def _stub_missing_extension() -> None:
+    """v0.6 imports ``detectron2._C`` at module level; PyPI's sources cannot build it."""
+    # Look for the compiled extension on disk instead of importing it: importing detectron2 here
+    # would make every ``import crbp_d2`` pay for (and depend on) detectron2.
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or "detectron2._C" in sys.modules:
+        return
+    for folder in spec.submodule_search_locations or []:
+        if any(name.startswith("_C.") for name in os.listdir(folder)):
+            return
+    stub = types.ModuleType("detectron2._C")
+
+    def _missing(name: str):
+        raise AttributeError(
+            f"detectron2._C.{name}: the compiled Detectron2 extension is not available "
+            "(deformable conv, rotated boxes and the fast COCO evaluator need it)"
+        )
+
+    stub.__getattr__ = _missing  # type: ignore[attr-defined]
+    stub.get_compiler_version = lambda: "detectron2._C not built (pure-Python install)"
+    stub.get_cuda_version = lambda: "not available"
+    stub.has_cuda = lambda: False
+    sys.modules["detectron2._C"] = stub
+
+
+_patch_numpy_aliases()
+_patch_pillow()
+_stub_missing_extension()

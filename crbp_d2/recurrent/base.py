@@ -1,0 +1,120 @@
+"""The cell protocol shared by every recurrent cell, and helpers for (possibly tuple) states."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+State = Union[Tensor, Tuple[Tensor, ...]]
+
+NONLINEARITIES: dict[str, Callable[[Tensor], Tensor]] = {
+    "softplus": nn.functional.softplus,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+}
+
+
+def state_parts(state: State) -> Tuple[Tensor, ...]:
+    """A state as a tuple of tensors (a plain tensor becomes a 1-tuple)."""
+    return state if isinstance(state, tuple) else (state,)
+
+
+def state_like(parts: Sequence[Tensor], template: State) -> State:
+    """Rebuild a state with the structure of ``template`` from its parts."""
+    return tuple(parts) if isinstance(template, tuple) else parts[0]
+
+
+def state_norm(parts: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of the concatenation of all parts (a 0-d tensor)."""
+    return torch.sqrt(sum((p.detach().double() ** 2).sum() for p in parts))
+
+
+def get_nonlinearity(name: str) -> Callable[[Tensor], Tensor]:
+    if name not in NONLINEARITIES:
+        raise ValueError(f"unknown nonlinearity {name!r}; choose one of {sorted(NONLINEARITIES)}")
+    return NONLINEARITIES[name]
+
+
+def make_norm(
+    kind: str, channels: int, *, eps: float = 1e-5, groups: int = 32, weight_init: float = 0.1
+) -> nn.Module:
+    """A normalisation layer usable *inside* a recurrent cell (it is double-differentiated by LCP).
+
+    Args:
+        kind: "BN" (batch statistics at train and test time, no running stats, as in the authors'
+            Pathfinder cell), "GN" (GroupNorm with ``groups`` groups), "IN" (instance norm, affine)
+            or "" / "none" (identity).
+        channels: number of channels C of the (B, C, H, W) input.
+        weight_init: initial scale (the authors use 0.1 for every norm inside the cell).
+    """
+    if kind in ("", "none"):
+        return nn.Identity()
+    if kind in ("SyncBN", "NaiveSyncBN", "FrozenBN"):
+        raise ValueError(
+            f"norm {kind!r} cannot be used inside a recurrent cell: SyncBatchNorm has no double "
+            "backward (needed by LCP) and frozen statistics are not a per-step norm; use 'GN' or 'BN'"
+        )
+    if kind == "BN":
+        layer: nn.Module = nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)
+    elif kind == "GN":
+        if channels % groups != 0:
+            raise ValueError(f"GroupNorm: channels ({channels}) must be divisible by groups ({groups})")
+        layer = nn.GroupNorm(groups, channels, eps=eps)
+    elif kind == "IN":
+        layer = nn.GroupNorm(channels, channels, eps=eps)
+    else:
+        raise ValueError(f"unknown cell norm {kind!r}; choose one of 'BN', 'GN', 'IN', ''")
+    nn.init.constant_(layer.weight, weight_init)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def chronos_bias_(bias: Tensor, timescale: float, apply_log: bool) -> Tensor:
+    """Fill ``bias`` in place with the chronos gate-bias init, U(1, T-1) or its log.
+
+    The authors' code calls ``.log()`` out of place, so the log never happens; ``apply_log=False``
+    reproduces that (update gates start almost closed). T <= 2 gives a constant 1 (or 0 with log).
+    """
+    high = max(float(timescale) - 1.0, 1.0)
+    with torch.no_grad():
+        bias.uniform_(1.0, high)
+        if apply_log:
+            bias.log_()
+    return bias
+
+
+class RecurrentCell(nn.Module):
+    """A module mapping (drive, state) to the next state, with time-invariant parameters.
+
+    Subclasses implement :meth:`forward`. The engine calls :meth:`prepare` once per input (work
+    that depends only on the input, e.g. the convLSTM's input convolutions), :meth:`init_state`
+    for h0 = 0 and :meth:`output` to read the tensor a readout consumes.
+
+    Attributes:
+        implicit_components: indices of the state parts the implicit (RBP) gradient and the LCP
+            treat as the state; ``None`` means all parts jointly (the correct choice).
+        lcp_blockwise: compute the LCP per part against its own previous value only (the
+            authors' convLSTM), instead of on the joint Jacobian.
+    """
+
+    implicit_components: Optional[Tuple[int, ...]] = None
+    lcp_blockwise: bool = False
+    hidden_channels: int
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) input -> the drive passed to every step. Identity by default."""
+        return x
+
+    def init_state(self, drive: Tensor) -> State:
+        """Zero state for a (B, *, H, W) drive: (B, hidden_channels, H, W)."""
+        b, _, h, w = drive.shape
+        return drive.new_zeros((b, self.hidden_channels, h, w))
+
+    def output(self, state: State) -> Tensor:
+        """The (B, hidden_channels, H, W) tensor a readout sees (the hidden state h)."""
+        return state_parts(state)[0]
+
+    def forward(self, drive: Tensor, state: State) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,262 @@
+"""The recurrent core's gradients against exact float64 references (dense Jacobians, gradcheck)."""
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from crbp_d2.recurrent import (
+    ConvLSTMCell,
+    HGRUCell,
+    HGRUCellD2,
+    RecurrentCell,
+    RecurrentEngine,
+    neumann_series,
+)
+from crbp_d2.recurrent.base import state_parts
+
+DTYPE = torch.float64
+
+
+class LinearCell(RecurrentCell):
+    """F(x, h) = A h + B x on flattened (B, n, 1, 1) states: the exact gradients are known."""
+
+    def __init__(self, n: int, spectral_radius: float = 0.7) -> None:
+        super().__init__()
+        self.hidden_channels = n
+        a = torch.randn(n, n, dtype=DTYPE)
+        a = a * (spectral_radius / torch.linalg.eigvals(a).abs().max())
+        self.a = nn.Parameter(a)
+        self.b = nn.Parameter(torch.randn(n, n, dtype=DTYPE) / n**0.5)
+
+    def forward(self, drive, state):
+        h, x = state[..., 0, 0], drive[..., 0, 0]
+        return (h @ self.a.T + x @ self.b.T)[..., None, None]
+
+
+def _contractive_d2_cell() -> HGRUCellD2:
+    cell = HGRUCellD2(channels=4, kernel_size=3, timesteps=6, norm_groups=2).to(DTYPE)
+    with torch.no_grad():  # open the update gate so the fixed point is reached in a few hundred steps
+        cell.gate_exc.bias.fill_(2.0)
+    return cell
+
+
+CELLS = {
+    "hgru": lambda: HGRUCell(channels=3, kernel_size=3).to(DTYPE),
+    "hgru_gn": lambda: HGRUCell(channels=3, kernel_size=3, norm="GN").to(DTYPE),
+    "hgru_d2": _contractive_d2_cell,
+    "convlstm": lambda: ConvLSTMCell(3, 3, kernel_size=3).to(DTYPE),
+}
+
+
+def _input_for(cell: RecurrentCell) -> torch.Tensor:
+    channels = cell.hidden_channels if not isinstance(cell, ConvLSTMCell) else 3
+    return torch.rand(2, channels, 5, 5, dtype=DTYPE)
+
+
+def _flat(parts):
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
+def _unflat(vector, like):
+    out, i = [], 0
+    for p in like:
+        out.append(vector[i : i + p.numel()].view_as(p))
+        i += p.numel()
+    return tuple(out)
+
+
+def _dense_jacobian(cell, drive, state):
+    """J[i, j] = d F(state)_i / d state_j over all parts, flattened."""
+    parts = state_parts(state)
+
+    def step(flat):
+        new = cell(drive, type(state)(_unflat(flat, parts)) if isinstance(state, tuple) else flat.view_as(state))
+        return _flat(state_parts(new))
+
+    return torch.autograd.functional.jacobian(step, _flat(parts))
+
+
+def _fixed_point(cell, x, steps=600):
+    engine = RecurrentEngine(cell, steps=steps, method="rbp")
+    with torch.no_grad():
+        out = engine(x)
+    assert out.diagnostics.residual < 1e-12, "test cell did not converge"
+    return out.state
+
+
+def _param_grads_from_vector(cell, drive_fn, x, state, vector):
+    """(dF/dtheta)^T v and (dF/dx)^T v at ``state`` for a flattened adjoint ``vector``."""
+    x = x.detach().requires_grad_()
+    new = state_parts(cell(drive_fn(x), state))
+    params = [p for p in cell.parameters()]
+    grads = torch.autograd.grad(new, params + [x], _unflat(vector, new), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [x], grads)]
+
+
+def _rbp_grads(cell, x, steps, terms, weights):
+    engine = RecurrentEngine(cell, steps=steps, method="rbp", neumann_steps=terms)
+    x = x.detach().requires_grad_()
+    cell.zero_grad()
+    out = engine(x)
+    loss = sum((w * p).sum() for w, p in zip(weights, state_parts(out.state)))
+    loss.backward()
+    return [p.grad.clone() for p in cell.parameters()] + [x.grad.clone()], out
+
+
+def _rel_err(got, want):
+    got, want = torch.cat([g.reshape(-1) for g in got]), torch.cat([w.reshape(-1) for w in want])
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("name", ["linear"] + list(CELLS))
+def test_rbp_equals_exact_implicit_gradient(name):
+    if name == "linear":
+        cell = LinearCell(6)
+        x = torch.randn(3, 6, 1, 1, dtype=DTYPE)
+    else:
+        cell = CELLS[name]()
+        x = _input_for(cell)
+    h_star = _fixed_point(cell, x)
+    weights = [torch.randn_like(p) for p in state_parts(h_star)]
+    jac = _dense_jacobian(cell, cell.prepare(x).detach(), h_star)
+    assert torch.linalg.eigvals(jac).abs().max() < 1.0
+    adjoint = torch.linalg.solve(torch.eye(jac.shape[0], dtype=DTYPE) - jac.T, _flat(weights))
+    exact = _param_grads_from_vector(cell, cell.prepare, x, h_star, adjoint)
+    got, _ = _rbp_grads(cell, x, steps=600, terms=400, weights=weights)
+    assert _rel_err(got, exact) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["linear", "hgru", "convlstm"])
+@pytest.mark.parametrize("terms", [1, 3, 7])
+def test_rbp_with_k_terms_is_the_k_term_partial_sum(name, terms):
+    if name == "linear":
+        cell = LinearCell(5)
+        x = torch.randn(2, 5, 1, 1, dtype=DTYPE)
+    else:
+        cell = CELLS[name]()
+        x = _input_for(cell)
+    steps = 9  # not converged on purpose: the partial sum is taken at h_{N-1}, whatever it is
+    engine = RecurrentEngine(cell, steps=steps - 1, method="rbp")
+    with torch.no_grad():
+        h_prev = engine(x).state
+    weights = [torch.randn_like(p) for p in state_parts(h_prev)]
+    jac = _dense_jacobian(cell, cell.prepare(x).detach(), h_prev)
+    g0 = _flat(weights)
+    term, partial = g0.clone(), g0.clone()
+    for _ in range(terms):
+        term = jac.T @ term
+        partial = partial + term
+    exact = _param_grads_from_vector(cell, cell.prepare, x, h_prev, partial)
+    got, out = _rbp_grads(cell, x, steps=steps, terms=terms, weights=weights)
+    assert _rel_err(got, exact) < 1e-10
+    assert out.diagnostics.neumann_terms == terms and out.diagnostics.cap_fired is False
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_bptt_passes_gradcheck(name):
+    cell = CELLS[name]()
+    engine = RecurrentEngine(cell, steps=3, method="bptt")
+    x = _input_for(cell).requires_grad_()
+    params = dict(cell.named_parameters())
+    names = list(params)
+
+    def run(x_in, *values):
+        out = functional_call(engine, {f"cell.{n}": v for n, v in zip(names, values)}, (x_in,))
+        return tuple(state_parts(out.state))
+
+    # A few parameters keep gradcheck fast; x covers the path through every step.
+    chosen = [params[n].detach().clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(run, (x, *chosen), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_tbptt_tracks_only_the_last_k_steps():
+    cell = LinearCell(4)
+    x = torch.randn(2, 4, 1, 1, dtype=DTYPE, requires_grad=True)
+    engine = RecurrentEngine(cell, steps=6, method="tbptt", tbptt_steps=2)
+    out = engine(x)
+    out.state.sum().backward()
+    a, b = cell.a.detach(), cell.b.detach()
+    # h6 = A h5 + B x, h5 = A h4 + B x with h4 detached: dL/dx = 1^T (B + A B)
+    ones = torch.ones(2, 4, dtype=DTYPE)
+    expected = ones @ b + ones @ a @ b
+    torch.testing.assert_close(x.grad[..., 0, 0], expected)
+
+
+def test_bptt_converges_to_rbp_on_a_contraction():
+    cell = LinearCell(5, spectral_radius=0.5)
+    x = torch.randn(2, 5, 1, 1, dtype=DTYPE)
+    weights = [torch.randn(2, 5, 1, 1, dtype=DTYPE)]
+    got_rbp, _ = _rbp_grads(cell, x, steps=120, terms=120, weights=weights)
+    engine = RecurrentEngine(cell, steps=120, method="bptt")
+    cell.zero_grad()
+    xb = x.clone().requires_grad_()
+    (engine(xb).state * weights[0]).sum().backward()
+    got_bptt = [p.grad for p in cell.parameters()] + [xb.grad]
+    assert _rel_err(got_bptt, got_rbp) < 1e-8
+
+
+def test_convlstm_h_only_reproduces_the_authors_block_approximation():
+    torch.manual_seed(1)
+    joint = ConvLSTMCell(2, 2, kernel_size=3).to(DTYPE)
+    h_only = ConvLSTMCell(2, 2, kernel_size=3, implicit_state="h_only").to(DTYPE)
+    h_only.load_state_dict(joint.state_dict())
+    x = torch.rand(1, 2, 4, 4, dtype=DTYPE)
+    h_prev = RecurrentEngine(joint, steps=5, method="rbp")(x).state
+    h_prev = tuple(p.detach() for p in h_prev)
+    w = torch.randn_like(h_prev[0])
+    jac = _dense_jacobian(joint, joint.prepare(x).detach(), h_prev)
+    n = h_prev[0].numel()
+    jhh = jac[:n, :n]  # d h' / d h
+    g = w.reshape(-1).clone()
+    term = g.clone()
+    for _ in range(4):
+        term = jhh.T @ term
+        g = g + term
+    # Gradient enters through h' only; the c' output has zero cotangent.
+    adjoint = torch.cat([g, torch.zeros(n, dtype=DTYPE)])
+    exact = _param_grads_from_vector(h_only, h_only.prepare, x, h_prev, adjoint)
+    engine = RecurrentEngine(h_only, steps=6, method="rbp", neumann_steps=4)
+    xg = x.clone().requires_grad_()
+    (engine(xg).state[0] * w).sum().backward()
+    got = [p.grad for p in h_only.parameters()] + [xg.grad]
+    assert _rel_err(got, exact) < 1e-10
+
+
+def test_norm_caps_follow_the_authors_rules():
+    # J^T = 0.6 I on a 1-D state: terms 0.6^k g0, all shrinking.
+    g0 = (torch.tensor([0.5], dtype=DTYPE),)
+
+    def vjp(v):
+        return (0.6 * v[0],)
+
+    partial = lambda k: sum(0.5 * 0.6**i for i in range(k + 1))  # noqa: E731
+    # No cap: plain 5-term sum.
+    assert float(neumann_series(vjp, g0, 5, "none")[0]) == pytest.approx(partial(5))
+    # Pathfinder: stop at the first term pushing ||g|| over 1 (0.5+0.3+0.18 = 0.98; +0.108 > 1).
+    from crbp_d2.recurrent.neumann import NeumannStats
+
+    stats = NeumannStats()
+    out = neumann_series(vjp, g0, 10, "pathfinder", stats=stats)
+    assert float(out[0]) == pytest.approx(partial(2)) and stats.terms_used == 2 and stats.cap_fired
+    # Detectron2: a tripping term is skipped but the series goes on from it. Terms 1-2 are kept
+    # (0.98), 3-6 trip, 7 is kept (0.98 + 0.5*0.6**7), 8 trips, 9 is kept, 10 trips: the sum saved at
+    # the last trip (before term 10) is returned.
+    stats = NeumannStats()
+    out = neumann_series(vjp, g0, 10, "detectron2", stats=stats)
+    expected = partial(2) + 0.5 * 0.6**7 + 0.5 * 0.6**9
+    assert float(out[0]) == pytest.approx(expected) and stats.cap_fired and stats.terms_used == 4
+
+    # A series that trips once and then recovers: the two caps differ.
+    scales = iter([2.0, 0.1, 0.1, 0.1])
+
+    def bumpy(v):
+        return (next(scales) * v[0],)
+
+    g0 = (torch.tensor([0.1], dtype=DTYPE),)
+    pathfinder = neumann_series(bumpy, g0, 4, "pathfinder")[0]
+    assert float(pathfinder) == pytest.approx(0.1)  # first term grows: nothing added
+    scales = iter([2.0, 0.1, 0.1, 0.1])
+    d2 = neumann_series(bumpy, g0, 4, "detectron2")[0]
+    # D2 skips the 0.2 term but continues from it: 0.1 + 0.02 + 0.002 + 0.0002, then returns the
+    # sum saved at the (only) trip, which is 0.1.
+    assert float(d2) == pytest.approx(0.1)
