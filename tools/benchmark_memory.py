@@ -100,6 +100,16 @@ def measure_one(args: argparse.Namespace, method: str, steps: int) -> Dict:
     }
 
 
+def _out_of_memory_record(args: argparse.Namespace, method: str, steps: int) -> Dict:
+    total = torch.cuda.get_device_properties(0).total_memory
+    return {
+        "method": method, "steps": steps, "saved_bytes": None, "peak_bytes": None,
+        "step_bytes": None, "seconds": None, "error": f"out of memory (card has {total} bytes)",
+        "device": torch.cuda.get_device_name(0), "batch": args.batch, "channels": args.channels,
+        "kernel": args.kernel, "size": args.size, "torch": torch.__version__,
+    }
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -132,7 +142,10 @@ def write_plot(records: List[Dict], path: str) -> None:
             ("seconds", "seconds per step")]
     for ax, (key, label) in zip(axes, keys):
         for method in dict.fromkeys(r["method"] for r in records):
-            rows = sorted((r for r in records if r["method"] == method), key=lambda r: r["steps"])
+            rows = sorted(
+                (r for r in records if r["method"] == method and not r.get("error")),
+                key=lambda r: r["steps"],
+            )
             scale = 2**20 if key.endswith("bytes") else 1
             ax.plot([r["steps"] for r in rows], [r[key] / scale for r in rows], "o-", label=method)
         ax.set_xlabel("recurrent steps N")
@@ -154,6 +167,9 @@ def format_table(records: List[Dict]) -> str:
     lines = ["| method | steps | saved for backward (MiB) | peak (MiB) | step peak (MiB) | seconds |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in records:
+        if r.get("error"):
+            lines.append(f"| {r['method']} | {r['steps']} | {r['error']} | | | |")
+            continue
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['saved_bytes'] / 2**20:.1f} | "
             f"{r['peak_bytes'] / 2**20:.0f} | {r['step_bytes'] / 2**20:.0f} | {r['seconds']:.2f} |"
@@ -208,7 +224,10 @@ def main(argv=None) -> List[Dict]:
     records = []
     for method, steps in tqdm(configs, desc="benchmark", unit="config"):
         if args.device.startswith("cuda"):
-            records.append(measure_one(args, method, steps))
+            try:
+                records.append(measure_one(args, method, steps))
+            except torch.cuda.OutOfMemoryError:
+                records.append(_out_of_memory_record(args, method, steps))
             torch.cuda.empty_cache()
         else:
             records.append(_run_isolated(args, method, steps))

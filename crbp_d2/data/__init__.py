@@ -1,0 +1,72 @@
+"""Data for the Detectron2 side: COCO panoptic helpers, the synthetic panoptic dataset, and its
+registration with Detectron2.
+
+Importing this package registers ``synthetic_panoptic_{train,val}_separated`` (and ``_stuffonly``)
+when Detectron2 is installed; the files are generated on first use. The format helpers and the
+generator need only numpy, Pillow, OpenCV, SciPy and pycocotools.
+"""
+import importlib.util
+
+from .panoptic_utils import (
+    SEMANTIC_IGNORE_LABEL,
+    id2rgb,
+    panoptic_to_separated_semantic,
+    read_panoptic_png,
+    rgb2id,
+    separated_stuff_label_map,
+    write_separated_semantic,
+)
+from .synthetic_panoptic import (
+    CATEGORIES,
+    STUFF_CATEGORIES,
+    THING_CATEGORIES,
+    datasets_root,
+    default_synthetic_root,
+    ensure_synthetic_panoptic,
+    make_synthetic_panoptic,
+    split_paths,
+)
+
+__all__ = [
+    "SEMANTIC_IGNORE_LABEL",
+    "id2rgb",
+    "panoptic_to_separated_semantic",
+    "read_panoptic_png",
+    "rgb2id",
+    "separated_stuff_label_map",
+    "write_separated_semantic",
+    "CATEGORIES",
+    "STUFF_CATEGORIES",
+    "THING_CATEGORIES",
+    "datasets_root",
+    "default_synthetic_root",
+    "ensure_synthetic_panoptic",
+    "make_synthetic_panoptic",
+    "split_paths",
+]
+
+if importlib.util.find_spec("detectron2") is not None:
+    from .datasets import (
+        SYNTHETIC_PANOPTIC_DATASETS,
+        UnknownDatasetError,
+        check_dataset_name,
+        check_dataset_names,
+        check_num_classes,
+        prepare_dataset_files,
+        register_all_synthetic,
+        register_synthetic_panoptic,
+        synthetic_panoptic_metadata,
+    )
+
+    __all__ += [
+        "SYNTHETIC_PANOPTIC_DATASETS",
+        "UnknownDatasetError",
+        "check_dataset_name",
+        "check_dataset_names",
+        "check_num_classes",
+        "prepare_dataset_files",
+        "register_all_synthetic",
+        "register_synthetic_panoptic",
+        "synthetic_panoptic_metadata",
+    ]
+    register_all_synthetic()  # import side effect, as in Detectron2 projects; idempotent

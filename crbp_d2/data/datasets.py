@@ -1,0 +1,207 @@
+"""Dataset registration for Detectron2, and checks of the dataset names a config uses.
+
+Registers the synthetic panoptic dataset as Detectron2 "separated" COCO panoptic datasets (the
+format Panoptic FPN trains on), under the names in :data:`SYNTHETIC_PANOPTIC_DATASETS`:
+
+* ``synthetic_panoptic_train_separated`` / ``synthetic_panoptic_val_separated``: instances +
+  semantic annotations, ``evaluator_type="coco_panoptic_seg"``;
+* ``synthetic_panoptic_train_stuffonly`` / ``synthetic_panoptic_val_stuffonly``: semantic only.
+
+The files are generated on the first ``DatasetCatalog.get`` of one of these names (not at import).
+COCO itself (``coco_2017_{train,val}_panoptic_separated``) is registered by Detectron2; see
+``datasets/README.md`` for its layout.
+"""
+import difflib
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_panoptic_separated
+
+from .panoptic_utils import SEMANTIC_THINGS_LABEL, separated_stuff_label_map
+from .synthetic_panoptic import (
+    CATEGORIES,
+    STUFF_CATEGORIES,
+    THING_CATEGORIES,
+    PathLike,
+    default_synthetic_root,
+    ensure_synthetic_panoptic,
+    split_paths,
+)
+
+__all__ = [
+    "SYNTHETIC_PANOPTIC_DATASETS",
+    "synthetic_panoptic_metadata",
+    "register_synthetic_panoptic",
+    "register_all_synthetic",
+    "prepare_dataset_files",
+    "UnknownDatasetError",
+    "check_dataset_name",
+    "check_dataset_names",
+    "check_num_classes",
+]
+
+SYNTHETIC_PANOPTIC_DATASETS: Dict[str, str] = {
+    "synthetic_panoptic_train": "train",
+    "synthetic_panoptic_val": "val",
+}
+"""Base name -> split. Detectron2 appends ``_separated`` / ``_stuffonly`` to the base names."""
+
+_THINGS_COLOR = [82, 18, 128]  # colour of the merged "things" label in the semantic head
+
+# registered dataset name -> function that makes its files exist (lazy generation)
+_FILE_PREPARERS: Dict[str, Callable[[], object]] = {}
+
+
+def synthetic_panoptic_metadata() -> Dict:
+    """Detectron2 metadata of the synthetic "separated" dataset (same keys as COCO's builtin).
+
+    ``thing_*`` describe the instance classes (contiguous ids ``0..#things-1``); ``stuff_*``
+    describe the semantic-head classes: label 0 is "things", stuff classes are ``1..#stuff``.
+    """
+    stuff_label = separated_stuff_label_map(CATEGORIES)
+    stuff_dataset_id_to_contiguous_id = {c["id"]: stuff_label[c["id"]] for c in STUFF_CATEGORIES}
+    stuff_dataset_id_to_contiguous_id[0] = SEMANTIC_THINGS_LABEL
+    stuff_by_label = sorted(STUFF_CATEGORIES, key=lambda c: stuff_label[c["id"]])
+    return {
+        "thing_classes": [c["name"] for c in THING_CATEGORIES],
+        "thing_colors": [list(c["color"]) for c in THING_CATEGORIES],
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: index
+            for index, c in enumerate(sorted(THING_CATEGORIES, key=lambda c: c["id"]))
+        },
+        "stuff_classes": ["things"] + [c["name"] for c in stuff_by_label],
+        "stuff_colors": [_THINGS_COLOR] + [list(c["color"]) for c in stuff_by_label],
+        "stuff_dataset_id_to_contiguous_id": stuff_dataset_id_to_contiguous_id,
+    }
+
+
+def register_synthetic_panoptic(name: str, root: PathLike, split: str) -> List[str]:
+    """Register the synthetic ``split`` under ``root`` as ``name + "_separated"`` and
+    ``name + "_stuffonly"``; the files are generated on the first ``DatasetCatalog.get``.
+
+    Returns:
+        The registered dataset names.
+    """
+    root = Path(root)
+    paths = split_paths(root, split)
+    register_coco_panoptic_separated(
+        name,
+        synthetic_panoptic_metadata(),
+        paths.image_root,
+        paths.panoptic_root,
+        paths.panoptic_json,
+        paths.sem_seg_root,
+        paths.instances_json,
+    )
+
+    def prepare_files() -> Path:
+        return ensure_synthetic_panoptic(root)
+
+    registered = [name + "_separated", name + "_stuffonly"]
+    for dataset_name in registered:
+        load = DatasetCatalog[dataset_name]  # Detectron2's loader, wrapped to generate first
+        DatasetCatalog.remove(dataset_name)
+        DatasetCatalog.register(dataset_name, _generate_then_load(prepare_files, load))
+        MetadataCatalog.get(dataset_name).set(synthetic_root=os.fspath(root))
+        _FILE_PREPARERS[dataset_name] = prepare_files
+    return registered
+
+
+def _generate_then_load(prepare_files: Callable[[], object], load: Callable[[], List[Dict]]):
+    def generate_then_load() -> List[Dict]:
+        prepare_files()
+        return load()
+
+    return generate_then_load
+
+
+def register_all_synthetic(root: Optional[PathLike] = None) -> None:
+    """Register every name of :data:`SYNTHETIC_PANOPTIC_DATASETS` (once; later calls do nothing).
+
+    Args:
+        root: dataset folder; default ``$DETECTRON2_DATASETS/synthetic_panoptic``, or the
+            repository's ``datasets/synthetic_panoptic``.
+    """
+    root = Path(root) if root is not None else default_synthetic_root()
+    for name, split in SYNTHETIC_PANOPTIC_DATASETS.items():
+        if name + "_separated" not in DatasetCatalog:
+            register_synthetic_panoptic(name, root, split)
+
+
+def prepare_dataset_files(dataset_name: str) -> None:
+    """Generate the files of a lazily generated dataset (no-op for other datasets)."""
+    preparer = _FILE_PREPARERS.get(dataset_name)
+    if preparer is not None:
+        preparer()
+
+
+class UnknownDatasetError(KeyError):
+    """A dataset name that is not registered in Detectron2's ``DatasetCatalog``."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _unknown_dataset_message(unknown: Sequence[str], where: str) -> str:
+    available = sorted(DatasetCatalog.list())
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+        if close:
+            hints.append(f"For {name!r} did you mean {' or '.join(repr(c) for c in close)}?")
+    panoptic = [n for n in available if n.endswith("_panoptic_separated") or n in _FILE_PREPARERS]
+    return (
+        f"Unknown dataset name(s) in {where}: {', '.join(repr(n) for n in unknown)}. "
+        + (" ".join(hints) + " " if hints else "")
+        + f"Panoptic FPN datasets: {', '.join(panoptic)}. "
+        + f"All registered datasets: {', '.join(available)}. "
+        + "(Importing crbp_d2.data registers the synthetic ones; register your own with "
+        + "detectron2.data.datasets.register_coco_panoptic_separated.)"
+    )
+
+
+def check_dataset_name(name: str, where: str = "dataset_name") -> None:
+    """Raise :class:`UnknownDatasetError` (a ``KeyError``) if ``name`` is not registered."""
+    if name not in DatasetCatalog:
+        raise UnknownDatasetError(_unknown_dataset_message([name], where))
+
+
+def check_dataset_names(cfg: CfgNode) -> None:
+    """Raise one :class:`UnknownDatasetError` (a ``KeyError``) naming every dataset of
+    ``cfg.DATASETS.TRAIN``/``TEST`` that is not registered, with close matches and the list of
+    registered names."""
+    for field in ("TRAIN", "TEST"):
+        names = cfg.DATASETS.get(field, ())
+        if isinstance(names, str):
+            raise TypeError(
+                f"cfg.DATASETS.{field} must be a list/tuple of dataset names, got the string "
+                f"{names!r}; write ({names!r},)"
+            )
+        unknown = [name for name in names if name not in DatasetCatalog]
+        if unknown:
+            raise UnknownDatasetError(_unknown_dataset_message(unknown, f"cfg.DATASETS.{field}"))
+
+
+def check_num_classes(cfg: CfgNode) -> None:
+    """Raise ``ValueError`` if the class counts of the model heads do not match the metadata of
+    the datasets in ``cfg.DATASETS.TRAIN``/``TEST`` (``ROI_HEADS.NUM_CLASSES`` vs
+    ``thing_classes``, ``SEM_SEG_HEAD.NUM_CLASSES`` vs ``stuff_classes``)."""
+    check_dataset_names(cfg)
+    heads = (
+        ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing_classes"),
+        ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes"),
+    )
+    for dataset_name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+        metadata = MetadataCatalog.get(dataset_name)
+        if metadata.get("evaluator_type") != "coco_panoptic_seg":
+            continue
+        for key, value, classes_field in heads:
+            classes = metadata.get(classes_field)
+            if classes is not None and value != len(classes):
+                raise ValueError(
+                    f"cfg.{key} is {value} but dataset {dataset_name!r} has {len(classes)} "
+                    f"{classes_field} ({', '.join(classes)}); set {key} {len(classes)}"
+                )
