@@ -257,8 +257,10 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     plot(results, args.plot)
+    table_path = args.json.with_suffix(".md")
+    table_path.write_text(results["markdown"] + "\n")
     print(results["markdown"])
-    print(f"wrote {args.json} and {args.plot}")
+    print(f"wrote {args.json}, {args.plot} and {table_path} (README: tools/update_readme.py)")
     return 0
 
 

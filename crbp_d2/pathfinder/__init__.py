@@ -1,8 +1,10 @@
-"""Pathfinder segmentation (C-RBP PF-9/14/20/25): generator, storage, datasets, baselines.
+"""Pathfinder segmentation (C-RBP PF-9/14/20/25): generator, storage, datasets, baselines,
+models, trainer and analyses.
 
-Light imports only (numpy, OpenCV, Pillow); the torch datasets live in ``crbp_d2.pathfinder.data``
-and are imported lazily from here. No Detectron2.
+Light imports only (numpy, OpenCV, Pillow); everything that needs torch (datasets, models,
+trainer, analyses) is imported lazily from here. No Detectron2.
 """
+import importlib
 from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only
 from .generator import (
     PRESET_LENGTHS,
@@ -16,12 +18,22 @@ from .generator import (
 )
 from .storage import StoredPathfinder, generate_dataset, write_preview
 
-_TORCH_EXPORTS = (
-    "PathfinderTransform",
-    "PathfinderOnTheFly",
-    "PathfinderStored",
-    "random_flip_code",
-)
+# name -> the torch-dependent submodule that defines it (imported on first use)
+_LAZY_EXPORTS = {
+    "PathfinderTransform": "data",
+    "PathfinderOnTheFly": "data",
+    "PathfinderStored": "data",
+    "random_flip_code": "data",
+    "build_model": "models",
+    "RecurrentSegmenter": "models",
+    "gabor_bank": "filters",
+    "SegmentationMeter": "metrics",
+    "load_config": "config",
+    "ConfigError": "config",
+    "Trainer": "trainer",
+    "NonFiniteLossError": "trainer",
+    "load_trained": "analysis",
+}
 
 __all__ = [
     "PRESET_LENGTHS",
@@ -40,13 +52,11 @@ __all__ = [
     "flood_fill",
     "iou",
     "marker_only",
-    *_TORCH_EXPORTS,
+    *_LAZY_EXPORTS,
 ]
 
 
 def __getattr__(name: str):
-    if name in _TORCH_EXPORTS:
-        from . import data
-
-        return getattr(data, name)
+    if name in _LAZY_EXPORTS:
+        return getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,299 @@
+"""Pathfinder segmentation models: hGRU and convLSTM on the recurrent engine, and two controls.
+
+Every model maps a (B, 1, H, W) image in [0, 1] to (B, 2, H, W) logits (background, contour) and
+returns a :class:`SegmenterOutput`, so the trainer and the analyses treat them alike.
+
+- ``hgru``: Gabor/DoG 7x7 input conv, squared -> Pathfinder hGRU (25 ch, k x k) -> norm + 1x1 conv.
+- ``convlstm``: the same input layer and readout around a convLSTM.
+- ``cnn``: the authors' 6-layer CNN control (7x7 conv + BN, 6 x [k x k conv + BN + ReLU], 1x1 conv).
+- ``ff_hgru``: the "feedforward hGRU" of the paper: the hGRU unrolled for N steps with untied
+  weights (one cell per step), trained by plain back-propagation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from crbp_d2.recurrent import ConvLSTMCell, HGRUCell, RecurrentEngine
+from crbp_d2.recurrent.engine import RecurrenceDiagnostics, relative_residual
+
+from .filters import gabor_bank
+
+ARCHITECTURES = ("hgru", "convlstm", "cnn", "ff_hgru")
+INPUT_INITS = ("gabor_dog", "gabor_disk", "random")
+READOUT_NORMS = ("BN", "GN", "none")
+READOUT_BIASES = ("zero", "authors", "prior")
+
+
+@dataclass
+class SegmenterOutput:
+    """What a Pathfinder model returns.
+
+    Attributes:
+        logits: (B, 2, H, W) class scores.
+        lcp: the Lipschitz penalty (0-d; differentiable under cbptt/crbp), or None.
+        diagnostics: the engine's diagnostics (Neumann fields filled after backward), or None for
+            the feed-forward controls.
+        states: detached hidden states h_1..h_N (B, C, H, W) when ``record_states`` was asked.
+    """
+
+    logits: Tensor
+    lcp: Optional[Tensor] = None
+    diagnostics: Optional[RecurrenceDiagnostics] = None
+    states: Optional[List[Tensor]] = None
+
+
+class InputLayer(nn.Module):
+    """7x7 conv 1 -> C with a bias, initialised with the Gabor + centre bank, output squared.
+
+    Args:
+        init: ``gabor_dog`` (paper), ``gabor_disk`` (the authors' npy) or ``random``.
+        square: square the output element-wise (the authors' code).
+    Shapes: (B, 1, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(
+        self, channels: int = 25, kernel_size: int = 7, init: str = "gabor_dog", square: bool = True
+    ) -> None:
+        super().__init__()
+        if init not in INPUT_INITS:
+            raise ValueError(f"unknown input init {init!r}; choose one of {INPUT_INITS}")
+        self.conv = nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2)
+        self.square = square
+        if init != "random":
+            center = "dog" if init == "gabor_dog" else "disk"
+            with torch.no_grad():
+                self.conv.weight.copy_(gabor_bank(channels, kernel_size, center))
+
+    def forward(self, image: Tensor) -> Tensor:
+        out = self.conv(image)
+        return out * out if self.square else out
+
+
+class Readout(nn.Module):
+    """Norm + 1x1 conv to 2 classes. (B, C, H, W) -> (B, 2, H, W).
+
+    Args:
+        norm: ``BN`` (batch statistics always, eps 1e-3, as the authors), ``GN`` or ``none``.
+        bias_init: ``zero``; ``authors`` (both biases log(0.99/0.01): cancels in the softmax);
+            ``prior`` (the intended prior: contour bias -log(99), i.e. p(contour) = 0.01 at init).
+    """
+
+    def __init__(self, channels: int = 25, norm: str = "BN", bias_init: str = "zero") -> None:
+        super().__init__()
+        if norm not in READOUT_NORMS:
+            raise ValueError(f"unknown readout norm {norm!r}; choose one of {READOUT_NORMS}")
+        if bias_init not in READOUT_BIASES:
+            raise ValueError(f"unknown readout bias {bias_init!r}; choose one of {READOUT_BIASES}")
+        if norm == "BN":
+            self.norm: nn.Module = nn.BatchNorm2d(channels, eps=1e-3, track_running_stats=False)
+        elif norm == "GN":
+            self.norm = nn.GroupNorm(1, channels, eps=1e-3)
+        else:
+            self.norm = nn.Identity()
+        self.conv = nn.Conv2d(channels, 2, 1)
+        nn.init.xavier_normal_(self.conv.weight)
+        with torch.no_grad():
+            prior = math.log(0.99 / 0.01)
+            if bias_init == "authors":
+                self.conv.bias.fill_(prior)
+            elif bias_init == "prior":
+                self.conv.bias.copy_(torch.tensor([0.0, -prior]))
+            else:
+                self.conv.bias.zero_()
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.conv(self.norm(hidden))
+
+
+class RecurrentSegmenter(nn.Module):
+    """Input layer -> recurrent engine (any cell, any method) -> readout of h_N."""
+
+    def __init__(self, input_layer: InputLayer, engine: RecurrentEngine, readout: Readout) -> None:
+        super().__init__()
+        self.input_layer = input_layer
+        self.engine = engine
+        self.readout = readout
+        self.last_residual = float("nan")
+
+    @property
+    def recurrent(self) -> bool:
+        return True
+
+    def forward(
+        self, image: Tensor, steps: Optional[int] = None, record_states: bool = False
+    ) -> SegmenterOutput:
+        """(B, 1, H, W) image -> logits (B, 2, H, W) after ``steps`` steps (default: engine's)."""
+        out = self.engine(self.input_layer(image), steps=steps, record_states=record_states)
+        hidden = self.engine.cell.output(out.state)
+        states = None
+        if out.states is not None:
+            states = [self.engine.cell.output(s) for s in out.states]
+        return SegmenterOutput(self.readout(hidden), out.lcp, out.diagnostics, states)
+
+    @torch.no_grad()
+    def logits_at_steps(
+        self, image: Tensor, steps: Sequence[Optional[int]]
+    ) -> Dict[Optional[int], Tensor]:
+        """Readouts after each step count in ``steps`` (0 = the zero state; None = test steps),
+        from one run to the largest count: {count: (B, 2, H, W) logits}. Stores the relative
+        residual of the last step in ``self.last_residual``."""
+        wanted = {s: (self.engine.test_steps if s is None else int(s)) for s in steps}
+        if any(n < 0 for n in wanted.values()):
+            raise ValueError(f"step counts must be >= 0, got {list(steps)}")
+        cell = self.engine.cell
+        drive = cell.prepare(self.input_layer(image))
+        state = cell.init_state(drive)
+        by_count: Dict[int, Tensor] = {}
+        last = max(wanted.values())
+        residual = float("nan")
+        for t in range(last + 1):
+            if t > 0:
+                previous, state = state, cell(drive, state)
+                if t == last:
+                    residual = relative_residual(state, previous)
+            if t in wanted.values():
+                by_count[t] = self.readout(cell.output(state))
+        self.last_residual = residual
+        return {s: by_count[n] for s, n in wanted.items()}
+
+    @torch.no_grad()
+    def logits_per_step(self, image: Tensor, steps: int) -> List[Tensor]:
+        """Readout of the states h_0..h_steps: a list of ``steps + 1`` (B, 2, H, W) tensors."""
+        by_count = self.logits_at_steps(image, list(range(steps + 1)))
+        return [by_count[t] for t in range(steps + 1)]
+
+    @torch.no_grad()
+    def spectral_radius(self, image: Tensor, iterations: int = 30) -> float:
+        """Power-iteration estimate of rho(dF/dh) at the state reached after ``test_steps``."""
+        return self.engine.spectral_radius(self.input_layer(image), iterations=iterations)
+
+
+class UnrolledHGRU(nn.Module):
+    """The "feedforward hGRU": N hGRU cells with their own weights, applied once each."""
+
+    def __init__(self, input_layer: InputLayer, cells: List[HGRUCell], readout: Readout) -> None:
+        super().__init__()
+        self.input_layer = input_layer
+        self.cells = nn.ModuleList(cells)
+        self.readout = readout
+
+    @property
+    def recurrent(self) -> bool:
+        return False
+
+    def forward(
+        self, image: Tensor, steps: Optional[int] = None, record_states: bool = False
+    ) -> SegmenterOutput:
+        if steps is not None and steps != len(self.cells):
+            raise ValueError(
+                f"the feedforward hGRU has exactly {len(self.cells)} layers; "
+                f"cannot run {steps} steps"
+            )
+        drive = self.input_layer(image)
+        h = drive.new_zeros((drive.shape[0], self.cells[0].hidden_channels) + drive.shape[2:])
+        states: List[Tensor] = []
+        previous = h
+        for cell in self.cells:
+            previous, h = h, cell(drive, h)
+            if record_states:
+                states.append(h.detach())
+        diag = RecurrenceDiagnostics("bptt", len(self.cells), relative_residual(h, previous))
+        return SegmenterOutput(self.readout(h), None, diag, states if record_states else None)
+
+
+class FeedforwardCNN(nn.Module):
+    """The authors' CNN control: 7x7 conv (no bias) + BN, ``layers`` x [k x k conv + BN + ReLU],
+    1x1 conv to 2 classes. Its BN uses running statistics (unlike the hGRU's)."""
+
+    def __init__(self, channels: int = 25, kernel_size: int = 15, layers: int = 6) -> None:
+        super().__init__()
+        blocks: List[nn.Module] = [
+            nn.Conv2d(1, channels, 7, padding=3, bias=False),
+            nn.BatchNorm2d(channels),
+        ]
+        for _ in range(layers):
+            blocks += [
+                nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(channels, 2, 1)
+
+    @property
+    def recurrent(self) -> bool:
+        return False
+
+    def forward(
+        self, image: Tensor, steps: Optional[int] = None, record_states: bool = False
+    ) -> SegmenterOutput:
+        if steps is not None:
+            raise ValueError("the CNN control has no recurrent steps to change")
+        return SegmenterOutput(self.head(self.body(image)))
+
+
+def build_model(cfg) -> nn.Module:
+    """Build the Pathfinder model described by a config (see :mod:`crbp_d2.pathfinder.config`)."""
+    m, s = cfg.MODEL, cfg.SOLVER
+    if m.ARCH not in ARCHITECTURES:
+        raise ValueError(f"unknown MODEL.ARCH {m.ARCH!r}; choose one of {ARCHITECTURES}")
+    if m.ARCH == "cnn":
+        return FeedforwardCNN(m.CHANNELS, m.KERNEL_SIZE, m.CNN_LAYERS)
+    input_layer = InputLayer(m.CHANNELS, m.INPUT_KERNEL, m.INPUT_INIT, m.INPUT_SQUARE)
+    readout = Readout(m.CHANNELS, m.READOUT_NORM, m.READOUT_BIAS)
+
+    def hgru_cell() -> HGRUCell:
+        return HGRUCell(
+            channels=m.CHANNELS,
+            kernel_size=m.KERNEL_SIZE,
+            norm=m.CELL_NORM,
+            norm_eps=1e-3,
+            norm_groups=m.CELL_NORM_GROUPS,
+            gate_timescale=m.GATE_TIMESCALE if m.GATE_TIMESCALE > 0 else float(s.STEPS),
+            chronos_log=m.CHRONOS_LOG,
+            inhibition_softplus=m.INHIBITION_SOFTPLUS,
+            output_softplus=m.OUTPUT_SOFTPLUS,
+        )
+
+    if m.ARCH == "ff_hgru":
+        if s.METHOD != "bptt":
+            raise ValueError(
+                "the feedforward hGRU has no recurrence; SOLVER.METHOD must be 'bptt', "
+                f"got {s.METHOD!r}"
+            )
+        return UnrolledHGRU(input_layer, [hgru_cell() for _ in range(s.STEPS)], readout)
+    if m.ARCH == "hgru":
+        cell: nn.Module = hgru_cell()
+    else:
+        cell = ConvLSTMCell(m.CHANNELS, m.CHANNELS, m.KERNEL_SIZE, m.LSTM_IMPLICIT_STATE)
+    engine = RecurrentEngine(
+        cell,
+        steps=s.STEPS,
+        method=s.METHOD,
+        test_steps=s.TEST_STEPS if s.TEST_STEPS > 0 else None,
+        neumann_steps=s.NEUMANN_STEPS,
+        norm_cap=s.NORM_CAP,
+        cap_threshold=s.CAP_THRESHOLD,
+        tbptt_steps=s.TBPTT_STEPS if s.TBPTT_STEPS > 0 else None,
+        lcp_lambda=s.LCP_LAMBDA,
+        lcp_reduction=s.LCP_REDUCTION,
+        monitor_lcp=s.MONITOR_LCP,
+    )
+    return RecurrentSegmenter(input_layer, engine, readout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def softmax_foreground(logits: Tensor) -> Tensor:
+    """(B, 2, H, W) logits -> (B, H, W) probability of the contour class."""
+    return F.softmax(logits.float(), dim=1)[:, 1]

@@ -1,0 +1,609 @@
+"""The Pathfinder training loop as library code (the CLI is ``tools/train_pathfinder.py``).
+
+One :class:`Trainer` handles every model and every learning method: focal or cross-entropy loss
+(+ ``LCP_WEIGHT`` x LCP for cbptt/crbp), Adam, evaluation each ``EVAL_PERIOD`` epochs on the test
+set, best/last checkpoints (written atomically), exact ``resume`` (model, optimizer, scaler,
+epoch, RNG states), CSV + TensorBoard logs, CPU/CUDA, DistributedDataParallel under ``torchrun``
+(gloo on CPU, NCCL on CUDA) and autocast on CUDA.
+
+Distributed runs split the global ``SOLVER.BATCH_SIZE`` over the processes; evaluation runs on
+rank 0 over the whole test set. BatchNorm with batch statistics (the hGRU's) then normalises over
+each process's share of the batch, as the authors' DataParallel did over each GPU's share.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from .metrics import SegmentationMeter
+from .models import SegmenterOutput, build_model, count_parameters
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last diagnostics."""
+
+
+# --------------------------------------------------------------------------------------------
+# small pieces
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> cuda:local_rank when available, else cpu; otherwise the named device."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE {name!r} asked for but CUDA is not available")
+    return device
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(backend: Optional[str] = None) -> DistInfo:
+    """Join the process group set up by ``torchrun`` (env ``WORLD_SIZE`` > 1); else single."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return DistInfo(rank, world, local_rank)
+
+
+def segmentation_loss(
+    logits: Tensor,
+    target: Tensor,
+    kind: str = "focal",
+    gamma: float = 2.0,
+    contour_weight: float = 1.0,
+) -> Tensor:
+    """Per-pixel loss averaged over pixels: (B, 2, H, W) logits, (B, H, W) int64 target -> 0-d.
+
+    ``focal``: -(1 - p_t)^gamma log p_t (the authors' code, gamma 2); ``ce``: -log p_t (paper).
+    With ``contour_weight`` != 1 contour pixels weigh that much and the mean is weighted.
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_pt = log_p.gather(1, target.unsqueeze(1)).squeeze(1)
+    if kind == "focal":
+        loss = -((1.0 - log_pt.exp()) ** gamma) * log_pt
+    elif kind == "ce":
+        loss = -log_pt
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose 'focal' or 'ce'")
+    if contour_weight == 1.0:
+        return loss.mean()
+    weight = torch.where(target > 0, contour_weight, 1.0).to(loss.dtype)
+    return (loss * weight).sum() / weight.sum()
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save to ``path`` through a temporary file and os.replace (never a half file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header (new columns are ignored), flushed every row."""
+
+    def __init__(self, path: str, fields: Sequence[str]) -> None:
+        self.path = path
+        self.fields = list(fields)
+        exists = os.path.isfile(path) and os.path.getsize(path) > 0
+        if exists:
+            with open(path) as f:
+                header = f.readline().strip().split(",")
+            self.fields = header
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, self.fields, extrasaction="ignore")
+        if not exists:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row: Dict[str, float]) -> None:
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+TRAIN_FIELDS = (
+    "epoch",
+    "iteration",
+    "loss",
+    "task_loss",
+    "lcp",
+    "lcp_fraction_above",
+    "residual",
+    "neumann_terms",
+    "neumann_cap_fired",
+    "lr",
+    "seconds_per_iter",
+)
+EVAL_FIELDS = (
+    "epoch",
+    "iteration",
+    "steps",
+    "iou",
+    "mean_image_iou",
+    "f1",
+    "paper_f1",
+    "paper_iou",
+    "test_loss",
+    "test_residual",
+    "spectral_radius",
+    "seconds",
+)
+
+
+def model_forward(model: nn.Module, image: Tensor, steps: Optional[int] = None) -> SegmenterOutput:
+    return model(image) if steps is None else model(image, steps=steps)
+
+
+def compute_loss(
+    model: nn.Module, image: Tensor, label: Tensor, cfg
+) -> Tuple[Tensor, Tensor, SegmenterOutput]:
+    """(total loss, task loss, model output) for one batch; total = task + LCP_WEIGHT x LCP."""
+    out = model(image)
+    task = segmentation_loss(
+        out.logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
+    )
+    total = task
+    if out.lcp is not None and out.lcp.requires_grad:
+        total = task + cfg.SOLVER.LCP_WEIGHT * out.lcp.float()
+    return total, task, out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def get_rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    steps: Sequence[Optional[int]] = (None,),
+    loss_kind: str = "focal",
+    gamma: float = 2.0,
+    spectral_iters: int = 0,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Dict[Optional[int], Dict[str, float]]:
+    """Metrics of ``model`` on ``loader`` at each step count in ``steps`` (None: the model's test
+    steps). Recurrent models run once to the largest count and are read out at every requested
+    count. Returns {steps: {iou, mean_image_iou, f1, paper_f1, paper_iou, test_loss, ...}}."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    recurrent = getattr(model, "recurrent", False)
+    default_steps = model.engine.test_steps if recurrent else None
+    wanted = [default_steps if s is None else s for s in steps]
+    meters = {s: SegmentationMeter() for s in wanted}
+    losses: Dict[Optional[int], List[float]] = {s: [] for s in wanted}
+    residuals: List[float] = []
+    radius = float("nan")
+    for batch_index, (image, label) in enumerate(loader):
+        image, label = image.to(device), label.to(device)
+        with _autocast(device, amp_dtype):
+            if recurrent:
+                logits_by_step = model.logits_at_steps(image, [s for s in wanted])
+                residuals.append(model.last_residual)
+            else:
+                logits_by_step = {None: model(image).logits}
+        for s in wanted:
+            logits = logits_by_step[s]
+            meters[s].update(logits, label)
+            losses[s].append(float(segmentation_loss(logits, label, loss_kind, gamma)))
+        if batch_index == 0 and recurrent and spectral_iters > 0:
+            with _autocast(device, None):
+                radius = model.spectral_radius(image[:4], iterations=spectral_iters)
+    results: Dict[Optional[int], Dict[str, float]] = {}
+    for s in wanted:
+        summary = meters[s].summary()
+        summary["test_loss"] = sum(losses[s]) / max(len(losses[s]), 1)
+        summary["steps"] = float(s) if s is not None else float("nan")
+        if recurrent:
+            summary["test_residual"] = sum(residuals) / max(len(residuals), 1)
+            summary["spectral_radius"] = radius
+        results[s] = summary
+    model.train(was_training)
+    return results
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *args):
+        return False
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None or device.type != "cuda":
+        return _NullContext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Train and evaluate one Pathfinder model from a config.
+
+    Args:
+        cfg: a frozen config from :func:`crbp_d2.pathfinder.config.load_config`.
+        train_set / test_set: datasets to use instead of building them from ``cfg.DATA``.
+        resume: continue from ``OUTPUT_DIR/last.pth`` (or the path given) exactly.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        train_set: Optional[Dataset] = None,
+        test_set: Optional[Dataset] = None,
+        resume: "bool | str" = False,
+        dist_info: Optional[DistInfo] = None,
+        progress: bool = True,
+    ) -> None:
+        from .training_data import build_dataset
+
+        self.cfg = cfg
+        self.dist = dist_info or setup_distributed()
+        if cfg.NUM_THREADS > 0:
+            torch.set_num_threads(cfg.NUM_THREADS)
+        self.device = pick_device(cfg.DEVICE, self.dist.local_rank)
+        self.output_dir = cfg.OUTPUT_DIR
+        self.progress = progress and self.dist.is_main
+        if cfg.SOLVER.BATCH_SIZE % self.dist.world_size:
+            raise ValueError(
+                f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the "
+                f"{self.dist.world_size} processes"
+            )
+        self.amp_dtype: Optional[torch.dtype] = None
+        if cfg.SOLVER.AMP and self.device.type == "cuda":
+            self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[
+                cfg.SOLVER.AMP_DTYPE
+            ]
+
+        seed_everything(cfg.SEED)
+        self.train_set = train_set if train_set is not None else build_dataset(cfg, "train")
+        self.test_set = test_set if test_set is not None else build_dataset(cfg, "test")
+        seed_everything(cfg.SEED)
+        model = build_model(cfg).to(self.device)
+        self.model: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.SOLVER.LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.epoch = 0  # epochs completed
+        self.iteration = 0  # optimizer steps done
+        self.best_iou = -math.inf
+        self.history: List[Dict[str, float]] = []
+        self.last_diagnostics: Dict[str, float] = {}
+        if resume:
+            path = resume if isinstance(resume, str) else os.path.join(self.output_dir, "last.pth")
+            self.load_checkpoint(path)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def iters_per_epoch(self) -> int:
+        per_process = self.cfg.SOLVER.BATCH_SIZE // self.dist.world_size
+        full = len(self.train_set) // (per_process * self.dist.world_size)
+        if full == 0:
+            raise ValueError(
+                f"the training set ({len(self.train_set)} images) is smaller than one batch "
+                f"({self.cfg.SOLVER.BATCH_SIZE})"
+            )
+        cap = self.cfg.SOLVER.MAX_ITERS_PER_EPOCH
+        return min(full, cap) if cap > 0 else full
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        per_process = self.cfg.SOLVER.BATCH_SIZE // self.dist.world_size
+        seed = self.cfg.SEED * 100003 + epoch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # new random flips each epoch
+        if self.dist.enabled:
+            sampler = DistributedSampler(
+                self.train_set,
+                self.dist.world_size,
+                self.dist.rank,
+                shuffle=True,
+                seed=self.cfg.SEED,
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(seed))
+        return DataLoader(
+            self.train_set,
+            batch_size=per_process,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.cfg.DATA.NUM_WORKERS,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def test_loader(self, dataset: Optional[Dataset] = None) -> DataLoader:
+        return DataLoader(
+            dataset if dataset is not None else self.test_set,
+            batch_size=self.cfg.TEST.BATCH_SIZE,
+            shuffle=False,
+            num_workers=self.cfg.DATA.NUM_WORKERS,
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "best_iou": self.best_iou,
+            "history": self.history,
+            "rng": get_rng_state(),
+            "config": self.cfg.dump(),
+        }
+
+    def save_checkpoint(self, name: str) -> str:
+        path = os.path.join(self.output_dir, name)
+        if self.dist.is_main:
+            atomic_torch_save(self.checkpoint_state(), path)
+        return path
+
+    def load_checkpoint(self, path: str, weights_only: bool = False) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        _unwrap(self.model).load_state_dict(state["model"])
+        if weights_only:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.iteration = state["iteration"]
+        self.best_iou = state["best_iou"]
+        self.history = state["history"]
+        set_rng_state(state["rng"])
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _lr_for(self, iteration: int, total: int) -> float:
+        base = self.cfg.SOLVER.LR
+        if self.cfg.SOLVER.LR_SCHEDULE == "cosine" and total > 0:
+            return base * 0.5 * (1 + math.cos(math.pi * min(iteration / total, 1.0)))
+        return base
+
+    def train_step(self, image: Tensor, label: Tensor, total_iters: int = 0) -> Dict[str, float]:
+        """One optimizer step; returns the logged scalars. Raises NonFiniteLossError."""
+        self.model.train()
+        lr = self._lr_for(self.iteration, total_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        image, label = image.to(self.device), label.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp_dtype):
+            total, task, out = compute_loss(self.model, image, label, self.cfg)
+        if not torch.isfinite(total.detach()):
+            raise NonFiniteLossError(
+                f"non-finite loss {float(total.detach())} (task {float(task.detach())}) "
+                f"at epoch {self.epoch + 1}, "
+                f"iteration {self.iteration + 1}; last diagnostics: {self.last_diagnostics}; "
+                f"this step's forward: {out.diagnostics.scalars() if out.diagnostics else {}}. "
+                f"Checkpoints in {self.output_dir} are from before this step."
+            )
+        self.scaler.scale(total).backward()
+        if self.cfg.SOLVER.GRAD_CLIP > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+        scalars = {"loss": float(total.detach()), "task_loss": float(task.detach()), "lr": lr}
+        if out.diagnostics is not None:
+            scalars.update(out.diagnostics.scalars())
+        self.last_diagnostics = scalars
+        return scalars
+
+    def train(self) -> Dict[str, float]:
+        """Run the remaining epochs; returns the best evaluation summary."""
+        cfg = self.cfg
+        os.makedirs(self.output_dir, exist_ok=True)
+        writer = None
+        train_log = eval_log = None
+        if self.dist.is_main:
+            with open(os.path.join(self.output_dir, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(self.output_dir, "tb"))
+            train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS)
+            eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS)
+            print(
+                f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.SOLVER.METHOD}, "
+                f"{count_parameters(_unwrap(self.model)):,} parameters, device {self.device}, "
+                f"{self.dist.world_size} process(es), {len(self.train_set)} train / "
+                f"{len(self.test_set)} test images",
+                flush=True,
+            )
+        iters = self.iters_per_epoch()
+        total_iters = iters * cfg.SOLVER.EPOCHS
+        try:
+            while self.epoch < cfg.SOLVER.EPOCHS:
+                loader = self.train_loader(self.epoch)
+                bar = tqdm(
+                    total=iters,
+                    desc=f"epoch {self.epoch + 1}/{cfg.SOLVER.EPOCHS}",
+                    disable=not self.progress,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                    file=sys.stderr,
+                )
+                tic = time.time()
+                for i, (image, label) in enumerate(loader):
+                    if i >= iters:
+                        break
+                    scalars = self.train_step(image, label, total_iters)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+                    if self.dist.is_main and (
+                        self.iteration % cfg.SOLVER.LOG_PERIOD == 0 or i == iters - 1
+                    ):
+                        row = dict(scalars, epoch=self.epoch + 1, iteration=self.iteration)
+                        row["seconds_per_iter"] = (time.time() - tic) / (i + 1)
+                        train_log.write(row)
+                        for key, value in scalars.items():
+                            writer.add_scalar(f"train/{key}", value, self.iteration)
+                bar.close()
+                self.epoch += 1
+                if self.epoch % cfg.TEST.EVAL_PERIOD == 0 or self.epoch == cfg.SOLVER.EPOCHS:
+                    self._evaluate_and_log(writer, eval_log)
+                self.save_checkpoint("last.pth")
+                if self.dist.enabled:
+                    dist.barrier()
+        finally:
+            if writer is not None:
+                writer.close()
+            for log in (train_log, eval_log):
+                if log is not None:
+                    log.close()
+        best = max(self.history, key=lambda r: r["iou"]) if self.history else {}
+        if self.dist.is_main:
+            atomic_write_json(
+                {"best": best, "history": self.history},
+                os.path.join(self.output_dir, "metrics.json"),
+            )
+        return best
+
+    def _evaluate_and_log(self, writer, eval_log) -> None:
+        if not self.dist.is_main:
+            return
+        tic = time.time()
+        steps: List[Optional[int]] = [None] + [int(s) for s in self.cfg.TEST.EXTRA_STEPS]
+        if not getattr(_unwrap(self.model), "recurrent", False):
+            steps = [None]
+        results = evaluate_model(
+            self.model,
+            self.test_loader(),
+            self.device,
+            steps,
+            self.cfg.SOLVER.LOSS,
+            self.cfg.SOLVER.FOCAL_GAMMA,
+            self.cfg.TEST.SPECTRAL_RADIUS_ITERS,
+            self.amp_dtype,
+        )
+        seconds = time.time() - tic
+        main_key = next(iter(results))
+        for key, summary in results.items():
+            row = dict(summary, epoch=self.epoch, iteration=self.iteration, seconds=seconds)
+            eval_log.write(row)
+            tag = "test" if key == main_key else f"test_{key}steps"
+            for name, value in summary.items():
+                if not math.isnan(value):
+                    writer.add_scalar(f"{tag}/{name}", value, self.epoch)
+        main = dict(results[main_key], epoch=self.epoch, iteration=self.iteration)
+        for key, summary in results.items():
+            if key != main_key:
+                main[f"iou_at_{key}"] = summary["iou"]
+        self.history.append(main)
+        print(
+            f"[pathfinder] epoch {self.epoch}: IoU {main['iou']:.4f} "
+            f"(paper {main['paper_iou']:.4f}, "
+            f"per image {main['mean_image_iou']:.4f})"
+            + "".join(f", IoU@{k} {v['iou']:.4f}" for k, v in results.items() if k != main_key),
+            flush=True,
+        )
+        if main["iou"] > self.best_iou:
+            self.best_iou = main["iou"]
+            self.save_checkpoint("best.pth")
+
+    def evaluate(self, steps: Sequence[Optional[int]] = (None,), dataset: Optional[Dataset] = None):
+        """Metrics on the test set (or ``dataset``) at the given step counts."""
+        return evaluate_model(
+            self.model,
+            self.test_loader(dataset),
+            self.device,
+            steps,
+            self.cfg.SOLVER.LOSS,
+            self.cfg.SOLVER.FOCAL_GAMMA,
+            self.cfg.TEST.SPECTRAL_RADIUS_ITERS,
+            self.amp_dtype,
+        )

@@ -1,0 +1,381 @@
+"""Pathfinder trainer: metrics, losses, configs, CLI errors, exact resume, DDP, a tiny run."""
+
+import math
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from crbp_d2.pathfinder.config import ConfigError, load_config
+from crbp_d2.pathfinder.metrics import SegmentationMeter, confusion_counts, f1_to_iou
+from crbp_d2.pathfinder.models import build_model
+from crbp_d2.pathfinder.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    compute_loss,
+    segmentation_loss,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(ROOT, "tools", "train_pathfinder.py")
+
+
+class LineDataset(Dataset):
+    """Deterministic toy segmentation: a bright marker and a line; label = the line + marker."""
+
+    def __init__(self, num=16, size=16, seed=0, nan_index=None):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(num):
+            image = torch.rand(1, size, size, generator=g) * 0.1
+            label = torch.zeros(size, size, dtype=torch.long)
+            row = int(torch.randint(2, size - 2, (1,), generator=g))
+            image[0, row, 2:-2] = 1.0
+            label[row, 2:-2] = 1
+            if i == nan_index:
+                image[0, 0, 0] = float("nan")
+            self.items.append((image, label))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def tiny_cfg(tmp_path, *overrides):
+    base = [
+        "OUTPUT_DIR",
+        str(tmp_path / "run"),
+        "MODEL.CHANNELS",
+        4,
+        "MODEL.KERNEL_SIZE",
+        3,
+        "SOLVER.STEPS",
+        3,
+        "SOLVER.BATCH_SIZE",
+        4,
+        "SOLVER.EPOCHS",
+        2,
+        "SOLVER.LOG_PERIOD",
+        1,
+        "TEST.BATCH_SIZE",
+        8,
+        "TEST.SPECTRAL_RADIUS_ITERS",
+        4,
+        "TEST.EXTRA_STEPS",
+        "[6]",
+    ]
+    return load_config(overrides=base + list(overrides))
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_on_hand_computed_cases():
+    # image 1: pred {0,1}, true {1,2} -> TP 1, FP 1, FN 1, IoU 1/3
+    # image 2: pred {0}, true {0}     -> TP 1, FP 0, FN 0, IoU 1
+    pred = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    true = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 0]])
+    assert confusion_counts(pred, true).tolist() == [[1, 1, 1], [1, 0, 0]]
+    meter = SegmentationMeter()
+    meter.update(pred, true)
+    s = meter.summary()
+    assert math.isclose(s["iou"], 2 / 4)  # pooled: TP 2, FP 1, FN 1
+    assert math.isclose(s["mean_image_iou"], (1 / 3 + 1) / 2)
+    assert math.isclose(s["f1"], 4 / 6)
+    assert math.isclose(s["paper_iou"], (4 / 6) / (2 - 4 / 6))
+    assert math.isclose(f1_to_iou(s["f1"]), s["iou"])  # exact for pooled counts
+    # a second batch changes the paper metric (mean of per-batch F1) but not pooling rules
+    meter.update(torch.tensor([[0, 0]]), torch.tensor([[1, 1]]))  # F1 0
+    s = meter.summary()
+    assert math.isclose(s["paper_f1"], (4 / 6 + 0) / 2)
+    assert math.isclose(s["iou"], 2 / 6)
+
+
+def test_metrics_from_logits_use_the_argmax():
+    logits = torch.tensor(
+        [[[[0.0, 2.0]], [[1.0, 1.0]]]]
+    )  # (1, 2, 1, 2): pixel 0 -> 1, pixel 1 -> 0
+    meter = SegmentationMeter()
+    meter.update(logits, torch.tensor([[[1, 0]]]))
+    assert meter.summary()["iou"] == 1.0
+
+
+def test_losses():
+    logits = torch.tensor([[[[2.0]], [[0.0]]]])  # p(background) = sigmoid(2)
+    target = torch.tensor([[[0]]])
+    p = torch.sigmoid(torch.tensor(2.0))
+    assert torch.isclose(segmentation_loss(logits, target, "ce"), -torch.log(p))
+    assert torch.isclose(
+        segmentation_loss(logits, target, "focal", 2.0), -((1 - p) ** 2) * torch.log(p)
+    )
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 5, generator=g)
+    target = (torch.rand(2, 5, 5, generator=g) > 0.5).long()
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.isclose(segmentation_loss(logits, target, "focal", 0.0), ce)
+    weighted = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([1.0, 3.0]))
+    assert torch.isclose(segmentation_loss(logits, target, "ce", contour_weight=3.0), weighted)
+    with pytest.raises(ValueError, match="unknown loss 'dice'"):
+        segmentation_loss(logits, target, "dice")
+
+
+# -- configs ---------------------------------------------------------------------------------
+
+
+def test_config_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("SOLVER: {METHOD: bptt, STEPS: 6}\nMODEL: {CHANNELS: 9}\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nSOLVER: {STEPS: 20}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["SOLVER.LR", "0.01"])
+    assert (cfg.SOLVER.METHOD, cfg.SOLVER.STEPS, cfg.MODEL.CHANNELS) == ("bptt", 20, 9)
+    assert cfg.SOLVER.LR == 0.01
+
+
+def test_config_errors_name_the_bad_thing(tmp_path):
+    (tmp_path / "bad.yaml").write_text("SOLVER: {STEPZ: 3}\n")
+    with pytest.raises(ConfigError, match="SOLVER.STEPZ"):
+        load_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ConfigError, match="MODEL.NOPE"):
+        load_config(overrides=["MODEL.NOPE", "1"])
+    with pytest.raises(ConfigError, match="unknown SOLVER.METHOD 'magic'"):
+        load_config(overrides=["SOLVER.METHOD", "magic"])
+    with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))
+    (tmp_path / "orphan.yaml").write_text("_BASE_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(str(tmp_path / "orphan.yaml"))
+
+
+def test_every_shipped_config_loads_and_builds():
+    folder = os.path.join(ROOT, "configs", "pathfinder")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".yaml")]
+    assert len(files) >= 15
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.SOLVER.METHOD in ("bptt", "tbptt", "rbp", "cbptt", "crbp"), path
+        build_model(cfg)
+
+
+# -- CLI errors ------------------------------------------------------------------------------
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("train_pathfinder", CLI)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["DATA.SOURCE", "disk", "DATA.ROOT", "/nonexistent/pf"],
+            "data folder not found: '/nonexistent/pf'",
+        ),
+        (["SOLVER.NOT_A_KEY", "3"], "SOLVER.NOT_A_KEY"),
+        (["SOLVER.METHOD", "sgd_magic"], "unknown SOLVER.METHOD 'sgd_magic'"),
+    ],
+)
+def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"OUTPUT_DIR: {tmp_path / 'out'}\n")
+    code = load_cli().main(["--config-file", str(cfg), "--no-progress", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):
+    cfg = tiny_cfg(
+        tmp_path,
+        "SOLVER.EPOCHS",
+        6,
+        "SOLVER.LR",
+        0.01,
+        "SOLVER.METHOD",
+        "crbp",
+        "MODEL.CELL_NORM",
+        "GN",
+        "SOLVER.LOSS",
+        "ce",
+    )
+    data = LineDataset(16)
+    trainer = Trainer(cfg, data, LineDataset(8, seed=1), progress=False)
+    image = torch.stack([data[i][0] for i in range(16)])
+    label = torch.stack([data[i][1] for i in range(16)])
+    model = trainer.model
+    with torch.no_grad():
+        before = float(compute_loss(model, image, label, cfg)[1])
+    best = trainer.train()
+    with torch.no_grad():
+        after = float(compute_loss(model, image, label, cfg)[1])
+    assert after < 0.8 * before
+    out = cfg.OUTPUT_DIR
+    for name in (
+        "last.pth",
+        "best.pth",
+        "train_log.csv",
+        "eval_log.csv",
+        "metrics.json",
+        "config.yaml",
+    ):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "tb"))
+    header = open(os.path.join(out, "train_log.csv")).readline()
+    for column in ("loss", "lcp", "residual", "neumann_terms"):
+        assert column in header
+    eval_header = open(os.path.join(out, "eval_log.csv")).readline()
+    assert "spectral_radius" in eval_header and "mean_image_iou" in eval_header
+    assert "iou_at_6" in best and best["epoch"] >= 1
+    assert not [f for f in os.listdir(out) if ".tmp" in f]  # atomic writes left nothing behind
+
+
+def test_resume_reproduces_the_next_step_exactly(tmp_path):
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 2, "SOLVER.METHOD", "crbp")
+    trainer = Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    trainer.train()  # writes last.pth after each epoch; keep the one of epoch 1
+    # redo: epoch 1 only, then continue in-process and in a resumed trainer
+    cfg1 = tiny_cfg(
+        tmp_path, "SOLVER.EPOCHS", 1, "SOLVER.METHOD", "crbp", "OUTPUT_DIR", str(tmp_path / "one")
+    )
+    first = Trainer(cfg1, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    first.train()
+    expected = next_step_losses(first, epoch=1, count=2)
+
+    resumed = Trainer(cfg1, LineDataset(8), LineDataset(4, seed=1), resume=True, progress=False)
+    assert resumed.epoch == 1 and resumed.iteration == first.iteration - 2
+    assert next_step_losses(resumed, epoch=1, count=2) == expected
+    # and the full 2-epoch run saw exactly those losses in its epoch 2
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(cfg.OUTPUT_DIR, "train_log.csv"))))
+    epoch2 = [float(r["loss"]) for r in rows if r["epoch"] == "2"][:2]
+    assert epoch2 == pytest.approx(expected, abs=0)
+
+
+def next_step_losses(trainer, epoch, count):
+    losses = []
+    for i, (image, label) in enumerate(trainer.train_loader(epoch)):
+        if i == count:
+            break
+        losses.append(trainer.train_step(image, label)["loss"])
+    return losses
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_checkpoints(tmp_path):
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 2, "SOLVER.BATCH_SIZE", 8)
+    trainer = Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    trainer.train()
+    saved = torch.load(os.path.join(cfg.OUTPUT_DIR, "last.pth"), weights_only=False)
+    cfg3 = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 3, "SOLVER.BATCH_SIZE", 8)
+    broken = Trainer(
+        cfg3, LineDataset(8, nan_index=3), LineDataset(4, seed=1), resume=True, progress=False
+    )
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, iteration 3; last diagnostics"):
+        broken.train()
+    kept = torch.load(os.path.join(cfg.OUTPUT_DIR, "last.pth"), weights_only=False)
+    assert kept["iteration"] == saved["iteration"] == 2
+    assert os.path.getsize(os.path.join(cfg.OUTPUT_DIR, "train_log.csv")) > 0
+
+
+# -- distributed -----------------------------------------------------------------------------
+
+
+def _ddp_worker(rank, world, port, cfg_list, out_path):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    cfg = load_config(overrides=cfg_list)
+    data = LineDataset(8)
+    trainer = Trainer(cfg, data, LineDataset(4, seed=1), progress=False)
+    images = torch.stack([data[i][0] for i in range(8)])
+    labels = torch.stack([data[i][1] for i in range(8)])
+    share = slice(rank * 4, rank * 4 + 4)
+    trainer.optimizer.zero_grad()
+    total, _, _ = compute_loss(trainer.model, images[share], labels[share], cfg)
+    total.backward()
+    if rank == 0:
+        torch.save(
+            {n: p.grad.clone() for n, p in trainer.model.module.named_parameters()}, out_path
+        )
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", [pytest.param("bptt", marks=pytest.mark.slow), "crbp"])
+def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method):
+    """Group norms (no batch statistics) so that the per-process forward equals the global one,
+    and no Neumann norm cap: the authors' cap compares ||g|| with an absolute bound, and g (a mean
+    over the process's share of the batch) is larger per process, so the cap can fire differently.
+    """
+    cfg_list = [
+        "OUTPUT_DIR",
+        str(tmp_path / "ddp"),
+        "MODEL.CHANNELS",
+        4,
+        "MODEL.KERNEL_SIZE",
+        3,
+        "SOLVER.STEPS",
+        3,
+        "SOLVER.BATCH_SIZE",
+        8,
+        "SOLVER.METHOD",
+        method,
+        "MODEL.CELL_NORM",
+        "GN",
+        "MODEL.READOUT_NORM",
+        "GN",
+        "DEVICE",
+        "cpu",
+        "SOLVER.NORM_CAP",
+        "none",
+    ]
+    out_path = str(tmp_path / "grads.pt")
+    port = 29500 + (os.getpid() % 1000)
+    mp.spawn(_ddp_worker, args=(2, port, cfg_list, out_path), nprocs=2, join=True)
+    ddp_grads = torch.load(out_path)
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides=cfg_list)
+    data = LineDataset(8)
+    single = Trainer(cfg, data, LineDataset(4, seed=1), progress=False)
+    images = torch.stack([data[i][0] for i in range(8)])
+    labels = torch.stack([data[i][1] for i in range(8)])
+    total, _, _ = compute_loss(single.model, images, labels, cfg)
+    total.backward()
+    for name, p in single.model.named_parameters():
+        assert torch.allclose(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.slow
+def test_cuda_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "cuda_pathfinder_check", os.path.join(ROOT, "tools", "cuda_pathfinder_check.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cuda.json"
+    assert (
+        module.main(["--device", "cpu", "--tiny", "--train-minutes", "0.05", "--out", str(out)])
+        == 0
+    )
+    import json
+
+    report = json.load(open(out))
+    assert [m["method"] for m in report["memory"]] == ["bptt", "cbptt", "rbp", "crbp"]
+    assert report["training"]["iterations"] >= 1 and "60" in report["training"]["test"]

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Generalization matrix: models trained on one contour length, evaluated on 9/14/20/25.
+
+    python tools/pathfinder_generalization.py \
+        --checkpoints bptt=output/pathfinder/pf14_bptt6/best.pth \
+        crbp=output/pathfinder/pf14_crbp20/best.pth --out docs/results/pathfinder_generalization \
+        [--lengths 9 14 20 25] [--test-size 1000] [--data DATA.SOURCE on_the_fly]
+
+Writes <out>.csv, <out>.json and <out>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from crbp_d2.pathfinder.analysis import (  # noqa: E402
+    PAPER_LENGTHS,
+    generalization_matrix,
+    parse_named_paths,
+    plot_generalization,
+    write_records,
+)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
+    )
+    p.add_argument("--out", required=True, help="output stem (no extension)")
+    p.add_argument("--lengths", type=int, nargs="+", default=list(PAPER_LENGTHS))
+    p.add_argument(
+        "--test-size", type=int, default=None, help="images per length (default: config's)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="inference steps (default: each model's)"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--data", nargs="*", default=[], help="KEY VALUE overrides of the test data")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        records = generalization_matrix(
+            parse_named_paths(args.checkpoints),
+            args.lengths,
+            args.test_size,
+            args.steps,
+            args.batch_size,
+            args.device,
+            args.data,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    csv_path, json_path = write_records(records, args.out)
+    plot_generalization(records, args.out + ".png")
+    for r in records:
+        print(
+            f"{r['model']:>16} train PF{r['train_length']} -> test PF{r['test_length']}: "
+            f"IoU {r['iou']:.4f}"
+        )
+    print(f"wrote {csv_path}, {json_path}, {args.out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
