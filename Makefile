@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all demo demo-memory lint benchmark-memory
+.PHONY: setup test test-all demo demo-memory demo-pathfinder lint benchmark-memory
 
 setup:
 	bash tools/setup_env.sh $(VENV)
@@ -18,12 +18,28 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow" --durations=15
 
 # The main job on built-in data, small enough for a laptop CPU (see README "make demo").
-demo: setup demo-memory
+demo: setup demo-memory demo-pathfinder
 	@echo "demo outputs are in $(OUT)"
 
 demo-memory:
 	$(PY) tools/benchmark_memory.py --steps 5 10 20 --methods bptt rbp crbp --kernel 5 --size 100 \
 		--json $(OUT)/memory.json
+
+# Pathfinder: generate a small PF9 set, train a small C-RBP hGRU briefly, evaluate it past its
+# training steps, plot IoU vs steps and the step-by-step segmentation of one image.
+PF := $(OUT)/pathfinder
+demo-pathfinder:
+	$(PY) tools/generate_pathfinder.py --length 9 --num 400 --num-test 64 --seed 0 --format npy \
+		--store-size 64 --set canvas_size=128 --set padding=10 --set num_distractors=3 \
+		--out $(PF)/data --no-progress
+	$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --no-progress \
+		OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data DATA.TRAIN_SIZE 0 DATA.TEST_SIZE 0
+	$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --eval-only \
+		--eval-steps 30 OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data DATA.TEST_SIZE 0
+	$(PY) tools/pathfinder_steps.py --checkpoints crbp=$(PF)/run/last.pth --max-steps 30 \
+		--out $(PF)/steps
+	$(PY) tools/pathfinder_timecourse.py --checkpoint $(PF)/run/last.pth --max-steps 30 \
+		--out $(PF)/timecourse
 
 # The benchmark in the README (Pathfinder hGRU core at 150x150, kernel 15).
 benchmark-memory: setup
