@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all demo demo-memory demo-pathfinder lint benchmark-memory
+.PHONY: setup test test-all demo demo-memory demo-pathfinder demo-d2 lint benchmark-memory
 
 setup:
 	bash tools/setup_env.sh $(VENV)
@@ -18,7 +18,7 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow" --durations=15
 
 # The main job on built-in data, small enough for a laptop CPU (see README "make demo").
-demo: setup demo-memory demo-pathfinder
+demo: setup demo-memory demo-pathfinder demo-d2
 	@echo "demo outputs are in $(OUT)"
 
 demo-memory:
@@ -40,6 +40,22 @@ demo-pathfinder:
 		--out $(PF)/steps
 	$(PY) tools/pathfinder_timecourse.py --checkpoint $(PF)/run/last.pth --max-steps 30 \
 		--out $(PF)/timecourse
+
+# Detectron2: the synthetic COCO-format panoptic set (made on first use), the quick R-FPN C-RBP
+# config (trains from scratch on CPU, writes model_final.pth, evaluates PQ), a PQ-vs-steps sweep,
+# and Visualizer images with the mask at every recurrent step.
+D2_CFG := configs/quick/R-FPN-R50-CRBP-synthetic.yaml
+D2_OUT := $(OUT)/rfpn
+demo-d2:
+	$(PY) -c "import crbp_d2.data as d; print('synthetic data:', d.ensure_synthetic_panoptic())"
+	$(PY) tools/train_net.py --config-file $(D2_CFG) OUTPUT_DIR $(D2_OUT)
+	$(PY) tools/train_net.py --config-file $(D2_CFG) --eval-only \
+		MODEL.WEIGHTS $(D2_OUT)/model_final.pth OUTPUT_DIR $(D2_OUT)/eval
+	$(PY) tools/timestep_sweep.py --config-file $(D2_CFG) --output $(D2_OUT)/sweep --steps 1-20 \
+		--segm-ap MODEL.WEIGHTS $(D2_OUT)/model_final.pth
+	$(PY) tools/demo.py --config-file $(D2_CFG) --input datasets/synthetic_panoptic/val \
+		--max-images 4 --confidence-threshold 0.2 --timecourse --output $(D2_OUT)/images \
+		--opts MODEL.WEIGHTS $(D2_OUT)/model_final.pth
 
 # The benchmark in the README (Pathfinder hGRU core at 150x150, kernel 15).
 benchmark-memory: setup

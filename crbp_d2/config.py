@@ -1,0 +1,280 @@
+"""Config keys of the recurrent (R-FPN) mask head, and their validation.
+
+``add_crbp_config(cfg)`` adds the sub-node ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT`` (the way
+PointRend's ``add_pointrend_config`` adds its keys). Run it on a fresh ``get_cfg()`` *before*
+``merge_from_file`` / ``merge_from_list``, so that yacs knows the keys (it rejects unknown keys).
+
+``validate_crbp_config(cfg)`` rejects invalid combinations with one ``ValueError`` naming the key;
+the head's ``from_config`` and ``tools/train_net.py`` call it, so a bad config fails when the model
+is built, before any data is loaded.
+
+Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in the comments.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Sequence
+
+from detectron2.config import CfgNode as CN
+
+from .recurrent import METHODS, NORM_CAPS
+from .recurrent.base import NONLINEARITIES
+from .recurrent.lcp import LCP_REDUCTIONS
+
+__all__ = [
+    "CELLS",
+    "CELL_NORMS",
+    "READOUT_NORMS",
+    "add_crbp_config",
+    "check_weights_file",
+    "get_crbp_cfg",
+    "validate_crbp_config",
+]
+
+CELLS = ("hgru", "convlstm")
+OPTIMIZERS = ("SGD", "ADAMW")
+# Norms allowed *inside* the cell: it is double-differentiated by the LCP and must be a per-ROI map.
+CELL_NORMS = ("GN", "IN", "")
+# Norms Detectron2's get_norm accepts for the readout (outside the recurrence, so any of them).
+READOUT_NORMS = ("", "BN", "SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN", "FrozenBN", "GN")
+_BATCH_NORMS = (
+    "BN",
+    "SyncBN",
+    "naiveSyncBN",
+    "naiveSyncBN_N",
+    "nnSyncBN",
+    "NaiveSyncBN",
+    "FrozenBN",
+)
+
+
+def add_crbp_config(cfg: CN) -> CN:
+    """Add the recurrent mask head's keys (defaults = the paper's R-FPN C-RBP settings).
+
+    The head itself is chosen as usual with ``MODEL.ROI_MASK_HEAD.NAME: "RecurrentMaskHead"``.
+    The head's width is ``MODEL.ROI_MASK_HEAD.CONV_DIM`` (256, = the FPN width); ``NUM_CONV`` and
+    ``NORM`` of the feedforward head are not used by it. Returns ``cfg`` (modified in place).
+    """
+    node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT = CN()
+    # Cell run on the 14x14 RoI features: "hgru" (the paper's, Detectron2 form) | "convlstm"
+    # (GALA, NONLINEARITY, LESS_SOFTPLUS, CHRONOS_LOG and CELL_NORM* apply to the hGRU only).
+    node.CELL = "hgru"
+    # Spatial size of the cell's kernels (3 in the paper; the fork's Recurrent5 head used 5).
+    node.KERNEL_SIZE = 3
+    # Steps N of the recurrence in training (authors: TIMESTEPS; 20 for C-RBP, 1/3/5 for BPTT).
+    node.TIMESTEPS = 20
+    # Steps at inference; 0 = same as TIMESTEPS. tools/timestep_sweep.py varies it.
+    node.TEST_TIMESTEPS = 0
+    # Learning method: bptt | tbptt | rbp | cbptt | crbp (authors: GRAD = bptt | rbp | cbp).
+    node.METHOD = "crbp"
+    # Steps tracked by tbptt (0 = half of TIMESTEPS, rounded up).
+    node.TBPTT_STEPS = 0
+    # K, vector-Jacobian products in the RBP Neumann series (hard-coded 15 in the authors' code).
+    node.NEUMANN_STEPS = 15
+    # Neumann norm cap: "none" (the paper) | "detectron2" (authors' D2 code) | "pathfinder".
+    node.NORM_CAP = "none"
+    # Absolute norm bound of the cap (1.0 in the authors' code; only used when NORM_CAP != none).
+    node.CAP_THRESHOLD = 1.0
+    # Weight of the LCP in the loss, as loss_lcp (authors: XI = 0.001 with sum reduction).
+    node.LCP_WEIGHT = 1e-3
+    # lambda of the LCP hinge relu(1^T J - lambda)^2, in [0, 1) (authors: TAU; paper 0.9, the
+    # fork's default 0.95 was in effect for its COCO runs: set 0.95 to reproduce it).
+    node.LCP_LAMBDA = 0.9
+    # LCP reduction over RoIs x channels x pixels: "sum" (authors' D2 code) | "mean" (Pathfinder).
+    node.LCP_REDUCTION = "sum"
+    # Also compute (detached, for logging only) the LCP under bptt/tbptt/rbp; costs one VJP.
+    node.MONITOR_LCP = False
+    # GALA inhibition gate (per-pixel channel bottleneck x spatial map) (authors: GALA).
+    node.GALA = True
+    # Nonlinearity of the hGRU: softplus | tanh | sigmoid | relu (authors: NL).
+    node.NONLINEARITY = "softplus"
+    # h~ = nl(c1) (True, the paper's configs) instead of inh + nl(omega inh nl(c1)) (LESS_SOFTPLUS).
+    node.LESS_SOFTPLUS = True
+    # Chronos gate-bias init log U(1, T-1) (True, the intent) or U(1, T-1) (False, authors' code).
+    node.CHRONOS_LOG = True
+    # Norm inside the cell: "GN" | "IN" | "" (authors: NORM = "GN"). BN/SyncBN are rejected.
+    node.CELL_NORM = "GN"
+    # Groups of the GroupNorm inside the cell (CONV_DIM must be divisible by it).
+    node.CELL_NORM_GROUPS = 32
+    # Norm on the final state before the deconv, any detectron2 get_norm name (authors: OUTPUTNORM
+    # = "SyncBN"; use "GN" on CPU / single-image batches).
+    node.READOUT_NORM = "SyncBN"
+    # Inference only: stop once every RoI's relative residual ||h_t - h_t-1|| / ||h_t|| is below
+    # this (0 = off: always run the test steps).
+    node.HALT_TOLERANCE = 0.0
+
+    # Optimizer of tools/train_net.py: "SGD" (Detectron2's, the paper) | "ADAMW" (the authors'
+    # SOLVER.OPTIM "adam"; trains the CPU quick configs from random init in a few hundred steps).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    return cfg
+
+
+def _fail(key: str, value, why: str) -> None:
+    raise ValueError(f"cfg.MODEL.ROI_MASK_HEAD.RECURRENT.{key} = {value!r}: {why}")
+
+
+def _check_int(node: CN, key: str, minimum: int) -> None:
+    value = node[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(key, value, f"must be an integer >= {minimum}")
+
+
+def _check_choice(node: CN, key: str, choices) -> None:
+    if node[key] not in choices:
+        _fail(key, node[key], f"unknown value; choose one of {tuple(choices)}")
+
+
+def validate_crbp_config(cfg: CN) -> None:
+    """Raise ``ValueError`` (naming the key) if the recurrent head's settings are invalid.
+
+    Does nothing if ``add_crbp_config`` was never applied and the recurrent head is not used.
+    """
+    optimizer = cfg.SOLVER.get("OPTIMIZER", "SGD")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"cfg.SOLVER.OPTIMIZER = {optimizer!r}: unknown value; choose one of {OPTIMIZERS}"
+        )
+    head = cfg.MODEL.ROI_MASK_HEAD
+    uses_recurrent = head.NAME in ("RecurrentMaskHead", "RecurrentMaskRCNNConvUpsampleHead")
+    if "RECURRENT" not in head:
+        if uses_recurrent:
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.NAME is {head.NAME!r} but the config has no "
+                "MODEL.ROI_MASK_HEAD.RECURRENT node: call crbp_d2.config.add_crbp_config(cfg) "
+                "before merging the config file"
+            )
+        return
+    node = head.RECURRENT
+    _check_choice(node, "CELL", CELLS)
+    _check_choice(node, "METHOD", METHODS)
+    _check_choice(node, "NORM_CAP", NORM_CAPS)
+    _check_choice(node, "LCP_REDUCTION", LCP_REDUCTIONS)
+    _check_choice(node, "NONLINEARITY", tuple(NONLINEARITIES))
+    _check_int(node, "TIMESTEPS", 1)
+    _check_int(node, "TEST_TIMESTEPS", 0)
+    _check_int(node, "TBPTT_STEPS", 0)
+    _check_int(node, "NEUMANN_STEPS", 1)
+    _check_int(node, "KERNEL_SIZE", 1)
+    if node.KERNEL_SIZE % 2 == 0:
+        _fail("KERNEL_SIZE", node.KERNEL_SIZE, "must be odd (same padding)")
+    if not 0.0 <= float(node.LCP_LAMBDA) < 1.0:
+        _fail(
+            "LCP_LAMBDA",
+            node.LCP_LAMBDA,
+            "must be in [0, 1) so that the penalty asks for a contraction",
+        )
+    if float(node.LCP_WEIGHT) < 0:
+        _fail("LCP_WEIGHT", node.LCP_WEIGHT, "must be >= 0")
+    if float(node.CAP_THRESHOLD) <= 0:
+        _fail("CAP_THRESHOLD", node.CAP_THRESHOLD, "must be > 0")
+    if float(node.HALT_TOLERANCE) < 0:
+        _fail("HALT_TOLERANCE", node.HALT_TOLERANCE, "must be >= 0 (0 turns halting off)")
+    if node.CELL_NORM in _BATCH_NORMS:
+        _fail(
+            "CELL_NORM",
+            node.CELL_NORM,
+            "batch norms cannot be inside the recurrent cell: SyncBN has no double backward (the "
+            "LCP needs one), FrozenBN is not a norm of the state, and BN's batch statistics mix "
+            "all RoIs of the batch into every RoI's map (and change between train and test). Use "
+            "'GN' (the paper), 'IN' or ''; BN/SyncBN belong in READOUT_NORM",
+        )
+    _check_choice(node, "CELL_NORM", CELL_NORMS)
+    _check_choice(node, "READOUT_NORM", READOUT_NORMS)
+    _check_int(node, "CELL_NORM_GROUPS", 1)
+    if node.CELL == "hgru" and node.CELL_NORM == "GN" and head.CONV_DIM % node.CELL_NORM_GROUPS:
+        _fail(
+            "CELL_NORM_GROUPS",
+            node.CELL_NORM_GROUPS,
+            f"MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) must be divisible by it",
+        )
+    if node.READOUT_NORM == "GN" and head.CONV_DIM % 32:
+        _fail(
+            "READOUT_NORM",
+            "GN",
+            f"Detectron2's GN uses 32 groups; MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) "
+            "is not divisible by 32",
+        )
+
+
+def get_crbp_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """A Detectron2 config with the recurrent keys, merged from ``config_file`` and ``opts``,
+    validated (not frozen).
+
+    Unknown keys in the file or the opts raise yacs' ``KeyError: 'Non-existent config key: ...'``.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_crbp_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as error:
+            raise _unknown_key_error(
+                cfg, str(error.args[0]), f"config file {config_file}"
+            ) from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {opts}")
+    for key in opts[0::2]:
+        if cfg.key_is_deprecated(key) or cfg.key_is_renamed(key):
+            continue  # yacs ignores the first and explains the second
+        if not _has_key(cfg, key):
+            raise _unknown_key_error(cfg, key, "the command-line overrides")
+    cfg.merge_from_list(opts)
+    validate_crbp_config(cfg)
+    return cfg
+
+
+def _has_key(cfg: CN, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, CN) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _unknown_key_error(cfg: CN, message: str, source: str) -> KeyError:
+    """One KeyError naming the unknown key, where it came from, and close existing keys."""
+    key = message.split(":", 1)[1].strip() if message.startswith("Non-existent") else message
+    parts = key.split(".")
+    node, known = cfg, []
+    for part in parts[:-1]:  # walk to the deepest existing node
+        if isinstance(node, CN) and part in node:
+            node, known = node[part], known + [part]
+        else:
+            break
+    hint = ""
+    if isinstance(node, CN):
+        close = difflib.get_close_matches(parts[len(known)], list(node.keys()), n=3, cutoff=0.5)
+        if close:
+            prefix = ".".join(known)
+            hint = (
+                " Did you mean "
+                + ", ".join(f"{prefix + '.' if prefix else ''}{c}" for c in close)
+                + "?"
+            )
+    return KeyError(f"Non-existent config key: {key} (in {source}).{hint}")
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path  # detectron2://, https://, catalog:// ... are fetched by PathManager
+
+
+def check_weights_file(cfg: CN, resume: bool = False) -> None:
+    """Raise ``FileNotFoundError`` naming ``cfg.MODEL.WEIGHTS`` if it is a local path that does
+    not exist and will be loaded (not when resuming from a checkpoint in ``cfg.OUTPUT_DIR``)."""
+    path = cfg.MODEL.WEIGHTS
+    if not path or _is_remote(path):
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS file not found: {path!r} (set MODEL.WEIGHTS to a checkpoint such as "
+            "<OUTPUT_DIR>/model_final.pth, to a detectron2:// URL, or to '' for random init)"
+        )

@@ -1,0 +1,267 @@
+"""The R-FPN mask head: a recurrent cell on the RoI features in place of the 4-conv stack.
+
+Data flow for R RoIs (C = ``MODEL.ROI_MASK_HEAD.CONV_DIM``, 256 in the paper)::
+
+    x (R, C, 14, 14) --engine: N steps of the cell, learning method--> h_N (R, C, 14, 14)
+      --readout norm--> --ConvTranspose 2x2 s2 + ReLU--> (R, C, 28, 28)
+      --1x1 predictor--> mask logits (R, num_classes, 28, 28)
+
+In training the head returns ``loss_mask`` (Mask R-CNN per-class BCE) and, for the methods with a
+Lipschitz Coefficient Penalty (cbptt, crbp), ``loss_lcp`` = LCP_WEIGHT x LCP, the way PointRend's
+implicit head returns its extra regulariser: no ROIHeads subclass is needed. At inference it runs
+the test steps (or halts adaptively) and, when :attr:`RecurrentMaskHead.return_timecourse` is set,
+also returns the mask probabilities of every step as ``pred_masks_steps``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
+from detectron2.modeling.roi_heads.mask_head import (
+    ROI_MASK_HEAD_REGISTRY,
+    BaseMaskRCNNHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ..config import validate_crbp_config
+from ..recurrent import ConvLSTMCell, HGRUCellD2, RecurrenceDiagnostics, RecurrentEngine
+
+__all__ = ["RecurrentMaskHead", "RecurrentMaskRCNNConvUpsampleHead", "build_recurrent_engine"]
+
+SCALAR_PREFIX = "crbp/"
+
+
+def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
+    """The cell and engine described by ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT``.
+
+    Args:
+        input_channels: channels of the RoI features (the FPN width).
+    """
+    validate_crbp_config(cfg)
+    node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
+    hidden = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
+    if node.CELL == "hgru":
+        if input_channels != hidden:
+            raise ValueError(
+                f"the hGRU's state and drive have the same width, but the RoI features have "
+                f"{input_channels} channels and MODEL.ROI_MASK_HEAD.CONV_DIM is {hidden}; set "
+                f"CONV_DIM {input_channels} (the paper uses 256 = MODEL.FPN.OUT_CHANNELS)"
+            )
+        cell: nn.Module = HGRUCellD2(
+            channels=hidden,
+            kernel_size=node.KERNEL_SIZE,
+            timesteps=node.TIMESTEPS,
+            gala=node.GALA,
+            norm=node.CELL_NORM,
+            norm_groups=node.CELL_NORM_GROUPS,
+            nonlinearity=node.NONLINEARITY,
+            less_softplus=node.LESS_SOFTPLUS,
+            chronos_log=node.CHRONOS_LOG,
+        )
+    else:
+        cell = ConvLSTMCell(input_channels, hidden, node.KERNEL_SIZE, implicit_state="joint")
+    return RecurrentEngine(
+        cell,
+        steps=node.TIMESTEPS,
+        method=node.METHOD,
+        test_steps=node.TEST_TIMESTEPS or None,
+        neumann_steps=node.NEUMANN_STEPS,
+        norm_cap=node.NORM_CAP,
+        cap_threshold=float(node.CAP_THRESHOLD),
+        tbptt_steps=node.TBPTT_STEPS or None,
+        lcp_lambda=float(node.LCP_LAMBDA),
+        lcp_reduction=node.LCP_REDUCTION,
+        monitor_lcp=node.MONITOR_LCP,
+        halt_tolerance=float(node.HALT_TOLERANCE) or None,
+    )
+
+
+def _put_scalars(values: Dict[str, float]) -> None:
+    """Send ``values`` to the current EventStorage (TensorBoard, metrics.json), if any."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage active (e.g. a bare backward in a script)
+        return
+    storage.put_scalars(**{SCALAR_PREFIX + k: v for k, v in values.items()}, smoothing_hint=True)
+
+
+class _AfterBackward(torch.autograd.Function):
+    """Identity on the RoI features; its backward runs once the whole recurrence has been
+    back-propagated (the features' gradient is complete only then), and logs the Neumann stats
+    of that same iteration."""
+
+    @staticmethod
+    def forward(ctx, diagnostics: RecurrenceDiagnostics, x: Tensor) -> Tensor:
+        ctx.diagnostics = diagnostics
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        diag = ctx.diagnostics
+        values = {}
+        if diag.neumann_terms is not None:
+            values["neumann_terms"] = float(diag.neumann_terms)
+            values["neumann_cap_fired"] = float(bool(diag.cap_fired))
+        if values:
+            _put_scalars(values)
+        return None, grad
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class RecurrentMaskHead(BaseMaskRCNNHead):
+    """Recurrent (R-FPN) mask head of C-RBP, Linsley et al. NeurIPS 2020.
+
+    Attributes:
+        engine: the :class:`~crbp_d2.recurrent.RecurrentEngine` (``engine.cell`` is the cell;
+            ``engine.test_steps`` the inference steps, which the timestep sweep changes).
+        return_timecourse: at inference, also store ``pred_masks_steps`` (R, T, 28, 28), the
+            predicted-class mask probability after every step t = 1..T, on the instances.
+        last_diagnostics: the engine's diagnostics of the last call (dict of floats).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        engine: RecurrentEngine,
+        num_classes: int,
+        readout_norm: str = "",
+        lcp_weight: float = 1e-3,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            engine: the recurrence; its cell's ``hidden_channels`` is the readout width.
+            num_classes: foreground classes (1 for class-agnostic masks).
+            readout_norm: norm on the final state, a :func:`detectron2.layers.get_norm` name.
+            lcp_weight: weight of ``loss_lcp`` (LCP_WEIGHT, the authors' XI).
+            kwargs: ``loss_weight``, ``vis_period`` of :class:`BaseMaskRCNNHead`.
+        """
+        super().__init__(**kwargs)
+        if lcp_weight < 0:
+            raise ValueError(f"lcp_weight must be >= 0, got {lcp_weight}")
+        width = engine.cell.hidden_channels
+        self.engine = engine
+        self.lcp_weight = float(lcp_weight)
+        self.readout_norm = get_norm(readout_norm, width) or nn.Identity()
+        self.deconv = ConvTranspose2d(width, width, kernel_size=2, stride=2, padding=0)
+        self.predictor = Conv2d(width, num_classes, kernel_size=1)
+        weight_init.c2_msra_fill(self.deconv)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+        self.return_timecourse = False
+        self.last_diagnostics: Dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        ret = super().from_config(cfg, input_shape)
+        validate_crbp_config(cfg)  # also raises if add_crbp_config was never applied
+        node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
+        num_classes = (
+            1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        )
+        ret.update(
+            engine=build_recurrent_engine(cfg, input_shape.channels),
+            num_classes=num_classes,
+            readout_norm=node.READOUT_NORM,
+            lcp_weight=float(node.LCP_WEIGHT),
+        )
+        return ret
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    @property
+    def test_steps(self) -> int:
+        """Steps run at inference (``engine.test_steps``)."""
+        return self.engine.test_steps
+
+    @test_steps.setter
+    def test_steps(self, steps: int) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"test steps must be an integer >= 1, got {steps!r}")
+        self.engine.test_steps = steps
+
+    def readout(self, h: Tensor) -> Tensor:
+        """(R, C, 14, 14) state -> (R, num_classes, 28, 28) mask logits."""
+        return self.predictor(torch.relu(self.deconv(self.readout_norm(h))))
+
+    def layers(self, x: Tensor) -> Tensor:
+        """(R, C, 14, 14) RoI features -> (R, num_classes, 28, 28) mask logits (no losses)."""
+        out = self.engine(x)
+        return self.readout(self.engine.cell.output(out.state))
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, instances: List[Instances]):
+        """
+        Args:
+            x: (R, C, 14, 14) RoI features of all images.
+            instances: per-image Instances (training: proposals with gt fields; inference:
+                detections with ``pred_classes``), R in total.
+
+        Returns:
+            Training: ``{"loss_mask", "loss_lcp"}`` (``loss_lcp`` only for cbptt / crbp).
+            Inference: ``instances`` with ``pred_masks`` (and ``pred_masks_steps``).
+        """
+        if self.training:
+            return self._forward_train(x, instances)
+        return self._forward_inference(x, instances)
+
+    def _forward_train(self, x: Tensor, instances: List[Instances]) -> Dict[str, Tensor]:
+        diagnostics_holder = RecurrenceDiagnostics(self.engine.method, 0, 0.0)
+        if x.requires_grad:
+            # logs the Neumann stats when backward reaches the features, i.e. after the series ran
+            x = _AfterBackward.apply(diagnostics_holder, x)
+        out = self.engine(x)
+        # share the engine's stats object with the probe (it is filled during backward)
+        diagnostics_holder.neumann = out.diagnostics.neumann
+        logits = self.readout(self.engine.cell.output(out.state))
+        losses = {
+            "loss_mask": mask_rcnn_loss(logits, instances, self.vis_period) * self.loss_weight
+        }
+        if self.engine.uses_lcp:
+            losses["loss_lcp"] = self.lcp_weight * out.lcp
+        scalars = out.diagnostics.scalars()
+        scalars.pop("neumann_terms", None)  # not known before backward: logged by the probe
+        scalars.pop("neumann_cap_fired", None)
+        scalars["rois"] = float(x.shape[0])
+        self.last_diagnostics = scalars
+        _put_scalars(scalars)
+        return losses
+
+    def _forward_inference(self, x: Tensor, instances: List[Instances]) -> List[Instances]:
+        out = self.engine(x, record_states=self.return_timecourse)
+        self.last_diagnostics = out.diagnostics.scalars()
+        logits = self.readout(self.engine.cell.output(out.state))
+        mask_rcnn_inference(logits, instances)
+        if self.return_timecourse:
+            steps = [
+                self._class_probabilities(self.readout(self.engine.cell.output(s)), instances)
+                for s in out.states
+            ]
+            per_step = torch.stack(steps, dim=1)  # (R, T, 28, 28)
+            for inst, probs in zip(instances, per_step.split([len(i) for i in instances])):
+                inst.pred_masks_steps = probs
+        return instances
+
+    @staticmethod
+    def _class_probabilities(logits: Tensor, instances: List[Instances]) -> Tensor:
+        """(R, K, 28, 28) logits -> (R, 28, 28) sigmoid of the predicted class (as pred_masks)."""
+        if logits.shape[1] == 1:
+            return logits[:, 0].sigmoid()
+        classes = (
+            cat([i.pred_classes for i in instances]) if instances else logits.new_zeros(0).long()
+        )
+        return logits[torch.arange(logits.shape[0], device=logits.device), classes].sigmoid()
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class RecurrentMaskRCNNConvUpsampleHead(RecurrentMaskHead):
+    """Alias of :class:`RecurrentMaskHead` under the name used by the authors' configs."""

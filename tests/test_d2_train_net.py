@@ -1,0 +1,151 @@
+"""End to end on CPU: tools/train_net.py (train -> checkpoint -> --resume -> --eval-only),
+tools/timestep_sweep.py and tools/demo.py on the synthetic panoptic dataset, with a tiny config
+(64 px, 1 image per step, 3 recurrent steps) so the whole module takes well under two minutes."""
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import crbp_d2  # noqa: F401  (compatibility shim before detectron2)
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = load_tool("train_net")
+timestep_sweep = load_tool("timestep_sweep")
+demo = load_tool("demo")
+
+
+def train_args(output: Path, *flags: str, opts=()):
+    return train_net.parse_args(["--config-file", CONFIG, *flags, "OUTPUT_DIR", str(output), *opts])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Train 2 iterations (no evaluation), then resume to 3; returns the output folder."""
+    output = tmp_path_factory.mktemp("rfpn_e2e")
+    train_net.main(train_args(output, opts=("DATASETS.TEST", "()")))
+    first = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    assert first["iteration"] == 1  # iterations 0 and 1
+    train_net.main(
+        train_args(output, "--resume", opts=("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3"))
+    )
+    resumed = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["iteration"] == 2  # resumed at iteration 2, not restarted from 0
+    assert resumed["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 3  # scheduler state kept
+    metrics = (output / "metrics.json").read_text().splitlines()
+    assert any('"crbp/residual"' in line and '"loss_lcp"' in line for line in metrics)
+    return output
+
+
+def test_eval_only_gives_finite_pq_and_ap(trained):
+    weights = str(trained / "model_final.pth")
+    results = train_net.main(
+        train_args(trained / "eval", "--eval-only", opts=("MODEL.WEIGHTS", weights))
+    )
+    assert set(results) == {"panoptic_seg", "bbox", "segm", "sem_seg"}
+    for task, metric in (
+        ("panoptic_seg", "PQ"),
+        ("panoptic_seg", "PQ_th"),
+        ("bbox", "AP"),
+        ("segm", "AP"),
+        ("sem_seg", "mIoU"),
+    ):
+        value = results[task][metric]
+        assert math.isfinite(value) and 0.0 <= value <= 100.0, (task, metric, value)
+
+
+def test_timestep_sweep_writes_csv_and_plot_and_onepass_equals_rerun(trained):
+    weights = str(trained / "model_final.pth")
+    columns = timestep_sweep.COLUMNS + (timestep_sweep.AP_COLUMN,)
+    rows = {}
+    for mode in ("onepass", "rerun"):
+        out = trained / f"sweep_{mode}"
+        args = timestep_sweep.parse_args(
+            ["--config-file", CONFIG, "--output", str(out), "--steps", "1-2", "--mode", mode,
+             "--segm-ap", "MODEL.WEIGHTS", weights]
+        )  # fmt: skip
+        rows[mode] = timestep_sweep.main(args)
+        assert (out / "timestep_sweep.png").stat().st_size > 1000
+        lines = (out / "timestep_sweep.csv").read_text().splitlines()
+        assert lines[0] == ",".join(columns) and len(lines) == 3
+    assert [r["steps"] for r in rows["onepass"]] == [1, 2]
+    # one pass at 2 steps, read out per step == one full evaluation per step count
+    for fast, slow in zip(rows["onepass"], rows["rerun"]):
+        for key in columns:
+            assert math.isfinite(fast[key])
+            assert fast[key] == pytest.approx(slow[key], abs=1e-6), key
+
+
+def test_demo_writes_panoptic_and_timecourse_images(trained):
+    import cv2
+    from detectron2.data import MetadataCatalog
+
+    images = MetadataCatalog.get("synthetic_panoptic_val_separated").image_root
+    out = trained / "demo"
+    weights = str(trained / "model_final.pth")
+    args = demo.parse_args(
+        ["--config-file", CONFIG, "--input", images, "--output", str(out), "--max-images", "2",
+         "--confidence-threshold", "0.0", "--timecourse", "--opts", "MODEL.WEIGHTS", weights]
+    )  # fmt: skip
+    written = demo.main(args)
+    assert len(written) == 4 and all(os.path.getsize(p) > 1000 for p in written)
+    panoptic = cv2.imread(written[0])
+    timecourse = cv2.imread(written[1])
+    assert written[1].endswith("_timecourse.png")
+    # one panel per test step (3), side by side, each the size of the input image
+    assert timecourse.shape[0] == panoptic.shape[0] and timecourse.shape[1] == 3 * panoptic.shape[1]
+
+
+def test_missing_weights_file_is_one_clear_error(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS file not found: .*nope.pth"):
+        train_net.main(train_args(tmp_path, "--eval-only", opts=("MODEL.WEIGHTS", missing)))
+    with pytest.raises(SystemExit) as exit_info:  # the command line reports it in one line
+        train_net.cli(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", missing])
+    assert str(exit_info.value).startswith("train_net.py: error: MODEL.WEIGHTS file not found")
+    with pytest.raises(SystemExit, match="demo.py: error: MODEL.WEIGHTS file not found"):
+        demo.cli(
+            [
+                "--config-file",
+                CONFIG,
+                "--input",
+                str(tmp_path),
+                "--output",
+                str(tmp_path),
+                "--opts",
+                "MODEL.WEIGHTS",
+                missing,
+            ]
+        )
+
+
+def test_unknown_dataset_and_unknown_key_are_one_clear_error(tmp_path):
+    with pytest.raises(
+        KeyError,
+        match="Unknown dataset name.*'synthetic_panoptic_vall'.*synthetic_panoptic_val_separated",
+    ):
+        train_net.main(train_args(tmp_path, opts=("DATASETS.TEST", "('synthetic_panoptic_vall',)")))
+    with pytest.raises(
+        SystemExit,
+        match="train_net.py: error: Non-existent config key: MODEL.ROI_MASK_HEAD.RECURRENT.STEPS",
+    ):
+        train_net.cli(["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.STEPS", "3"])
+    with pytest.raises(SystemExit, match="CELL_NORM = 'SyncBN': batch norms cannot be inside"):
+        train_net.cli(
+            ["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.CELL_NORM", "SyncBN"]
+        )
