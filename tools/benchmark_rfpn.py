@@ -215,6 +215,15 @@ def table(records: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def table_with_machine(records: List[Dict]) -> str:
+    first = records[0]
+    return (
+        f"{table(records)}\n\nMeasured on {first['device']}, {first['threads']} torch thread(s), "
+        f"{first['size']} px, batch {first['batch']}: one Panoptic FPN R-50 training step "
+        f"(`tools/benchmark_rfpn.py`; memory = {first['peak_kind']}).\n"
+    )
+
+
 def plot(records: List[Dict], path: str) -> None:
     import matplotlib
 
@@ -264,6 +273,8 @@ def main(args: argparse.Namespace) -> List[Dict]:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)
+        with open(os.path.splitext(args.json)[0] + ".md", "w") as f:  # for tools/update_readme.py
+            f.write(table_with_machine(records))
     if args.plot:
         plot(records, args.plot)
     return records
