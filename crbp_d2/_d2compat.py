@@ -4,6 +4,7 @@ Imported by ``crbp_d2/__init__.py`` before anything imports detectron2. Every pa
 only when missing, so with upstream Detectron2 (compiled ``_C``, newer code) it is a no-op, and it
 is harmless when detectron2 is not installed at all.
 """
+
 import importlib.util
 import os
 import sys
@@ -14,7 +15,13 @@ import numpy as np
 
 def _patch_numpy_aliases() -> None:
     # numpy >= 1.24 removed these aliases; Detectron2 v0.6 still uses np.int / np.float / np.str.
-    for name, typ in (("int", int), ("float", float), ("str", str), ("object", object), ("bool", bool)):
+    for name, typ in (
+        ("int", int),
+        ("float", float),
+        ("str", str),
+        ("object", object),
+        ("bool", bool),
+    ):
         if name not in vars(np):
             setattr(np, name, typ)
 

@@ -6,6 +6,7 @@ So registration runs right after ``detectron2.modeling`` / ``detectron2.data`` f
 (or at once, if they already are): every path to ``build_model`` or ``DatasetCatalog`` passes
 through those packages.
 """
+
 from __future__ import annotations
 
 import importlib

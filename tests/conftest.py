@@ -1,7 +1,8 @@
 """Shared test set-up: the compatibility shim first, deterministic seeds, float64 helpers."""
-import crbp_d2  # noqa: F401  (must come before any detectron2 import)
 import pytest
 import torch
+
+import crbp_d2  # noqa: F401  (must come before any detectron2 import)
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ from crbp_d2.pathfinder.analysis import (
     evaluate_at,
     iou_over_steps,
     load_trained,
+    make_test_loader,
     parse_named_paths,
     pca_fit,
     state_space,
-    make_test_loader,
 )
 from crbp_d2.pathfinder.config import load_config
 from crbp_d2.pathfinder.trainer import Trainer

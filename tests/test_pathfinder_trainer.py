@@ -1,7 +1,7 @@
 """Pathfinder trainer: metrics, losses, configs, CLI errors, exact resume, DDP, a tiny run."""
 
-import math
 import importlib.util
+import math
 import os
 
 import pytest

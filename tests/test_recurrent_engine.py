@@ -1,9 +1,11 @@
 """LCP, constant memory, halting, spectral radius, recording and argument checks of the engine."""
+
 import subprocess
 import sys
 
 import pytest
 import torch
+from test_recurrent_gradients import CELLS, DTYPE, LinearCell, _dense_jacobian, _input_for
 from torch.func import functional_call
 
 from crbp_d2.recurrent import (
@@ -15,13 +17,16 @@ from crbp_d2.recurrent import (
     lipschitz_penalty,
 )
 from crbp_d2.recurrent.base import state_parts
-from test_recurrent_gradients import CELLS, DTYPE, LinearCell, _dense_jacobian, _input_for
 
 
 def _prev_and_last(cell, x, steps=4):
     with torch.no_grad():
         prev = RecurrentEngine(cell, steps=steps, method="rbp")(x).state
-    prev = type(prev)(p.requires_grad_() for p in prev) if isinstance(prev, tuple) else prev.requires_grad_()
+    prev = (
+        type(prev)(p.requires_grad_() for p in prev)
+        if isinstance(prev, tuple)
+        else prev.requires_grad_()
+    )
     return prev, cell(cell.prepare(x), prev)
 
 
@@ -158,7 +163,9 @@ def test_record_states_does_not_change_the_gradient():
             out = RecurrentEngine(cell, steps=6, method=method)(x, record_states=record)
             loss = out.state.sum() + (out.lcp if out.lcp is not None else 0)
             loss.backward()
-            grads.append(torch.cat([x.grad.reshape(-1)] + [p.grad.reshape(-1) for p in cell.parameters()]))
+            grads.append(
+                torch.cat([x.grad.reshape(-1)] + [p.grad.reshape(-1) for p in cell.parameters()])
+            )
             if record:
                 assert len(out.states) == 6 and not out.states[-1].requires_grad
                 torch.testing.assert_close(out.states[-1], out.state.detach())
@@ -168,7 +175,9 @@ def test_record_states_does_not_change_the_gradient():
 def test_halting_stops_at_tolerance_and_reports_steps():
     cell = LinearCell(5, spectral_radius=0.5)
     x = torch.randn(2, 5, 1, 1, dtype=DTYPE)
-    engine = RecurrentEngine(cell, steps=5, test_steps=200, method="crbp", halt_tolerance=1e-8).eval()
+    engine = RecurrentEngine(
+        cell, steps=5, test_steps=200, method="crbp", halt_tolerance=1e-8
+    ).eval()
     with torch.no_grad():
         out = engine(x)
     assert out.diagnostics.halted and out.diagnostics.steps < 200
@@ -216,7 +225,9 @@ def test_deterministic_under_a_seed():
         x = torch.rand(2, 8, 6, 6)
         out = RecurrentEngine(cell, 5, "crbp")(x)
         (out.state.sum() + out.lcp).backward()
-        results.append(torch.cat([out.state.reshape(-1)] + [p.grad.reshape(-1) for p in cell.parameters()]))
+        results.append(
+            torch.cat([out.state.reshape(-1)] + [p.grad.reshape(-1) for p in cell.parameters()])
+        )
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 

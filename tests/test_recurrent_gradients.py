@@ -1,4 +1,5 @@
 """The recurrent core's gradients against exact float64 references (dense Jacobians, gradcheck)."""
+
 import pytest
 import torch
 from torch import nn
@@ -35,7 +36,9 @@ class LinearCell(RecurrentCell):
 
 def _contractive_d2_cell() -> HGRUCellD2:
     cell = HGRUCellD2(channels=4, kernel_size=3, timesteps=6, norm_groups=2).to(DTYPE)
-    with torch.no_grad():  # open the update gate so the fixed point is reached in a few hundred steps
+    with (
+        torch.no_grad()
+    ):  # open the update gate so the fixed point is reached in a few hundred steps
         cell.gate_exc.bias.fill_(2.0)
     return cell
 
@@ -70,7 +73,10 @@ def _dense_jacobian(cell, drive, state):
     parts = state_parts(state)
 
     def step(flat):
-        new = cell(drive, type(state)(_unflat(flat, parts)) if isinstance(state, tuple) else flat.view_as(state))
+        new = cell(
+            drive,
+            type(state)(_unflat(flat, parts)) if isinstance(state, tuple) else flat.view_as(state),
+        )
         return _flat(state_parts(new))
 
     return torch.autograd.functional.jacobian(step, _flat(parts))
@@ -239,8 +245,8 @@ def test_norm_caps_follow_the_authors_rules():
     out = neumann_series(vjp, g0, 10, "pathfinder", stats=stats)
     assert float(out[0]) == pytest.approx(partial(2)) and stats.terms_used == 2 and stats.cap_fired
     # Detectron2: a tripping term is skipped but the series goes on from it. Terms 1-2 are kept
-    # (0.98), 3-6 trip, 7 is kept (0.98 + 0.5*0.6**7), 8 trips, 9 is kept, 10 trips: the sum saved at
-    # the last trip (before term 10) is returned.
+    # (0.98), 3-6 trip, 7 is kept (0.98 + 0.5*0.6**7), 8 trips, 9 is kept, 10 trips: the sum
+    # saved at the last trip (before term 10) is returned.
     stats = NeumannStats()
     out = neumann_series(vjp, g0, 10, "detectron2", stats=stats)
     expected = partial(2) + 0.5 * 0.6**7 + 0.5 * 0.6**9

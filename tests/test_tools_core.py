@@ -1,4 +1,5 @@
 """The memory benchmark and the README updater, run for real at tiny sizes."""
+
 import json
 import os
 import subprocess
@@ -9,9 +10,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_benchmark_memory_writes_records_plot_and_table(tmp_path):
     out = tmp_path / "memory.json"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark_memory.py"), "--steps", "2", "4", "6",
-           "--methods", "bptt", "crbp", "--size", "12", "--channels", "2", "--kernel", "3",
-           "--neumann-steps", "3", "--device", "cpu", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "benchmark_memory.py"),
+        "--steps",
+        "2",
+        "4",
+        "6",
+        "--methods",
+        "bptt",
+        "crbp",
+        "--size",
+        "12",
+        "--channels",
+        "2",
+        "--kernel",
+        "3",
+        "--neumann-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     records = json.loads(out.read_text())
     assert {(r["method"], r["steps"]) for r in records} == {
@@ -38,7 +59,8 @@ def test_update_readme_replaces_only_marked_blocks(tmp_path):
     import update_readme
 
     (tmp_path / "a.md").write_text("| x |\n")
-    text = "intro\n<!-- results:a -->\nold\n<!-- /results:a -->\n<!-- results:b -->\nkeep\n<!-- /results:b -->\n"
+    block_b = "<!-- results:b -->\nkeep\n<!-- /results:b -->\n"
+    text = "intro\n<!-- results:a -->\nold\n<!-- /results:a -->\n" + block_b
     new, missing = update_readme.update(text, str(tmp_path))
-    assert new == "intro\n<!-- results:a -->\n| x |\n<!-- /results:a -->\n<!-- results:b -->\nkeep\n<!-- /results:b -->\n"
+    assert new == "intro\n<!-- results:a -->\n| x |\n<!-- /results:a -->\n" + block_b
     assert missing == ["b"]

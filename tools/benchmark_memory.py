@@ -16,6 +16,7 @@ Usage:
   python tools/benchmark_memory.py --steps 5 20 80 --methods bptt crbp \
       --json docs/results/memory_cpu.json --plot docs/results/memory_cpu.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,10 +104,19 @@ def measure_one(args: argparse.Namespace, method: str, steps: int) -> Dict:
 def _out_of_memory_record(args: argparse.Namespace, method: str, steps: int) -> Dict:
     total = torch.cuda.get_device_properties(0).total_memory
     return {
-        "method": method, "steps": steps, "saved_bytes": None, "peak_bytes": None,
-        "step_bytes": None, "seconds": None, "error": f"out of memory (card has {total} bytes)",
-        "device": torch.cuda.get_device_name(0), "batch": args.batch, "channels": args.channels,
-        "kernel": args.kernel, "size": args.size, "torch": torch.__version__,
+        "method": method,
+        "steps": steps,
+        "saved_bytes": None,
+        "peak_bytes": None,
+        "step_bytes": None,
+        "seconds": None,
+        "error": f"out of memory (card has {total} bytes)",
+        "device": torch.cuda.get_device_name(0),
+        "batch": args.batch,
+        "channels": args.channels,
+        "kernel": args.kernel,
+        "size": args.size,
+        "torch": torch.__version__,
     }
 
 
@@ -138,8 +148,11 @@ def write_plot(records: List[Dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    keys = [("saved_bytes", "saved for backward (MiB)"), ("step_bytes", "peak during step (MiB)"),
-            ("seconds", "seconds per step")]
+    keys = [
+        ("saved_bytes", "saved for backward (MiB)"),
+        ("step_bytes", "peak during step (MiB)"),
+        ("seconds", "seconds per step"),
+    ]
     for ax, (key, label) in zip(axes, keys):
         for method in dict.fromkeys(r["method"] for r in records):
             rows = sorted(
@@ -164,8 +177,10 @@ def write_plot(records: List[Dict], path: str) -> None:
 
 
 def format_table(records: List[Dict]) -> str:
-    lines = ["| method | steps | saved for backward (MiB) | peak (MiB) | step peak (MiB) | seconds |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | steps | saved for backward (MiB) | peak (MiB) | step peak (MiB) | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         if r.get("error"):
             lines.append(f"| {r['method']} | {r['steps']} | {r['error']} | | | |")
@@ -189,7 +204,9 @@ def _table_with_machine(records: List[Dict], plot_name: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 20, 80])
     parser.add_argument("--methods", nargs="+", default=["bptt", "crbp"])
     parser.add_argument("--batch", type=int, default=1)

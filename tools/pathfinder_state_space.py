@@ -24,10 +24,10 @@ import torch  # noqa: E402
 from crbp_d2.pathfinder.analysis import (  # noqa: E402
     hidden_trajectories,
     load_trained,
+    make_test_loader,
     parse_named_paths,
     plot_state_space,
     state_space,
-    make_test_loader,
     write_records,
 )
 from crbp_d2.pathfinder.models import RecurrentSegmenter  # noqa: E402

@@ -22,9 +22,9 @@ import torch  # noqa: E402
 from crbp_d2.pathfinder.analysis import (  # noqa: E402
     iou_over_steps,
     load_trained,
+    make_test_loader,
     parse_named_paths,
     plot_iou_over_steps,
-    make_test_loader,
     write_records,
 )
 

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crbp_d2.pathfinder.analysis import (
     load_trained,
-    plot_timecourse,
     make_test_loader,
+    plot_timecourse,
     timecourse,
 )  # noqa: E402
 from crbp_d2.pathfinder.models import RecurrentSegmenter  # noqa: E402

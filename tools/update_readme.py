@@ -8,6 +8,7 @@ between the markers, so no number in the README is typed by hand.
 
   python tools/update_readme.py [--readme README.md] [--results docs/results] [--check]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ import os
 import re
 import sys
 
-MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+MARKER = re.compile(
+    r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S
+)
 
 
 def update(readme_text: str, results_dir: str) -> tuple[str, list[str]]:
@@ -35,7 +38,9 @@ def update(readme_text: str, results_dir: str) -> tuple[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--results", default=os.path.join("docs", "results"))
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
@@ -44,7 +49,9 @@ def main(argv=None) -> int:
         old = f.read()
     new, missing = update(old, args.results)
     for name in missing:
-        print(f"warning: no {args.results}/{name}.md for the README block {name!r}", file=sys.stderr)
+        print(
+            f"warning: no {args.results}/{name}.md for the README block {name!r}", file=sys.stderr
+        )
     if args.check:
         return int(new != old)
     if new != old:

@@ -5,6 +5,7 @@ Light imports only (numpy, OpenCV, Pillow); everything that needs torch (dataset
 trainer, analyses) is imported lazily from here. No Detectron2.
 """
 import importlib
+
 from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only
 from .generator import (
     PRESET_LENGTHS,

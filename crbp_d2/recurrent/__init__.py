@@ -2,6 +2,7 @@
 
 Pure PyTorch: nothing here imports Detectron2 or the Pathfinder module.
 """
+
 from .base import RecurrentCell, State, make_norm
 from .convlstm import ConvLSTMCell
 from .engine import (

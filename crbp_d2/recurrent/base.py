@@ -1,4 +1,5 @@
 """The cell protocol shared by every recurrent cell, and helpers for (possibly tuple) states."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -54,13 +55,16 @@ def make_norm(
     if kind in ("SyncBN", "NaiveSyncBN", "FrozenBN"):
         raise ValueError(
             f"norm {kind!r} cannot be used inside a recurrent cell: SyncBatchNorm has no double "
-            "backward (needed by LCP) and frozen statistics are not a per-step norm; use 'GN' or 'BN'"
+            "backward (needed by LCP) and frozen statistics are not a per-step norm; "
+            "use 'GN' or 'BN'"
         )
     if kind == "BN":
         layer: nn.Module = nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)
     elif kind == "GN":
         if channels % groups != 0:
-            raise ValueError(f"GroupNorm: channels ({channels}) must be divisible by groups ({groups})")
+            raise ValueError(
+                f"GroupNorm: channels ({channels}) must be divisible by groups ({groups})"
+            )
         layer = nn.GroupNorm(groups, channels, eps=eps)
     elif kind == "IN":
         layer = nn.GroupNorm(channels, channels, eps=eps)

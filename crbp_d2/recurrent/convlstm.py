@@ -1,4 +1,5 @@
 """Convolutional LSTM cell (no peepholes) whose state is the pair (h, c)."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -39,7 +40,9 @@ class ConvLSTMCell(RecurrentCell):
             raise ValueError(f"implicit_state must be 'joint' or 'h_only', got {implicit_state!r}")
         self.hidden_channels = hidden_channels
         padding = kernel_size // 2
-        self.input_conv = nn.Conv2d(input_channels, 4 * hidden_channels, kernel_size, padding=padding)
+        self.input_conv = nn.Conv2d(
+            input_channels, 4 * hidden_channels, kernel_size, padding=padding
+        )
         self.hidden_conv = nn.Conv2d(
             hidden_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False
         )

@@ -12,6 +12,7 @@ Methods (one switch everywhere):
 When autograd is off (``torch.no_grad`` / inference) the engine only iterates, optionally halting
 once the relative residual falls under a tolerance.
 """
+
 from __future__ import annotations
 
 import math
@@ -137,7 +138,9 @@ class RecurrentEngine(nn.Module):
             raise ValueError(f"unknown norm_cap {norm_cap!r}; choose one of {NORM_CAPS}")
         check_lcp_lambda(lcp_lambda)
         if lcp_reduction not in LCP_REDUCTIONS:
-            raise ValueError(f"unknown lcp_reduction {lcp_reduction!r}; choose one of {LCP_REDUCTIONS}")
+            raise ValueError(
+                f"unknown lcp_reduction {lcp_reduction!r}; choose one of {LCP_REDUCTIONS}"
+            )
         if tbptt_steps is not None and tbptt_steps < 1:
             raise ValueError(f"tbptt_steps must be >= 1, got {tbptt_steps}")
         if halt_tolerance is not None and halt_tolerance <= 0:
@@ -274,7 +277,9 @@ class RecurrentEngine(nn.Module):
         stats: NeumannStats,
         recorder: Optional[List[State]],
     ) -> RecurrenceOutput:
-        diag = RecurrenceDiagnostics(self.method, n, relative_residual(last, previous), neumann=stats)
+        diag = RecurrenceDiagnostics(
+            self.method, n, relative_residual(last, previous), neumann=stats
+        )
         penalty = None
         if need_lcp:
             idx = self._implicit_indices(len(state_parts(last)))
@@ -332,7 +337,9 @@ def spectral_radius(step, state: State, iterations: int = 50, seed: int = 0) -> 
     log_growth: List[float] = []
     for _ in range(iterations):
         with torch.enable_grad():
-            grads = torch.autograd.grad(out, state_parts(leaves), v, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                out, state_parts(leaves), v, retain_graph=True, allow_unused=True
+            )
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(parts, grads)]
         norm = float(state_norm(v))
         if norm == 0.0:

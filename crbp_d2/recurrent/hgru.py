@@ -1,4 +1,5 @@
 """hGRU cells: the Pathfinder form and the Detectron2 mask-head form (crbp_reference.md 1a/1b)."""
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,8 @@ class HGRUCell(RecurrentCell):
         super().__init__()
         if channels < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
-                f"HGRUCell needs channels >= 1 and an odd kernel_size, got {channels}, {kernel_size}"
+                "HGRUCell needs channels >= 1 and an odd kernel_size, "
+                f"got {channels}, {kernel_size}"
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2
@@ -122,7 +124,8 @@ class HGRUCellD2(RecurrentCell):
         super().__init__()
         if channels < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
-                f"HGRUCellD2 needs channels >= 1 and an odd kernel_size, got {channels}, {kernel_size}"
+                "HGRUCellD2 needs channels >= 1 and an odd kernel_size, "
+                f"got {channels}, {kernel_size}"
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2

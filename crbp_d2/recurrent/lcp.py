@@ -1,4 +1,5 @@
 """The Lipschitz Coefficient Penalty (LCP) of C-BPTT / C-RBP."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple

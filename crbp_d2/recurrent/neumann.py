@@ -6,6 +6,7 @@ the parameters is (dF/dtheta)^T (I - J^T)^-1 g0 with J = dF/dh at h*. RBP approx
 through one stored step) and hands the result to autograd as the gradient of h_N = F(x, h_{N-1}),
 which then flows into theta and x through that single step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ def neumann_series(
         g0: the incoming gradient, a tuple of tensors (one per state part).
         terms: K >= 1, the number of VJPs.
         norm_cap: ``"none"``: the plain K-term sum. ``"pathfinder"`` (the authors' Pathfinder code):
-            stop at the first term where ||g + v|| > ``cap_threshold``, ||v|| grows, or ||v|| < 1e-9,
+            stop at the first term where ||g + v|| > ``cap_threshold``, ||v|| grows or ||v|| < 1e-9,
             keeping the sum before that term. ``"detectron2"`` (the authors' Detectron2 code): the
             same test, but the series continues from the rejected v, skips every term that trips
             the test, and returns the sum saved at the last trip (or the full sum if none).
