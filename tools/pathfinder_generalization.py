@@ -11,16 +11,16 @@ Writes <out>.csv, <out>.json and <out>.png.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 
 from crbp_d2.pathfinder.analysis import (  # noqa: E402
     PAPER_LENGTHS,
+    analysis_argument_parser,
+    apply_threads,
     generalization_matrix,
     parse_named_paths,
     plot_generalization,
@@ -29,11 +29,7 @@ from crbp_d2.pathfinder.analysis import (  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
-    )
-    p.add_argument("--out", required=True, help="output stem (no extension)")
+    p = analysis_argument_parser(__doc__)
     p.add_argument("--lengths", type=int, nargs="+", default=list(PAPER_LENGTHS))
     p.add_argument(
         "--test-size", type=int, default=None, help="images per length (default: config's)"
@@ -41,13 +37,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="inference steps (default: each model's)"
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--data", nargs="*", default=[], help="KEY VALUE overrides of the test data")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         records = generalization_matrix(
             parse_named_paths(args.checkpoints),

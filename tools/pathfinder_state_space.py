@@ -12,16 +12,16 @@ every pair), <out>.csv (per-image distances) and <out>.png.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from crbp_d2.pathfinder.analysis import (  # noqa: E402
+    analysis_argument_parser,
+    apply_threads,
     hidden_trajectories,
     load_trained,
     make_test_loader,
@@ -35,11 +35,7 @@ from crbp_d2.pathfinder.trainer import atomic_write_json  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
-    )
-    p.add_argument("--out", required=True, help="output stem (no extension)")
+    p = analysis_argument_parser(__doc__)
     p.add_argument("--max-steps", type=int, default=40, help="T")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--pool", type=int, default=8, help="states are average-pooled to P x P")
@@ -51,12 +47,8 @@ def main(argv=None) -> int:
         help="NAME=STEP: compare h_STEP with h_T instead of h_N (the authors: C-RBP 30)",
     )
     p.add_argument("--test-length", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     trajectories, train_steps = {}, {}
     try:
         compare = {k: int(v) for k, v in (s.split("=") for s in args.compare_step)}

@@ -11,15 +11,15 @@ Writes <out>.csv/.json (one row per model and step) and <out>.png.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 
 from crbp_d2.pathfinder.analysis import (  # noqa: E402
+    analysis_argument_parser,
+    apply_threads,
     iou_over_steps,
     load_trained,
     make_test_loader,
@@ -30,22 +30,14 @@ from crbp_d2.pathfinder.analysis import (  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
-    )
-    p.add_argument("--out", required=True, help="output stem (no extension)")
+    p = analysis_argument_parser(__doc__)
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument(
         "--test-length", type=int, default=None, help="default: each model's test length"
     )
     p.add_argument("--test-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     records, curves, train_steps = [], {}, {}
     try:
         for name, path in parse_named_paths(args.checkpoints).items():

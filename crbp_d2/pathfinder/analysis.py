@@ -17,6 +17,7 @@ says "L2"). The unprojected root-mean-square distance in the pooled space is rep
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -55,6 +56,27 @@ def load_trained(path: str, device: str = "cpu") -> Tuple[nn.Module, CfgNode]:
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg
+
+
+def analysis_argument_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every multi-model analysis CLI shares: --checkpoints NAME=PATH ..., --out
+    STEM, --batch-size, --device and --threads (call :func:`apply_threads` after parsing)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
+    )
+    parser.add_argument("--out", required=True, help="output stem (no extension)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    return parser
+
+
+def apply_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def parse_named_paths(items: Sequence[str]) -> Dict[str, str]:
