@@ -63,4 +63,5 @@ benchmark-memory: setup
 		--json docs/results/memory_cpu.json
 
 lint: setup
-	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets \
+		&& $(VENV)/bin/ruff format --check crbp_d2 tools tests datasets setup.py

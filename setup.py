@@ -1,4 +1,5 @@
 """crbp-d2: contractor recurrent back-propagation (C-RBP) for PyTorch and Detectron2."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -21,7 +22,13 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "d2": ["torchvision", "fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10", "pycocotools>=2.0.2",
-               "opencv-python-headless", "hotcoco>=1.3"],
+        "d2": [
+            "torchvision",
+            "fvcore>=0.1.5,<0.1.6",
+            "iopath>=0.1.7,<0.1.10",
+            "pycocotools>=2.0.2",
+            "opencv-python-headless",
+            "hotcoco>=1.3",
+        ],
     },
 )

@@ -5,6 +5,7 @@ compatibility shim, then arranges for the Detectron2 parts (the recurrent mask h
 built-in datasets) to be registered as soon as Detectron2 is imported, so the registry knows the
 head without Pathfinder-only users paying for a Detectron2 import.
 """
+
 from . import (
     _d2compat,  # noqa: F401  (must run before anything imports detectron2)
     _lazy_d2,

@@ -10,6 +10,7 @@ is built, before any data is loaded.
 
 Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in the comments.
 """
+
 from __future__ import annotations
 
 import difflib

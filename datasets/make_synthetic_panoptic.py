@@ -6,6 +6,7 @@ generates it with the defaults. Use this to pick another size, seed or location,
 
     python datasets/make_synthetic_panoptic.py --num-train 256 --num-val 32 --size 192 --force
 """
+
 import argparse
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ order), all thing categories become 0 and unlabelled pixels 255 -- the format of
 
     python datasets/prepare_panoptic_fpn.py [--root DIR] [--splits val2017 train2017] [--workers N]
 """
+
 import argparse
 import os
 import sys

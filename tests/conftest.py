@@ -1,4 +1,5 @@
 """Shared test set-up: the compatibility shim first, deterministic seeds, float64 helpers."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The synthetic COCO-panoptic dataset, its Detectron2 registration and the data scripts."""
+
 import hashlib
 import importlib.util
 import json
@@ -70,13 +71,13 @@ def small_root(tmp_path_factory) -> Path:
 
 
 def test_rgb_id_round_trip():
-    ids = np.array([[0, 1, 255], [256, 65535, 256 ** 3 - 1]], np.uint32)
+    ids = np.array([[0, 1, 255], [256, 65535, 256**3 - 1]], np.uint32)
     rgb = id2rgb(ids)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
     assert rgb[1, 0].tolist() == [0, 1, 0]
     np.testing.assert_array_equal(rgb2id(rgb), ids)
     with pytest.raises(ValueError, match="segment ids must lie in"):
-        id2rgb(np.array([[256 ** 3]]))
+        id2rgb(np.array([[256**3]]))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         rgb2id(np.zeros((4, 4)))
 

@@ -1,5 +1,6 @@
 """The recurrent (R-FPN) mask head on its own: methods, losses, diagnostics, config checks, and the
 parameter count of the whole R-FPN-R50 model against the feedforward FPN-R50."""
+
 import subprocess
 import sys
 from pathlib import Path

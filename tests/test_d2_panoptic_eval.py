@@ -1,5 +1,6 @@
 """PQ of the hotcoco-backed evaluator vs a small independent PQ implementation, and the full
 evaluator stack (build_evaluator) fed with ground truth."""
+
 import json
 import math
 from collections import defaultdict

@@ -1,6 +1,7 @@
 """End to end on CPU: tools/train_net.py (train -> checkpoint -> --resume -> --eval-only),
 tools/timestep_sweep.py and tools/demo.py on the synthetic panoptic dataset, with a tiny config
 (64 px, 1 image per step, 3 recurrent steps) so the whole module takes well under two minutes."""
+
 import importlib.util
 import math
 import os

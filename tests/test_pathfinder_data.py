@@ -1,4 +1,5 @@
 """Storage formats, resumable CLI, torch datasets, the C-RBP transform and the baselines."""
+
 import json
 import os
 import signal

@@ -7,6 +7,7 @@ label 0.24 % of pixels at 300 and foreground 0.41 % at 150 (PF14); 15 distractor
 0.63 on PF14. Tolerances allow for sampling noise (a few hundred images) and for the
 documented rendering differences.
 """
+
 import numpy as np
 
 from crbp_d2.pathfinder.baselines import dataset_pairs, evaluate_baselines

@@ -1,4 +1,5 @@
 """Invariants of the Pathfinder segmentation generator (pathfinder_reference.md, section 6.1)."""
+
 import math
 import time
 

@@ -10,6 +10,7 @@ on disjoint index ranges. Reports ms per image per core and the speed-up over th
 generator's measured single-core time (which excluded PNG writing). Numbers on a shared machine
 are upper bounds: the load average at the start is recorded.
 """
+
 from __future__ import annotations
 
 import argparse

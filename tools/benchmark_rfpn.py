@@ -17,6 +17,7 @@ Example::
     python tools/benchmark_rfpn.py --size 256 --iters 3 \\
         --json docs/results/rfpn_benchmark.json --plot docs/results/rfpn_benchmark.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -234,7 +235,7 @@ def plot(records: List[Dict], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     axes[0].bar(names, [r["seconds_per_iter"] for r in records], color="tab:blue")
     axes[0].set_ylabel("seconds per train step")
-    axes[1].bar(names, [r["peak_bytes"] / 2 ** 20 for r in records], color="tab:orange")
+    axes[1].bar(names, [r["peak_bytes"] / 2**20 for r in records], color="tab:orange")
     axes[1].set_ylabel(f"peak memory (MiB, {records[0]['peak_kind']})")
     for ax in axes:
         ax.tick_params(axis="x", rotation=45)

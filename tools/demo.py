@@ -12,6 +12,7 @@ Example::
 For each image ``x.jpg`` it writes ``x_panoptic.png`` and, with ``--timecourse``,
 ``x_timecourse.png`` (one panel per step t = 1..T, T = the test steps or ``--steps``).
 """
+
 from __future__ import annotations
 
 import argparse

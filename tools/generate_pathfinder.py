@@ -9,6 +9,7 @@ with the same arguments skips finished shards and redoes an interrupted one. ``-
 writes DIR/curv_contour_length_N/preview.png (samples 0-15, labels in red); with ``--num 0`` it
 writes only the preview.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ Without ``--data`` the samples are generated on the fly (samples 0..num-1 of ``-
 PNGs with ``--list``). Images go through the paper's transform (bicubic to ``--size``, label > 0.2,
 no flip). ``--stats`` also prints the generator's path statistics (on-the-fly only).
 """
+
 from __future__ import annotations
 
 import argparse

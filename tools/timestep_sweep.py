@@ -18,6 +18,7 @@ keeps the mask of every step and rebuilds the panoptic output of each step count
 head); one backbone pass instead of one per step count. ``--mode rerun`` re-runs the whole model
 for each step count (the authors' procedure; T times the cost). Single process only.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -14,6 +14,7 @@ Examples::
 
 Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error).
 """
+
 from __future__ import annotations
 
 import argparse

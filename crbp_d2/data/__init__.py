@@ -5,6 +5,7 @@ Importing this package registers ``synthetic_panoptic_{train,val}_separated`` (a
 when Detectron2 is installed; the files are generated on first use. The format helpers and the
 generator need only numpy, Pillow, OpenCV, SciPy and pycocotools.
 """
+
 import importlib.util
 
 from .panoptic_utils import (

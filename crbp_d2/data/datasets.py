@@ -11,6 +11,7 @@ The files are generated on the first ``DatasetCatalog.get`` of one of these name
 COCO itself (``coco_2017_{train,val}_panoptic_separated``) is registered by Detectron2; see
 ``datasets/README.md`` for its layout.
 """
+
 import difflib
 import os
 from pathlib import Path

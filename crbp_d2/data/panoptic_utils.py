@@ -6,6 +6,7 @@ them: every stuff category gets a contiguous label ``1..#stuff`` (in category-id
 thing category is merged into label 0 ("things") and VOID pixels get the ignore label 255. This
 is the format Detectron2's ``register_coco_panoptic_separated`` reads from ``sem_seg_root``.
 """
+
 import json
 import os
 from multiprocessing import Pool
@@ -22,7 +23,7 @@ SEMANTIC_IGNORE_LABEL = 255
 """Label of VOID pixels in the separated semantic PNGs (Detectron2's ``ignore_label``)."""
 SEMANTIC_THINGS_LABEL = 0
 """Label shared by all thing categories in the separated semantic PNGs."""
-MAX_SEGMENT_ID = 256 ** 3 - 1
+MAX_SEGMENT_ID = 256**3 - 1
 
 
 def rgb2id(color: np.ndarray) -> np.ndarray:

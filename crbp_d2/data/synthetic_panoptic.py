@@ -19,6 +19,7 @@ The output is a pure function of the parameters (same bytes for the same seed). 
 into a temporary sibling folder that is renamed into place at the end, so an interrupted run never
 leaves a partial dataset, and concurrent first uses agree on one copy.
 """
+
 import colorsys
 import json
 import logging
@@ -460,7 +461,7 @@ def _shape_mask(
 ) -> np.ndarray:
     shape = _NAMES[category_id]
     if shape == "circle":
-        return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius ** 2
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
     if shape == "square":  # radius = half diagonal
         angles = angle + np.pi / 4 + np.arange(4) * np.pi / 2
         radii = np.full(4, radius)

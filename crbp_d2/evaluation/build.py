@@ -1,4 +1,5 @@
 """``build_evaluator``: the evaluators of a dataset, chosen by its ``evaluator_type`` metadata."""
+
 import os
 from typing import List, Optional, Tuple
 

@@ -6,6 +6,7 @@ outputs (the ``panoptic_seg`` metrics PQ, SQ, RQ, PQ_th, ..., RQ_st, in percent)
 two panopticapi calls: the RGB id encoding (project code) and ``pq_compute``
 (``hotcoco.panoptic``, which matches panopticapi, including its crowd and VOID rules).
 """
+
 import io
 import itertools
 import json

@@ -3,6 +3,7 @@
 Importing this package registers ``RecurrentMaskHead`` (and its alias
 ``RecurrentMaskRCNNConvUpsampleHead``) in Detectron2's ``ROI_MASK_HEAD_REGISTRY``.
 """
+
 from .recurrent_mask_head import (
     RecurrentMaskHead,
     RecurrentMaskRCNNConvUpsampleHead,

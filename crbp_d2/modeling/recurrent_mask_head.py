@@ -12,6 +12,7 @@ implicit head returns its extra regulariser: no ROIHeads subclass is needed. At 
 the test steps (or halts adaptively) and, when :attr:`RecurrentMaskHead.return_timecourse` is set,
 also returns the mask probabilities of every step as ``pred_masks_steps``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List

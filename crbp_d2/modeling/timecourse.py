@@ -6,6 +6,7 @@ state after step t of a T-step run is the state of a t-step run (same start h0 =
 and boxes, classes and the semantic head do not depend on the mask head, so the panoptic output
 "at t steps" can be rebuilt from that one pass, exactly as Detectron2's postprocessing builds it.
 """
+
 from __future__ import annotations
 
 from typing import Dict

@@ -4,6 +4,7 @@ models, trainer and analyses.
 Light imports only (numpy, OpenCV, Pillow); everything that needs torch (datasets, models,
 trainer, analyses) is imported lazily from here. No Detectron2.
 """
+
 import importlib
 
 from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only

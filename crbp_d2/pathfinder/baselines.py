@@ -11,6 +11,7 @@ transform); the marker is found from the image alone (the brightest disk-sized b
 Scores: mean per-image IoU, and the paper's metric (F1 pooled over the pixels of each batch of
 128 images, averaged over batches, reported as IoU = F1 / (2 - F1)).
 """
+
 from __future__ import annotations
 
 import math

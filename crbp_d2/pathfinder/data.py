@@ -11,6 +11,7 @@
 Flips come from ``(flip_seed, index, epoch)`` (``set_epoch`` changes them), never from global RNG
 state, so every DataLoader worker layout yields the same items.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

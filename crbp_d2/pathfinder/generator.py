@@ -27,6 +27,7 @@ is part of the occupancy. ``legacy_quirks=True`` reproduces the original behavio
 Sample ``i`` of seed ``s`` uses ``numpy.random.Generator(PCG64(SeedSequence([s, i])))``, so it is
 the same bytes in any process, worker count or shard layout.
 """
+
 from __future__ import annotations
 
 import dataclasses

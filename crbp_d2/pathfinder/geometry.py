@@ -15,6 +15,7 @@ generator only pastes small patches. ``ShapeBank`` holds these tables for one pa
 
 Coordinates are (row, col); a direction ``theta`` moves by ``(sin theta, cos theta)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ def disk_offsets(radius: float) -> np.ndarray:
     """Integer offsets ``(K, 2)`` with ``dr**2 + dc**2 <= radius**2``."""
     r = int(math.floor(radius))
     dr, dc = np.mgrid[-r : r + 1, -r : r + 1]
-    keep = dr ** 2 + dc ** 2 <= radius ** 2 + 1e-9
+    keep = dr**2 + dc**2 <= radius**2 + 1e-9
     return np.stack([dr[keep], dc[keep]], axis=1)
 
 
@@ -53,7 +54,7 @@ def disk_kernel(radius: float) -> np.ndarray:
     """A flat disk structuring element, uint8 ``(2r+1, 2r+1)``."""
     r = int(math.floor(radius))
     dr, dc = np.mgrid[-r : r + 1, -r : r + 1]
-    return (dr ** 2 + dc ** 2 <= radius ** 2 + 1e-9).astype(np.uint8)
+    return (dr**2 + dc**2 <= radius**2 + 1e-9).astype(np.uint8)
 
 
 def candidate_offsets(radius: int) -> np.ndarray:
@@ -125,7 +126,7 @@ def _render(
     grid_r, grid_c = np.meshgrid(sub_r, sub_c, indexing="ij")
     ink = np.zeros(grid_r.shape, dtype=bool)
     if not segments:
-        ink |= grid_r ** 2 + grid_c ** 2 <= disk_radius ** 2 + 1e-9
+        ink |= grid_r**2 + grid_c**2 <= disk_radius**2 + 1e-9
     for (pr, pc), (qr, qc) in segments:
         length = math.hypot(qr - pr, qc - pc)
         if length < 1e-9:

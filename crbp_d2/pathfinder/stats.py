@@ -7,6 +7,7 @@ into a randomised probability-integral-transform value under the exact discrete 
 ``p(delta) ~ cos^2(min(c |delta|, pi/2))`` over the candidate directions; on an unobstructed
 canvas these values are Uniform(0, 1) exactly, which gives a sharp goodness-of-fit test.
 """
+
 from __future__ import annotations
 
 import math

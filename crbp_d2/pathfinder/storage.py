@@ -20,6 +20,7 @@ shard is never touched again, a re-run skips finished shards and redoes an inter
 A ``png`` shard is finished when ``.shards/shard_<k>.done`` exists (written after its files); an
 ``npy`` shard is written to a temporary name and renamed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,12 +93,14 @@ def encode_png(array: np.ndarray) -> bytes:
     rows = np.zeros((height, width + 1), dtype=np.uint8)  # filter byte 0 ("none") per row
     rows[:, 1:] = array
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"".join((
-        _PNG_SIGNATURE,
-        _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION)),
-        _png_chunk(b"IEND", b""),
-    ))
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
