@@ -64,3 +64,13 @@ def test_update_readme_replaces_only_marked_blocks(tmp_path):
     new, missing = update_readme.update(text, str(tmp_path))
     assert new == "intro\n<!-- results:a -->\n| x |\n<!-- /results:a -->\n" + block_b
     assert missing == ["b"]
+
+
+def test_cpu_model_name_parses_lscpu_output():
+    from crbp_d2.utils import cpu_model_name, parse_lscpu_model
+
+    text = "Architecture: x86_64\nModel name:    Intel(R) Xeon(R) Processor\nCPU(s): 2\n"
+    assert parse_lscpu_model(text) == "Intel(R) Xeon(R) Processor"
+    assert parse_lscpu_model("Architecture: x86_64\n") is None
+    assert parse_lscpu_model("Model name:   \n") is None
+    assert cpu_model_name().strip()

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from crbp_d2.pathfinder.generator import get_generator, preset  # noqa: E402
 from crbp_d2.pathfinder.storage import write_png_sample  # noqa: E402
+from crbp_d2.utils import cpu_model_name  # noqa: E402
 
 # The original generator, one core, PNG writing excluded (pathfinder_reference.md, section 4).
 REFERENCE_S_PER_IMAGE = {6: 0.16, 9: 0.20, 14: 0.26, 20: 0.75, 25: 2.8}
@@ -61,16 +61,8 @@ def _run(length: int, seed: int, start: int, stop: int, out_dir: str) -> dict:
 
 
 def machine_description() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return {
-        "cpu_model": model,
+        "cpu_model": cpu_model_name(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

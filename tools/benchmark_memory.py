@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from crbp_d2.recurrent import METHODS, HGRUCell, RecurrentEngine  # noqa: E402
+from crbp_d2.utils import cpu_model_name  # noqa: E402
 
 
 def _rss_bytes() -> int:
@@ -121,15 +121,7 @@ def _out_of_memory_record(args: argparse.Namespace, method: str, steps: int) -> 
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    return f"{name} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'CPU'} ({os.cpu_count()} cores)"
+    return f"{cpu_model_name()} ({os.cpu_count()} cores)"
 
 
 def _run_isolated(args: argparse.Namespace, method: str, steps: int) -> Dict:

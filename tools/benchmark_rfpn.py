@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -33,6 +32,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import crbp_d2  # noqa: F401  (Detectron2 compatibility shim; must precede detectron2 imports)
+from crbp_d2.utils import cpu_model_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_VARIANTS = ("FPN", "BPTT-1", "BPTT-3", "BPTT-5", "CRBP-5", "CRBP-10", "CRBP-20")
@@ -191,14 +191,7 @@ def _rss_bytes() -> int:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
+    return f"{cpu_model_name()} ({os.cpu_count()} cores)"
 
 
 def table(records: List[Dict]) -> str:

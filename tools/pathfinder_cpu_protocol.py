@@ -41,6 +41,7 @@ from crbp_d2.pathfinder.baselines import flood_fill, marker_only  # noqa: E402
 from crbp_d2.pathfinder.metrics import SegmentationMeter  # noqa: E402
 from crbp_d2.pathfinder.trainer import atomic_write_json  # noqa: E402
 from crbp_d2.pathfinder.training_data import build_dataset, marker_radius_at_input  # noqa: E402
+from crbp_d2.utils import cpu_model_name  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs", "pathfinder", "cpu_protocol")
@@ -49,15 +50,8 @@ FLOOD_RADII = (1, 2, 3, 4)
 
 
 def machine() -> Dict[str, object]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
