@@ -560,16 +560,7 @@ class Trainer:
         steps: List[Optional[int]] = [None] + [int(s) for s in self.cfg.TEST.EXTRA_STEPS]
         if not getattr(_unwrap(self.model), "recurrent", False):
             steps = [None]
-        results = evaluate_model(
-            self.model,
-            self.test_loader(),
-            self.device,
-            steps,
-            self.cfg.SOLVER.LOSS,
-            self.cfg.SOLVER.FOCAL_GAMMA,
-            self.cfg.TEST.SPECTRAL_RADIUS_ITERS,
-            self.amp_dtype,
-        )
+        results = self.evaluate(steps)
         seconds = time.time() - tic
         main_key = next(iter(results))
         for key, summary in results.items():
