@@ -1,16 +1,13 @@
 """crbp-d2: contractor recurrent back-propagation (C-RBP).
 
-``crbp_d2.recurrent`` is pure PyTorch. Importing ``crbp_d2`` first applies the Detectron2 v0.6
-compatibility shim, then arranges for the Detectron2 parts (the recurrent mask head and the
-built-in datasets) to be registered as soon as Detectron2 is imported, so the registry knows the
-head without Pathfinder-only users paying for a Detectron2 import.
+- ``crbp_d2.recurrent``: the recurrent core (cells, the engine, RBP, LCP); pure PyTorch.
+- ``crbp_d2.contours``: the Pathfinder contour generator (numpy/OpenCV), used by both front-ends.
+- ``crbp_d2.pathfinder``: the Pathfinder front-end (no Detectron2).
+- ``crbp_d2.config``, ``crbp_d2.modeling``, ``crbp_d2.data``, ``crbp_d2.evaluation``: the
+  Detectron2 front-end. ``crbp_d2.config.add_crbp_config`` (which every Detectron2 user of the
+  recurrent head calls) also registers the head and the built-in datasets.
+
+Importing ``crbp_d2`` itself imports nothing else and patches nothing.
 """
 
-from . import (
-    _d2compat,  # noqa: F401  (must run before anything imports detectron2)
-    _lazy_d2,
-)
-
 __version__ = "0.1.0"
-
-_lazy_d2.install()

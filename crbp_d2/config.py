@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
+from . import _compat  # noqa: F401  (before detectron2)
+
+# isort: split
 from detectron2.config import CfgNode as CN
 
-from .recurrent import METHODS, NORM_CAPS
+from .recurrent import EngineSpec, engine_config_defaults, spec_from_node
 from .recurrent.base import NONLINEARITIES
-from .recurrent.lcp import LCP_REDUCTIONS
 
 __all__ = [
     "CELLS",
@@ -56,36 +58,31 @@ def add_crbp_config(cfg: CN) -> CN:
     The head itself is chosen as usual with ``MODEL.ROI_MASK_HEAD.NAME: "RecurrentMaskHead"``.
     The head's width is ``MODEL.ROI_MASK_HEAD.CONV_DIM`` (256, = the FPN width); ``NUM_CONV`` and
     ``NORM`` of the feedforward head are not used by it. Returns ``cfg`` (modified in place).
+
+    Also registers the head in ``ROI_MASK_HEAD_REGISTRY`` and the built-in datasets (the imports
+    below), so a config that names them can be built right away.
     """
-    node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT = CN()
-    # Cell run on the 14x14 RoI features: "hgru" (the paper's, Detectron2 form) | "convlstm"
+    from . import data, modeling  # noqa: F401  (registration, as a Detectron2 project does)
+
+    node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT = CN(
+        engine_config_defaults(LCP_WEIGHT=1e-3, LCP_REDUCTION="sum")
+    )
+    # The engine keys (the same sub-keys as the Pathfinder config's MODEL.RECURRENT; validated by
+    # crbp_d2.recurrent.spec): TIMESTEPS (authors: TIMESTEPS; 20 for C-RBP, 1/3/5 for BPTT),
+    # TEST_TIMESTEPS (0 = TIMESTEPS; tools/timestep_sweep.py varies it), METHOD bptt | tbptt | rbp
+    # | cbptt | crbp (authors: GRAD = bptt | rbp | cbp), TBPTT_STEPS (0 = half of TIMESTEPS),
+    # NEUMANN_STEPS (K, hard-coded 15 in the authors' code), NORM_CAP none (the paper) |
+    # detectron2 (authors' D2 code) | pathfinder, CAP_THRESHOLD (the cap's absolute bound, 1.0),
+    # LCP_WEIGHT (authors: XI = 0.001 with the sum reduction), LCP_LAMBDA in [0, 1) (authors: TAU;
+    # the paper's 0.9; the fork's default 0.95 was in effect for its COCO runs), LCP_REDUCTION sum
+    # (authors' D2 code) | mean, MONITOR_LCP (also compute the LCP, detached, under bptt/tbptt/rbp),
+    # HALT_TOLERANCE (inference: stop once every RoI's relative residual is below it; 0 = off).
+
+    # Cell run on the 14x14 RoI features: "hgru" (the paper's mask-head hGRU) | "convlstm"
     # (GALA, NONLINEARITY, LESS_SOFTPLUS, CHRONOS_LOG and CELL_NORM* apply to the hGRU only).
     node.CELL = "hgru"
     # Spatial size of the cell's kernels (3 in the paper; the fork's Recurrent5 head used 5).
     node.KERNEL_SIZE = 3
-    # Steps N of the recurrence in training (authors: TIMESTEPS; 20 for C-RBP, 1/3/5 for BPTT).
-    node.TIMESTEPS = 20
-    # Steps at inference; 0 = same as TIMESTEPS. tools/timestep_sweep.py varies it.
-    node.TEST_TIMESTEPS = 0
-    # Learning method: bptt | tbptt | rbp | cbptt | crbp (authors: GRAD = bptt | rbp | cbp).
-    node.METHOD = "crbp"
-    # Steps tracked by tbptt (0 = half of TIMESTEPS, rounded up).
-    node.TBPTT_STEPS = 0
-    # K, vector-Jacobian products in the RBP Neumann series (hard-coded 15 in the authors' code).
-    node.NEUMANN_STEPS = 15
-    # Neumann norm cap: "none" (the paper) | "detectron2" (authors' D2 code) | "pathfinder".
-    node.NORM_CAP = "none"
-    # Absolute norm bound of the cap (1.0 in the authors' code; only used when NORM_CAP != none).
-    node.CAP_THRESHOLD = 1.0
-    # Weight of the LCP in the loss, as loss_lcp (authors: XI = 0.001 with sum reduction).
-    node.LCP_WEIGHT = 1e-3
-    # lambda of the LCP hinge relu(1^T J - lambda)^2, in [0, 1) (authors: TAU; paper 0.9, the
-    # fork's default 0.95 was in effect for its COCO runs: set 0.95 to reproduce it).
-    node.LCP_LAMBDA = 0.9
-    # LCP reduction over RoIs x channels x pixels: "sum" (authors' D2 code) | "mean" (Pathfinder).
-    node.LCP_REDUCTION = "sum"
-    # Also compute (detached, for logging only) the LCP under bptt/tbptt/rbp; costs one VJP.
-    node.MONITOR_LCP = False
     # GALA inhibition gate (per-pixel channel bottleneck x spatial map) (authors: GALA).
     node.GALA = True
     # Nonlinearity of the hGRU: softplus | tanh | sigmoid | relu (authors: NL).
@@ -101,9 +98,6 @@ def add_crbp_config(cfg: CN) -> CN:
     # Norm on the final state before the deconv, any detectron2 get_norm name (authors: OUTPUTNORM
     # = "SyncBN"; use "GN" on CPU / single-image batches).
     node.READOUT_NORM = "SyncBN"
-    # Inference only: stop once every RoI's relative residual ||h_t - h_t-1|| / ||h_t|| is below
-    # this (0 = off: always run the test steps).
-    node.HALT_TOLERANCE = 0.0
 
     # Optimizer of tools/train_net.py: "SGD" (Detectron2's, the paper) | "ADAMW" (the authors'
     # SOLVER.OPTIM "adam"; trains the CPU quick configs from random init in a few hundred steps).
@@ -126,10 +120,11 @@ def _check_choice(node: CN, key: str, choices) -> None:
         _fail(key, node[key], f"unknown value; choose one of {tuple(choices)}")
 
 
-def validate_crbp_config(cfg: CN) -> None:
+def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
     """Raise ``ValueError`` (naming the key) if the recurrent head's settings are invalid.
 
-    Does nothing if ``add_crbp_config`` was never applied and the recurrent head is not used.
+    Returns the engine spec of ``MODEL.ROI_MASK_HEAD.RECURRENT``, or None if ``add_crbp_config``
+    was never applied and the recurrent head is not used.
     """
     optimizer = cfg.SOLVER.get("OPTIMIZER", "SGD")
     if optimizer not in OPTIMIZERS:
@@ -145,32 +140,14 @@ def validate_crbp_config(cfg: CN) -> None:
                 "MODEL.ROI_MASK_HEAD.RECURRENT node: call crbp_d2.config.add_crbp_config(cfg) "
                 "before merging the config file"
             )
-        return
+        return None
     node = head.RECURRENT
+    spec = spec_from_node(node, "cfg.MODEL.ROI_MASK_HEAD.RECURRENT")
     _check_choice(node, "CELL", CELLS)
-    _check_choice(node, "METHOD", METHODS)
-    _check_choice(node, "NORM_CAP", NORM_CAPS)
-    _check_choice(node, "LCP_REDUCTION", LCP_REDUCTIONS)
     _check_choice(node, "NONLINEARITY", tuple(NONLINEARITIES))
-    _check_int(node, "TIMESTEPS", 1)
-    _check_int(node, "TEST_TIMESTEPS", 0)
-    _check_int(node, "TBPTT_STEPS", 0)
-    _check_int(node, "NEUMANN_STEPS", 1)
     _check_int(node, "KERNEL_SIZE", 1)
     if node.KERNEL_SIZE % 2 == 0:
         _fail("KERNEL_SIZE", node.KERNEL_SIZE, "must be odd (same padding)")
-    if not 0.0 <= float(node.LCP_LAMBDA) < 1.0:
-        _fail(
-            "LCP_LAMBDA",
-            node.LCP_LAMBDA,
-            "must be in [0, 1) so that the penalty asks for a contraction",
-        )
-    if float(node.LCP_WEIGHT) < 0:
-        _fail("LCP_WEIGHT", node.LCP_WEIGHT, "must be >= 0")
-    if float(node.CAP_THRESHOLD) <= 0:
-        _fail("CAP_THRESHOLD", node.CAP_THRESHOLD, "must be > 0")
-    if float(node.HALT_TOLERANCE) < 0:
-        _fail("HALT_TOLERANCE", node.HALT_TOLERANCE, "must be >= 0 (0 turns halting off)")
     if node.CELL_NORM in _BATCH_NORMS:
         _fail(
             "CELL_NORM",
@@ -196,6 +173,7 @@ def validate_crbp_config(cfg: CN) -> None:
             f"Detectron2's GN uses 32 groups; MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) "
             "is not divisible by 32",
         )
+    return spec
 
 
 def get_crbp_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:

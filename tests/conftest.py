@@ -1,9 +1,11 @@
-"""Shared test set-up: the compatibility shim first, deterministic seeds, float64 helpers."""
+"""Shared test set-up: deterministic seeds.
+
+Nothing Detectron2-related is imported here: the Detectron2 test modules import
+``crbp_d2.config`` first themselves, as a user of the pure-Python Detectron2 install must.
+"""
 
 import pytest
 import torch
-
-import crbp_d2  # noqa: F401  (must come before any detectron2 import)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import crbp_d2  # noqa: F401  (compatibility shim before detectron2)
+import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
 pytest.importorskip("detectron2")
 
@@ -19,7 +19,6 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # no
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import crbp_d2.modeling  # noqa: E402,F401
 from crbp_d2.config import add_crbp_config, get_crbp_cfg, validate_crbp_config  # noqa: E402
 from crbp_d2.modeling import RecurrentMaskHead  # noqa: E402
 from crbp_d2.recurrent import METHODS  # noqa: E402
@@ -124,16 +123,37 @@ def test_head_resolves_from_registry_after_import():
     assert issubclass(alias, RecurrentMaskHead)
 
 
-def test_plain_import_crbp_d2_is_enough_to_build_the_head():
-    """A fresh interpreter: ``import crbp_d2`` and Detectron2 alone resolve the head."""
-    code = (
-        "import crbp_d2\n"
-        "from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY\n"
-        "print(ROI_MASK_HEAD_REGISTRY.get('RecurrentMaskHead').__module__)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def _fresh_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "crbp_d2.modeling.recurrent_mask_head"
+    return done.stdout.strip()
+
+
+def test_add_crbp_config_registers_the_head_and_datasets_in_a_fresh_interpreter():
+    """What a Detectron2 user does (configure the head) is enough: no registration call."""
+    code = (
+        "from crbp_d2.config import add_crbp_config\n"
+        "from detectron2.config import get_cfg\n"
+        "from detectron2.data import DatasetCatalog\n"
+        "from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY\n"
+        "add_crbp_config(get_cfg())\n"
+        "print(ROI_MASK_HEAD_REGISTRY.get('RecurrentMaskHead').__module__)\n"
+        "print('synthetic_panoptic_train_separated' in DatasetCatalog.list())\n"
+    )
+    assert _fresh_python(code).splitlines() == ["crbp_d2.modeling.recurrent_mask_head", "True"]
+
+
+def test_importing_the_core_and_pathfinder_patches_nothing():
+    """crbp_d2, its core and its Pathfinder module touch neither numpy, Pillow nor detectron2."""
+    code = (
+        "import sys, numpy, PIL.Image\n"
+        "import crbp_d2, crbp_d2.recurrent, crbp_d2.contours, crbp_d2.pathfinder\n"
+        "import crbp_d2.pathfinder.models, crbp_d2.pathfinder.trainer\n"
+        "patched = [n for n in ('int', 'float', 'str', 'object') if n in vars(numpy)]\n"
+        "patched += ['LINEAR'] if 'LINEAR' in vars(PIL.Image) else []\n"
+        "print(patched == [], any(m.startswith('detectron2') for m in sys.modules))\n"
+    )
+    assert _fresh_python(code) == "True False"
 
 
 def test_empty_roi_batch_train_and_inference():
@@ -276,9 +296,9 @@ def test_rfpn_r50_has_783552_fewer_parameters_than_fpn_r50():
 
 
 def test_head_from_explicit_arguments_without_a_config():
-    from crbp_d2.recurrent import HGRUCellD2, RecurrentEngine
+    from crbp_d2.recurrent import MaskHeadHGRUCell, RecurrentEngine
 
-    cell = HGRUCellD2(WIDTH, 3, timesteps=STEPS, norm_groups=8)
+    cell = MaskHeadHGRUCell(WIDTH, 3, timesteps=STEPS, norm_groups=8)
     engine = RecurrentEngine(cell, STEPS, method="rbp", test_steps=2)
     head = RecurrentMaskHead(engine=engine, num_classes=2, readout_norm="GN", lcp_weight=0.0)
     head.eval()

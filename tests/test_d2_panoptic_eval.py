@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-import crbp_d2  # noqa: F401  (Detectron2 compatibility shim first)
+import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
 pytest.importorskip("detectron2")
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from crbp_d2.contours.generator import generate_sample, preset
+from crbp_d2.contours.stats import pixel_invariant_violations
 from crbp_d2.pathfinder.baselines import (
     dataset_pairs,
     detect_marker,
@@ -27,8 +29,6 @@ from crbp_d2.pathfinder.data import (
     PathfinderTransform,
     random_flip_code,
 )
-from crbp_d2.pathfinder.generator import generate_sample, preset
-from crbp_d2.pathfinder.stats import pixel_invariant_violations
 from crbp_d2.pathfinder.storage import (
     StoredPathfinder,
     encode_png,

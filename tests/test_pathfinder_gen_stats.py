@@ -10,10 +10,10 @@ documented rendering differences.
 
 import numpy as np
 
+from crbp_d2.contours.generator import preset
+from crbp_d2.contours.stats import path_statistics
 from crbp_d2.pathfinder.baselines import dataset_pairs, evaluate_baselines
 from crbp_d2.pathfinder.data import PathfinderOnTheFly, PathfinderTransform
-from crbp_d2.pathfinder.generator import preset
-from crbp_d2.pathfinder.stats import path_statistics
 
 
 def test_pf14_statistics_match_the_reference():

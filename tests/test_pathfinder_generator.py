@@ -7,15 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
-from crbp_d2.pathfinder.generator import (
+from crbp_d2.contours.generator import (
     GenerationError,
     PathfinderGenerator,
     PathfinderParams,
     generate_sample,
     preset,
 )
-from crbp_d2.pathfinder.geometry import disk_kernel
-from crbp_d2.pathfinder.stats import (
+from crbp_d2.contours.geometry import disk_kernel
+from crbp_d2.contours.stats import (
     ks_uniform,
     label_contact,
     turn_law_moments,

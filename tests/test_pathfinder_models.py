@@ -19,7 +19,7 @@ from crbp_d2.recurrent import METHODS
 
 
 def small_cfg(*overrides):
-    base = ["MODEL.CHANNELS", 5, "MODEL.KERNEL_SIZE", 3, "SOLVER.STEPS", 4]
+    base = ["MODEL.CHANNELS", 5, "MODEL.KERNEL_SIZE", 3, "MODEL.RECURRENT.TIMESTEPS", 4]
     return load_config(overrides=base + list(overrides))
 
 
@@ -78,7 +78,7 @@ def test_hgru_parameter_counts(kernel, expected):
 
 
 def test_cnn_control_parameter_count_matches_the_authors():
-    cfg = load_config(overrides=["MODEL.ARCH", "cnn", "SOLVER.METHOD", "bptt"])
+    cfg = load_config(overrides=["MODEL.ARCH", "cnn", "MODEL.RECURRENT.METHOD", "bptt"])
     model = build_model(cfg)
     assert isinstance(model, FeedforwardCNN)
     assert count_parameters(model) == 845_527
@@ -90,7 +90,7 @@ def test_cnn_control_parameter_count_matches_the_authors():
 @pytest.mark.parametrize("arch", ["hgru", "convlstm"])
 @pytest.mark.parametrize("method", METHODS)
 def test_recurrent_models_forward_backward_every_method(arch, method):
-    cfg = small_cfg("MODEL.ARCH", arch, "SOLVER.METHOD", method)
+    cfg = small_cfg("MODEL.ARCH", arch, "MODEL.RECURRENT.METHOD", method)
     model = build_model(cfg)
     assert isinstance(model, RecurrentSegmenter)
     image, label = batch()
@@ -111,7 +111,7 @@ def test_recurrent_models_forward_backward_every_method(arch, method):
 
 @pytest.mark.parametrize("arch", ["cnn", "ff_hgru"])
 def test_feedforward_controls_forward_backward(arch):
-    cfg = small_cfg("MODEL.ARCH", arch, "SOLVER.METHOD", "bptt")
+    cfg = small_cfg("MODEL.ARCH", arch, "MODEL.RECURRENT.METHOD", "bptt")
     model = build_model(cfg)
     image, label = batch()
     total, _, out = compute_loss(model, image, label, cfg)
@@ -122,8 +122,8 @@ def test_feedforward_controls_forward_backward(arch):
 
 def test_feedforward_hgru_rejects_a_recurrent_method_and_other_steps():
     with pytest.raises(ValueError, match="feedforward hGRU"):
-        build_model(small_cfg("MODEL.ARCH", "ff_hgru", "SOLVER.METHOD", "crbp"))
-    model = build_model(small_cfg("MODEL.ARCH", "ff_hgru", "SOLVER.METHOD", "bptt"))
+        build_model(small_cfg("MODEL.ARCH", "ff_hgru", "MODEL.RECURRENT.METHOD", "crbp"))
+    model = build_model(small_cfg("MODEL.ARCH", "ff_hgru", "MODEL.RECURRENT.METHOD", "bptt"))
     with pytest.raises(ValueError, match="exactly 4 layers"):
         model(batch()[0], steps=6)
 
@@ -131,10 +131,12 @@ def test_feedforward_hgru_rejects_a_recurrent_method_and_other_steps():
 def test_unrolled_hgru_with_tied_weights_equals_the_bptt_hgru():
     """Reference: copying one cell into every layer of the feedforward hGRU gives the BPTT model's
     logits, and the sum of its per-layer gradients is the shared cell's gradient."""
-    cfg = small_cfg("SOLVER.METHOD", "bptt", "MODEL.CELL_NORM", "GN")
+    cfg = small_cfg("MODEL.RECURRENT.METHOD", "bptt", "MODEL.CELL_NORM", "GN")
     recurrent = build_model(cfg).double()
     unrolled = build_model(
-        small_cfg("SOLVER.METHOD", "bptt", "MODEL.ARCH", "ff_hgru", "MODEL.CELL_NORM", "GN")
+        small_cfg(
+            "MODEL.RECURRENT.METHOD", "bptt", "MODEL.ARCH", "ff_hgru", "MODEL.CELL_NORM", "GN"
+        )
     ).double()
     assert isinstance(unrolled, UnrolledHGRU)
     unrolled.input_layer.load_state_dict(recurrent.input_layer.state_dict())

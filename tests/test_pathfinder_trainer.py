@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from crbp_d2.pathfinder.config import ConfigError, load_config
+from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
 from crbp_d2.pathfinder.metrics import SegmentationMeter, confusion_counts, f1_to_iou
 from crbp_d2.pathfinder.models import build_model
 from crbp_d2.pathfinder.trainer import (
@@ -54,7 +54,7 @@ def tiny_cfg(tmp_path, *overrides):
         4,
         "MODEL.KERNEL_SIZE",
         3,
-        "SOLVER.STEPS",
+        "MODEL.RECURRENT.TIMESTEPS",
         3,
         "SOLVER.BATCH_SIZE",
         4,
@@ -128,11 +128,29 @@ def test_losses():
 
 
 def test_config_base_inheritance_and_overrides(tmp_path):
-    (tmp_path / "base.yaml").write_text("SOLVER: {METHOD: bptt, STEPS: 6}\nMODEL: {CHANNELS: 9}\n")
-    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nSOLVER: {STEPS: 20}\n")
+    (tmp_path / "base.yaml").write_text(
+        "MODEL: {CHANNELS: 9, RECURRENT: {METHOD: bptt, TIMESTEPS: 6}}\n"
+    )
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nMODEL: {RECURRENT: {TIMESTEPS: 20}}\n")
     cfg = load_config(str(tmp_path / "child.yaml"), ["SOLVER.LR", "0.01"])
-    assert (cfg.SOLVER.METHOD, cfg.SOLVER.STEPS, cfg.MODEL.CHANNELS) == ("bptt", 20, 9)
+    recurrent = cfg.MODEL.RECURRENT
+    assert (recurrent.METHOD, recurrent.TIMESTEPS, cfg.MODEL.CHANNELS) == ("bptt", 20, 9)
     assert cfg.SOLVER.LR == 0.01
+
+
+def test_old_solver_keys_still_work_with_a_warning_naming_the_new_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("SOLVER: {METHOD: bptt, STEPS: 6, LR: 0.5}\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nMODEL: {RECURRENT: {TIMESTEPS: 9}}\n")
+    with pytest.warns(FutureWarning, match="SOLVER.STEPS .* use MODEL.RECURRENT.TIMESTEPS"):
+        cfg = load_config(str(tmp_path / "child.yaml"), ["SOLVER.NEUMANN_STEPS", "4"])
+    recurrent = cfg.MODEL.RECURRENT
+    # the child's new key wins over the base's old one; the override lands on the new key
+    assert (recurrent.METHOD, recurrent.TIMESTEPS, recurrent.NEUMANN_STEPS) == ("bptt", 9, 4)
+    assert cfg.SOLVER.LR == 0.5 and "STEPS" not in cfg.SOLVER
+    old_dump = "SOLVER: {METHOD: rbp, STEPS: 7, LR: 0.1}\nMODEL: {CHANNELS: 3}\n"
+    with pytest.warns(FutureWarning, match="SOLVER.METHOD .* use MODEL.RECURRENT.METHOD"):
+        restored = config_from_dump(old_dump, "old.pth")
+    assert (restored.MODEL.RECURRENT.METHOD, restored.MODEL.RECURRENT.TIMESTEPS) == ("rbp", 7)
 
 
 def test_config_errors_name_the_bad_thing(tmp_path):
@@ -141,8 +159,8 @@ def test_config_errors_name_the_bad_thing(tmp_path):
         load_config(str(tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="MODEL.NOPE"):
         load_config(overrides=["MODEL.NOPE", "1"])
-    with pytest.raises(ConfigError, match="unknown SOLVER.METHOD 'magic'"):
-        load_config(overrides=["SOLVER.METHOD", "magic"])
+    with pytest.raises(ConfigError, match="MODEL.RECURRENT.METHOD = 'magic': unknown value"):
+        load_config(overrides=["MODEL.RECURRENT.METHOD", "magic"])
     with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
         load_config(str(tmp_path / "missing.yaml"))
     (tmp_path / "orphan.yaml").write_text("_BASE_: nowhere.yaml\n")
@@ -156,7 +174,7 @@ def test_every_shipped_config_loads_and_builds():
     assert len(files) >= 15
     for path in files:
         cfg = load_config(path)
-        assert cfg.SOLVER.METHOD in ("bptt", "tbptt", "rbp", "cbptt", "crbp"), path
+        assert cfg.MODEL.RECURRENT.METHOD in ("bptt", "tbptt", "rbp", "cbptt", "crbp"), path
         build_model(cfg)
 
 
@@ -178,7 +196,8 @@ def load_cli():
             "data folder not found: '/nonexistent/pf'",
         ),
         (["SOLVER.NOT_A_KEY", "3"], "SOLVER.NOT_A_KEY"),
-        (["SOLVER.METHOD", "sgd_magic"], "unknown SOLVER.METHOD 'sgd_magic'"),
+        (["MODEL.RECURRENT.METHOD", "sgd_magic"], "MODEL.RECURRENT.METHOD = 'sgd_magic'"),
+        (["MODEL.RECURRENT.TEST_TIMESTEPS", "-3"], "MODEL.RECURRENT.TEST_TIMESTEPS = -3"),
     ],
 )
 def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, message):
@@ -203,7 +222,7 @@ def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):
         6,
         "SOLVER.LR",
         0.01,
-        "SOLVER.METHOD",
+        "MODEL.RECURRENT.METHOD",
         "crbp",
         "MODEL.CELL_NORM",
         "GN",
@@ -242,12 +261,18 @@ def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):
 
 
 def test_resume_reproduces_the_next_step_exactly(tmp_path):
-    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 2, "SOLVER.METHOD", "crbp")
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 2, "MODEL.RECURRENT.METHOD", "crbp")
     trainer = Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False)
     trainer.train()  # writes last.pth after each epoch; keep the one of epoch 1
     # redo: epoch 1 only, then continue in-process and in a resumed trainer
     cfg1 = tiny_cfg(
-        tmp_path, "SOLVER.EPOCHS", 1, "SOLVER.METHOD", "crbp", "OUTPUT_DIR", str(tmp_path / "one")
+        tmp_path,
+        "SOLVER.EPOCHS",
+        1,
+        "MODEL.RECURRENT.METHOD",
+        "crbp",
+        "OUTPUT_DIR",
+        str(tmp_path / "one"),
     )
     first = Trainer(cfg1, LineDataset(8), LineDataset(4, seed=1), progress=False)
     first.train()
@@ -330,11 +355,11 @@ def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method
         4,
         "MODEL.KERNEL_SIZE",
         3,
-        "SOLVER.STEPS",
+        "MODEL.RECURRENT.TIMESTEPS",
         3,
         "SOLVER.BATCH_SIZE",
         8,
-        "SOLVER.METHOD",
+        "MODEL.RECURRENT.METHOD",
         method,
         "MODEL.CELL_NORM",
         "GN",
@@ -342,7 +367,7 @@ def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method
         "GN",
         "DEVICE",
         "cpu",
-        "SOLVER.NORM_CAP",
+        "MODEL.RECURRENT.NORM_CAP",
         "none",
     ]
     out_path = str(tmp_path / "grads.pt")

@@ -12,7 +12,7 @@ from crbp_d2.recurrent import (
     METHODS,
     ConvLSTMCell,
     HGRUCell,
-    HGRUCellD2,
+    MaskHeadHGRUCell,
     RecurrentEngine,
     lipschitz_penalty,
 )
@@ -105,7 +105,7 @@ def _call(cell, overrides, method, *args):
 
 def test_crbp_lcp_trains_towards_contraction():
     """A few optimiser steps on the LCP alone lower it (its gradient is a descent direction)."""
-    cell = HGRUCellD2(channels=4, kernel_size=3, timesteps=6, norm_groups=2)
+    cell = MaskHeadHGRUCell(channels=4, kernel_size=3, timesteps=6, norm_groups=2)
     engine = RecurrentEngine(cell, steps=6, method="crbp", lcp_lambda=0.05)
     x = torch.rand(2, 4, 6, 6)
     optimiser = torch.optim.SGD(cell.parameters(), lr=1.0)
@@ -221,7 +221,7 @@ def test_deterministic_under_a_seed():
     results = []
     for _ in range(2):
         torch.manual_seed(7)
-        cell = HGRUCellD2(8, 3, timesteps=5, norm_groups=4)
+        cell = MaskHeadHGRUCell(8, 3, timesteps=5, norm_groups=4)
         x = torch.rand(2, 8, 6, 6)
         out = RecurrentEngine(cell, 5, "crbp")(x)
         (out.state.sum() + out.lcp).backward()
@@ -240,10 +240,15 @@ def test_every_method_reports_diagnostics(method):
     if method in ("cbptt", "crbp"):
         assert out.lcp.requires_grad
         loss = loss + out.lcp
-    else:
-        assert not out.lcp.requires_grad
+    else:  # monitored only: in the diagnostics, not handed out as a loss term
+        assert out.lcp is None and out.diagnostics.lcp is not None
+    seen = []
+    out.after_backward(lambda diagnostics: seen.append(diagnostics.backward_scalars()))
     loss.backward()
     scalars = out.diagnostics.scalars()
+    assert len(seen) == 1 and seen[0] == {
+        k: v for k, v in scalars.items() if k.startswith("neumann")
+    }
     assert scalars["steps"] == 6 and 0 < scalars["residual"] < 1
     assert 0 <= scalars["lcp_fraction_above"] <= 1
     if method in ("rbp", "crbp"):
@@ -254,7 +259,7 @@ def test_every_method_reports_diagnostics(method):
 
 def test_gala_free_and_less_softplus_variants_run():
     for kwargs in ({"gala": False}, {"less_softplus": False}, {"nonlinearity": "tanh"}):
-        cell = HGRUCellD2(8, 3, norm_groups=4, **kwargs)
+        cell = MaskHeadHGRUCell(8, 3, norm_groups=4, **kwargs)
         out = RecurrentEngine(cell, 4, "crbp")(torch.rand(1, 8, 5, 5))
         (out.state.sum() + out.lcp).backward()
         assert all(p.grad is not None for p in cell.parameters())
@@ -265,14 +270,14 @@ def test_chronos_log_switch():
     intended = HGRUCell(25, 3, chronos_log=True)
     torch.manual_seed(0)
     authors = HGRUCell(25, 3, chronos_log=False)
-    assert 1.0 <= float(authors.gate_inh.bias.min()) and float(authors.gate_inh.bias.max()) <= 7.0
+    assert 1.0 <= float(authors.gate_inh.bias.detach().min()) and float(authors.gate_inh.bias.detach().max()) <= 7.0
     torch.testing.assert_close(intended.gate_inh.bias, authors.gate_inh.bias.log())
     torch.testing.assert_close(intended.gate_exc.bias, -intended.gate_inh.bias)
 
 
 def test_d2_cell_parameter_count_matches_the_paper_head():
     """hGRU (GALA, 2 GN) + a 256-channel BN readout = 1,576,768 (crbp_reference.md 1b)."""
-    cell = HGRUCellD2(256, 3, timesteps=20)
+    cell = MaskHeadHGRUCell(256, 3, timesteps=20)
     readout_norm = 2 * 256
     assert sum(p.numel() for p in cell.parameters()) + readout_norm == 1_576_768
 
@@ -280,13 +285,15 @@ def test_d2_cell_parameter_count_matches_the_paper_head():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"steps": 0}, "steps must be an integer >= 1"),
-        ({"steps": 5, "method": "bpttt"}, "unknown learning method 'bpttt'"),
-        ({"steps": 5, "neumann_steps": 0}, "neumann_steps (K) must be >= 1"),
-        ({"steps": 5, "lcp_lambda": 1.0}, "lcp_lambda must be in [0, 1)"),
-        ({"steps": 5, "lcp_lambda": -0.1}, "lcp_lambda must be in [0, 1)"),
-        ({"steps": 5, "norm_cap": "always"}, "unknown norm_cap 'always'"),
-        ({"steps": 5, "lcp_reduction": "max"}, "unknown lcp_reduction 'max'"),
+        ({"steps": 0}, "steps = 0: must be an integer >= 1"),
+        ({"steps": 5, "method": "bpttt"}, "method = 'bpttt': unknown value"),
+        ({"steps": 5, "neumann_steps": 0}, "neumann_steps = 0: must be an integer >= 1"),
+        ({"steps": 5, "lcp_lambda": 1.0}, "lcp_lambda = 1.0: must be in [0, 1)"),
+        ({"steps": 5, "lcp_lambda": -0.1}, "lcp_lambda = -0.1: must be in [0, 1)"),
+        ({"steps": 5, "norm_cap": "always"}, "norm_cap = 'always': unknown value"),
+        ({"steps": 5, "lcp_reduction": "max"}, "lcp_reduction = 'max': unknown value"),
+        ({"steps": 5, "test_steps": -1}, "test_steps = -1: must be an integer >= 1"),
+        ({"steps": 5, "halt_tolerance": 0.0}, "halt_tolerance = 0.0: must be > 0"),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(kwargs, message):
@@ -300,9 +307,9 @@ def test_bad_call_arguments():
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got -2"):
         engine(torch.rand(1, 2, 4, 4), steps=-2)
     with pytest.raises(ValueError, match="cannot be used inside a recurrent cell"):
-        HGRUCellD2(8, 3, norm="SyncBN")
+        MaskHeadHGRUCell(8, 3, norm="SyncBN")
     with pytest.raises(ValueError, match="unknown nonlinearity 'gelu'"):
-        HGRUCellD2(8, 3, norm_groups=4, nonlinearity="gelu")
+        MaskHeadHGRUCell(8, 3, norm_groups=4, nonlinearity="gelu")
 
 
 def test_core_does_not_import_detectron2_or_pathfinder():

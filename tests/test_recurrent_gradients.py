@@ -8,7 +8,7 @@ from torch.func import functional_call
 from crbp_d2.recurrent import (
     ConvLSTMCell,
     HGRUCell,
-    HGRUCellD2,
+    MaskHeadHGRUCell,
     RecurrentCell,
     RecurrentEngine,
     neumann_series,
@@ -34,8 +34,8 @@ class LinearCell(RecurrentCell):
         return (h @ self.a.T + x @ self.b.T)[..., None, None]
 
 
-def _contractive_d2_cell() -> HGRUCellD2:
-    cell = HGRUCellD2(channels=4, kernel_size=3, timesteps=6, norm_groups=2).to(DTYPE)
+def _contractive_d2_cell() -> MaskHeadHGRUCell:
+    cell = MaskHeadHGRUCell(channels=4, kernel_size=3, timesteps=6, norm_groups=2).to(DTYPE)
     with (
         torch.no_grad()
     ):  # open the update gate so the fixed point is reached in a few hundred steps

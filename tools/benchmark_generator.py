@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from crbp_d2.pathfinder.generator import get_generator, preset  # noqa: E402
+from crbp_d2.contours.generator import get_generator, preset  # noqa: E402
 from crbp_d2.pathfinder.storage import write_png_sample  # noqa: E402
 from crbp_d2.utils import cpu_model_name  # noqa: E402
 

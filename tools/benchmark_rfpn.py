@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import crbp_d2  # noqa: F401  (Detectron2 compatibility shim; must precede detectron2 imports)
+import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
 from crbp_d2.utils import cpu_model_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -37,9 +37,9 @@ MEMORY_RUNS = (("bptt", 6), ("cbptt", 6), ("rbp", 20), ("crbp", 20))
 
 def config(method: str, steps: int, tiny: bool, extra=()):
     overrides = [
-        "SOLVER.METHOD",
+        "MODEL.RECURRENT.METHOD",
         method,
-        "SOLVER.STEPS",
+        "MODEL.RECURRENT.TIMESTEPS",
         steps,
         "DATA.SOURCE",
         "on_the_fly",

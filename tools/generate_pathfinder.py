@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crbp_d2.pathfinder.generator import (  # noqa: E402
+from crbp_d2.contours.generator import (  # noqa: E402
     DISTRACTOR_RULES,
     GenerationError,
     PathfinderParams,

@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from crbp_d2.contours.generator import GenerationError, preset  # noqa: E402
 from crbp_d2.pathfinder.baselines import dataset_pairs, evaluate_baselines  # noqa: E402
 from crbp_d2.pathfinder.data import (  # noqa: E402
     PathfinderOnTheFly,
     PathfinderStored,
     PathfinderTransform,
 )
-from crbp_d2.pathfinder.generator import GenerationError, preset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     if args.stats:
         if args.data is not None:
             parser.error("--stats needs on-the-fly data (no --data)")
-        from crbp_d2.pathfinder.stats import path_statistics
+        from crbp_d2.contours.stats import path_statistics
 
         output["path_statistics"] = path_statistics(params, args.seed, min(args.num, 500))
         for key, value in output["path_statistics"].items():

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     for method in ("crbp", "bptt", "rbp"):
         path = os.path.join(args.out_dir, method, "last.pth")
         model, cfg = load_trained(path)
-        n = cfg.SOLVER.STEPS
+        n = cfg.MODEL.RECURRENT.TIMESTEPS
         if dataset is None:
             dataset = build_dataset(cfg, "test")
             length = cfg.DATA.TEST_LENGTH

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             trajectories[name] = hidden_trajectories(
                 model, loader, args.max_steps, args.pool, args.images, args.device
             )
-            train_steps[name] = min(cfg.SOLVER.STEPS, args.max_steps)
+            train_steps[name] = min(cfg.MODEL.RECURRENT.TIMESTEPS, args.max_steps)
         result = state_space(trajectories, train_steps, args.components, compare)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -45,19 +45,19 @@ def main(argv=None) -> int:
             loader = make_test_loader(cfg, args.test_length, args.test_size, args.batch_size)
             rows = iou_over_steps(model, loader, args.max_steps, args.device)
             curves[name] = rows
-            train_steps[name] = cfg.SOLVER.STEPS
+            train_steps[name] = cfg.MODEL.RECURRENT.TIMESTEPS
             for r in rows:
                 records.append(
                     dict(
                         r,
                         model=name,
-                        method=cfg.SOLVER.METHOD,
-                        train_steps=cfg.SOLVER.STEPS,
+                        method=cfg.MODEL.RECURRENT.METHOD,
+                        train_steps=cfg.MODEL.RECURRENT.TIMESTEPS,
                         train_length=cfg.DATA.TRAIN_LENGTH,
                         test_length=args.test_length or cfg.DATA.TEST_LENGTH,
                     )
                 )
-            n = cfg.SOLVER.STEPS
+            n = cfg.MODEL.RECURRENT.TIMESTEPS
             print(
                 f"{name}: IoU@N={n} {rows[min(n, args.max_steps)]['iou']:.4f}, "
                 f"best {max(r['iou'] for r in rows):.4f}, "

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         {
             "checkpoint": args.checkpoint,
             "index": args.index,
-            "train_steps": cfg.SOLVER.STEPS,
+            "train_steps": cfg.MODEL.RECURRENT.TIMESTEPS,
             "iou_per_step": course["iou"],
         },
         args.out + ".json",

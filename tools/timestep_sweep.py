@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-import crbp_d2  # noqa: F401  (Detectron2 compatibility shim; must precede detectron2 imports)
+import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
 # isort: split
 import torch

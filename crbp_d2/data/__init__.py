@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 if importlib.util.find_spec("detectron2") is not None:
+    from .. import _compat  # noqa: F401  (before detectron2)
+    # isort: split
+
     from .datasets import (
         SYNTHETIC_PANOPTIC_DATASETS,
         UnknownDatasetError,

@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .. import _compat  # noqa: F401  (before detectron2)
+
+# isort: split
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic_separated

@@ -4,6 +4,9 @@ Importing this package registers ``RecurrentMaskHead`` (and its alias
 ``RecurrentMaskRCNNConvUpsampleHead``) in Detectron2's ``ROI_MASK_HEAD_REGISTRY``.
 """
 
+from .. import _compat  # noqa: F401  (before detectron2)
+
+# isort: split
 from .recurrent_mask_head import (
     RecurrentMaskHead,
     RecurrentMaskRCNNConvUpsampleHead,

@@ -32,7 +32,12 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from ..config import validate_crbp_config
-from ..recurrent import ConvLSTMCell, HGRUCellD2, RecurrenceDiagnostics, RecurrentEngine
+from ..recurrent import (
+    ConvLSTMCell,
+    MaskHeadHGRUCell,
+    RecurrenceDiagnostics,
+    RecurrentEngine,
+)
 
 __all__ = ["RecurrentMaskHead", "RecurrentMaskRCNNConvUpsampleHead", "build_recurrent_engine"]
 
@@ -40,12 +45,17 @@ SCALAR_PREFIX = "crbp/"
 
 
 def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
-    """The cell and engine described by ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT``.
+    """The cell and engine described by ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT`` (validated).
 
     Args:
         input_channels: channels of the RoI features (the FPN width).
     """
-    validate_crbp_config(cfg)
+    spec = validate_crbp_config(cfg)
+    if spec is None:
+        raise ValueError(
+            "the config has no MODEL.ROI_MASK_HEAD.RECURRENT node: call "
+            "crbp_d2.config.add_crbp_config(cfg) before merging the config file"
+        )
     node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
     hidden = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
     if node.CELL == "hgru":
@@ -55,10 +65,10 @@ def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
                 f"{input_channels} channels and MODEL.ROI_MASK_HEAD.CONV_DIM is {hidden}; set "
                 f"CONV_DIM {input_channels} (the paper uses 256 = MODEL.FPN.OUT_CHANNELS)"
             )
-        cell: nn.Module = HGRUCellD2(
+        cell: nn.Module = MaskHeadHGRUCell(
             channels=hidden,
             kernel_size=node.KERNEL_SIZE,
-            timesteps=node.TIMESTEPS,
+            timesteps=spec.steps,
             gala=node.GALA,
             norm=node.CELL_NORM,
             norm_groups=node.CELL_NORM_GROUPS,
@@ -68,20 +78,7 @@ def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
         )
     else:
         cell = ConvLSTMCell(input_channels, hidden, node.KERNEL_SIZE, implicit_state="joint")
-    return RecurrentEngine(
-        cell,
-        steps=node.TIMESTEPS,
-        method=node.METHOD,
-        test_steps=node.TEST_TIMESTEPS or None,
-        neumann_steps=node.NEUMANN_STEPS,
-        norm_cap=node.NORM_CAP,
-        cap_threshold=float(node.CAP_THRESHOLD),
-        tbptt_steps=node.TBPTT_STEPS or None,
-        lcp_lambda=float(node.LCP_LAMBDA),
-        lcp_reduction=node.LCP_REDUCTION,
-        monitor_lcp=node.MONITOR_LCP,
-        halt_tolerance=float(node.HALT_TOLERANCE) or None,
-    )
+    return RecurrentEngine.from_spec(cell, spec)
 
 
 def _put_scalars(values: Dict[str, float]) -> None:
@@ -93,26 +90,9 @@ def _put_scalars(values: Dict[str, float]) -> None:
     storage.put_scalars(**{SCALAR_PREFIX + k: v for k, v in values.items()}, smoothing_hint=True)
 
 
-class _AfterBackward(torch.autograd.Function):
-    """Identity on the RoI features; its backward runs once the whole recurrence has been
-    back-propagated (the features' gradient is complete only then), and logs the Neumann stats
-    of that same iteration."""
-
-    @staticmethod
-    def forward(ctx, diagnostics: RecurrenceDiagnostics, x: Tensor) -> Tensor:
-        ctx.diagnostics = diagnostics
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        diag = ctx.diagnostics
-        values = {}
-        if diag.neumann_terms is not None:
-            values["neumann_terms"] = float(diag.neumann_terms)
-            values["neumann_cap_fired"] = float(bool(diag.cap_fired))
-        if values:
-            _put_scalars(values)
-        return None, grad
+def _put_backward_scalars(diagnostics: RecurrenceDiagnostics) -> None:
+    if diagnostics.backward_scalars():
+        _put_scalars(diagnostics.backward_scalars())
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -163,16 +143,15 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
         ret = super().from_config(cfg, input_shape)
-        validate_crbp_config(cfg)  # also raises if add_crbp_config was never applied
-        node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
+        engine = build_recurrent_engine(cfg, input_shape.channels)  # validates the config
         num_classes = (
             1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
         )
         ret.update(
-            engine=build_recurrent_engine(cfg, input_shape.channels),
+            engine=engine,
             num_classes=num_classes,
-            readout_norm=node.READOUT_NORM,
-            lcp_weight=float(node.LCP_WEIGHT),
+            readout_norm=cfg.MODEL.ROI_MASK_HEAD.RECURRENT.READOUT_NORM,
+            lcp_weight=engine.spec.lcp_weight,
         )
         return ret
 
@@ -185,9 +164,7 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
 
     @test_steps.setter
     def test_steps(self, steps: int) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"test steps must be an integer >= 1, got {steps!r}")
-        self.engine.test_steps = steps
+        self.engine.test_steps = steps  # validated by the engine's spec
 
     def readout(self, h: Tensor) -> Tensor:
         """(R, C, 14, 14) state -> (R, num_classes, 28, 28) mask logits."""
@@ -216,22 +193,15 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
         return self._forward_inference(x, instances)
 
     def _forward_train(self, x: Tensor, instances: List[Instances]) -> Dict[str, Tensor]:
-        diagnostics_holder = RecurrenceDiagnostics(self.engine.method, 0, 0.0)
-        if x.requires_grad:
-            # logs the Neumann stats when backward reaches the features, i.e. after the series ran
-            x = _AfterBackward.apply(diagnostics_holder, x)
         out = self.engine(x)
-        # share the engine's stats object with the probe (it is filled during backward)
-        diagnostics_holder.neumann = out.diagnostics.neumann
+        out.after_backward(_put_backward_scalars)  # Neumann stats are known only after backward
         logits = self.readout(self.engine.cell.output(out.state))
         losses = {
             "loss_mask": mask_rcnn_loss(logits, instances, self.vis_period) * self.loss_weight
         }
-        if self.engine.uses_lcp:
+        if out.lcp is not None:
             losses["loss_lcp"] = self.lcp_weight * out.lcp
         scalars = out.diagnostics.scalars()
-        scalars.pop("neumann_terms", None)  # not known before backward: logged by the probe
-        scalars.pop("neumann_cap_fired", None)
         scalars["rois"] = float(x.shape[0])
         self.last_diagnostics = scalars
         _put_scalars(scalars)

@@ -7,8 +7,7 @@ trainer, analyses) is imported lazily from here. No Detectron2.
 
 import importlib
 
-from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only
-from .generator import (
+from crbp_d2.contours.generator import (
     PRESET_LENGTHS,
     GenerationError,
     PathfinderGenerator,
@@ -18,6 +17,8 @@ from .generator import (
     get_generator,
     preset,
 )
+
+from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only
 from .storage import StoredPathfinder, generate_dataset, write_preview
 
 # name -> the torch-dependent submodule that defines it (imported on first use)

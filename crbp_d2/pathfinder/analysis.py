@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
-from .config import get_default_config
+from .config import config_from_dump
 from .metrics import SegmentationMeter
 from .models import RecurrentSegmenter, build_model, softmax_foreground
 from .training_data import build_dataset
@@ -49,9 +49,7 @@ def load_trained(path: str, device: str = "cpu") -> Tuple[nn.Module, CfgNode]:
     state = torch.load(path, map_location=device, weights_only=False)
     if "config" not in state or "model" not in state:
         raise ValueError(f"{path} is not a Pathfinder trainer checkpoint (no config/model)")
-    cfg = get_default_config()
-    cfg.merge_from_other_cfg(CfgNode.load_cfg(state["config"]))
-    cfg.freeze()
+    cfg = config_from_dump(state["config"], path)
     model = build_model(cfg).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -166,11 +164,11 @@ def generalization_matrix(
                     summary,
                     model=name,
                     arch=cfg.MODEL.ARCH,
-                    method=cfg.SOLVER.METHOD,
+                    method=cfg.MODEL.RECURRENT.METHOD,
                     train_length=cfg.DATA.TRAIN_LENGTH,
                     test_length=length,
-                    train_steps=cfg.SOLVER.STEPS,
-                    eval_steps=n_eval if _recurrent(model) else cfg.SOLVER.STEPS,
+                    train_steps=cfg.MODEL.RECURRENT.TIMESTEPS,
+                    eval_steps=n_eval if _recurrent(model) else cfg.MODEL.RECURRENT.TIMESTEPS,
                 )
             )
     return records

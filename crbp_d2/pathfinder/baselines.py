@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .geometry import disk_kernel
+from crbp_d2.contours.geometry import disk_kernel
 
 
 def detect_marker(image: np.ndarray, marker_radius: float) -> Tuple[int, int]:

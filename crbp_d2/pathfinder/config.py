@@ -3,17 +3,24 @@
 
 Every key must exist in :func:`get_default_config`; an unknown key, a value of the wrong type or
 a missing base file raises :class:`ConfigError` naming it.
+
+The recurrence (steps, learning method, Neumann series, LCP) is described by ``MODEL.RECURRENT``,
+whose keys are those of the Detectron2 head's ``MODEL.ROI_MASK_HEAD.RECURRENT``
+(:mod:`crbp_d2.recurrent.spec`). The keys that lived under ``SOLVER`` before (``SOLVER.STEPS``,
+``SOLVER.METHOD``, ...) are still read, with a ``FutureWarning`` naming the new key; they will be
+removed in the next version.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from crbp_d2.recurrent import METHODS
+from crbp_d2.recurrent import engine_config_defaults, spec_from_node
 
 LOSSES = ("focal", "ce")
 DATA_SOURCES = ("disk", "on_the_fly", "memory")
@@ -43,24 +50,20 @@ def get_default_config() -> CN:
     cfg.MODEL.READOUT_NORM = "BN"  # BN | GN | none
     cfg.MODEL.READOUT_BIAS = "zero"  # zero | authors (equal biases) | prior (p(contour)=0.01)
     cfg.MODEL.CHRONOS_LOG = True  # intended log(U(1, T-1)) gate biases; False = authors' code
-    cfg.MODEL.GATE_TIMESCALE = 8.0  # T of the chronos init (authors: U(1, 7)); 0 = SOLVER.STEPS
+    cfg.MODEL.GATE_TIMESCALE = 8.0  # T of the chronos init (authors: U(1, 7)); 0 = TIMESTEPS
     cfg.MODEL.INHIBITION_SOFTPLUS = True
     cfg.MODEL.OUTPUT_SOFTPLUS = True
     cfg.MODEL.LSTM_IMPLICIT_STATE = "joint"  # joint | h_only (authors)
     cfg.MODEL.CNN_LAYERS = 6
+    # The recurrence: the same keys as the Detectron2 head's MODEL.ROI_MASK_HEAD.RECURRENT
+    # (TIMESTEPS: N in training; TEST_TIMESTEPS: at evaluation, 0 = N; METHOD: bptt | tbptt |
+    # rbp | cbptt | crbp; NEUMANN_STEPS: K; NORM_CAP: none (paper) | pathfinder (authors' code) |
+    # detectron2, with CAP_THRESHOLD; TBPTT_STEPS: 0 = half of N; LCP_WEIGHT / LCP_LAMBDA /
+    # LCP_REDUCTION: the penalty; MONITOR_LCP: log the detached LCP under bptt/tbptt/rbp too;
+    # HALT_TOLERANCE: inference halting, 0 = off). Defaults: the paper's C-RBP-20.
+    cfg.MODEL.RECURRENT = CN(engine_config_defaults(LCP_WEIGHT=10.0, MONITOR_LCP=True))
 
     cfg.SOLVER = CN()
-    cfg.SOLVER.METHOD = "crbp"  # bptt | tbptt | rbp | cbptt | crbp
-    cfg.SOLVER.STEPS = 20  # N in training
-    cfg.SOLVER.TEST_STEPS = 0  # steps at evaluation (0: = STEPS)
-    cfg.SOLVER.NEUMANN_STEPS = 15
-    cfg.SOLVER.NORM_CAP = "none"  # none (paper) | pathfinder (authors' code) | detectron2
-    cfg.SOLVER.CAP_THRESHOLD = 1.0
-    cfg.SOLVER.TBPTT_STEPS = 0  # 0: half of N
-    cfg.SOLVER.LCP_LAMBDA = 0.9
-    cfg.SOLVER.LCP_WEIGHT = 10.0
-    cfg.SOLVER.LCP_REDUCTION = "mean"
-    cfg.SOLVER.MONITOR_LCP = True  # log the (detached) LCP under bptt/tbptt/rbp too
     cfg.SOLVER.LOSS = "ce"  # ce (paper) | focal (authors' code, gamma FOCAL_GAMMA)
     cfg.SOLVER.FOCAL_GAMMA = 2.0
     cfg.SOLVER.CONTOUR_WEIGHT = 1.0  # class weight of the contour class (background 1)
@@ -112,6 +115,7 @@ def _load_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     base = data.pop("_BASE_", None)
+    _rename_in_mapping(data, path)
     if base is None:
         return data
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
@@ -128,16 +132,66 @@ def _deep_update(target: Dict[str, Any], update: Dict[str, Any]) -> None:
             target[key] = value
 
 
+# old key -> new key (read with a FutureWarning for one version)
+RENAMED_KEYS: Dict[str, str] = {
+    "SOLVER.METHOD": "MODEL.RECURRENT.METHOD",
+    "SOLVER.STEPS": "MODEL.RECURRENT.TIMESTEPS",
+    "SOLVER.TEST_STEPS": "MODEL.RECURRENT.TEST_TIMESTEPS",
+    "SOLVER.NEUMANN_STEPS": "MODEL.RECURRENT.NEUMANN_STEPS",
+    "SOLVER.NORM_CAP": "MODEL.RECURRENT.NORM_CAP",
+    "SOLVER.CAP_THRESHOLD": "MODEL.RECURRENT.CAP_THRESHOLD",
+    "SOLVER.TBPTT_STEPS": "MODEL.RECURRENT.TBPTT_STEPS",
+    "SOLVER.LCP_LAMBDA": "MODEL.RECURRENT.LCP_LAMBDA",
+    "SOLVER.LCP_WEIGHT": "MODEL.RECURRENT.LCP_WEIGHT",
+    "SOLVER.LCP_REDUCTION": "MODEL.RECURRENT.LCP_REDUCTION",
+    "SOLVER.MONITOR_LCP": "MODEL.RECURRENT.MONITOR_LCP",
+}
+
+
+def _warn_renamed(old: str, where: str) -> str:
+    new = RENAMED_KEYS[old]
+    warnings.warn(
+        f"config key {old} (in {where}) is deprecated: use {new}; the old name will be removed "
+        "in the next version",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return new
+
+
+def _rename_in_mapping(data: Dict[str, Any], where: str) -> None:
+    """Move old keys of a nested mapping (a loaded YAML file) to their new place, warning."""
+    for old in RENAMED_KEYS:
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            node = data
+            *parents, leaf = _warn_renamed(old, where).split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+
+
+def _rename_in_overrides(overrides: Sequence[Any]) -> List[Any]:
+    renamed = list(overrides)
+    for i in range(0, len(renamed) - 1, 2):
+        if renamed[i] in RENAMED_KEYS:
+            renamed[i] = _warn_renamed(renamed[i], "the command-line overrides")
+    return renamed
+
+
 def _check_values(cfg: CN) -> None:
-    if cfg.SOLVER.METHOD not in METHODS:
-        raise ConfigError(f"unknown SOLVER.METHOD {cfg.SOLVER.METHOD!r}; choose one of {METHODS}")
+    try:
+        spec_from_node(cfg.MODEL.RECURRENT, "MODEL.RECURRENT")
+    except (ValueError, KeyError) as err:
+        raise ConfigError(str(err.args[0])) from None
     if cfg.SOLVER.LOSS not in LOSSES:
         raise ConfigError(f"unknown SOLVER.LOSS {cfg.SOLVER.LOSS!r}; choose one of {LOSSES}")
     if cfg.DATA.SOURCE not in DATA_SOURCES:
         raise ConfigError(f"unknown DATA.SOURCE {cfg.DATA.SOURCE!r}; choose one of {DATA_SOURCES}")
     if cfg.SOLVER.LR_SCHEDULE not in ("constant", "cosine"):
         raise ConfigError(f"unknown SOLVER.LR_SCHEDULE {cfg.SOLVER.LR_SCHEDULE!r}")
-    for key in ("BATCH_SIZE", "EPOCHS", "STEPS"):
+    for key in ("BATCH_SIZE", "EPOCHS"):
         if getattr(cfg.SOLVER, key) < 1:
             raise ConfigError(f"SOLVER.{key} must be >= 1, got {getattr(cfg.SOLVER, key)}")
 
@@ -165,7 +219,7 @@ def load_config(
                 f"overrides must be KEY VALUE pairs, got an odd list: {list(overrides)}"
             )
         try:
-            cfg.merge_from_list(list(overrides))
+            cfg.merge_from_list(_rename_in_overrides(overrides))
         except KeyError as err:
             message = str(err.args[0]) if err.args else str(err)
             raise ConfigError(f"{message} (in the command-line overrides)") from None
@@ -174,4 +228,19 @@ def load_config(
     _check_values(cfg)
     if freeze:
         cfg.freeze()
+    return cfg
+
+
+def config_from_dump(text: str, where: str) -> CN:
+    """The frozen config saved as YAML text (``cfg.dump()``, e.g. in a checkpoint) over the
+    defaults; keys from an older version are renamed with a warning."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse the config in {where}: {err}") from None
+    _rename_in_mapping(data, where)
+    cfg = get_default_config()
+    _merge(cfg, CN(data), where)
+    _check_values(cfg)
+    cfg.freeze()
     return cfg

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .generator import PathfinderParams, get_generator, preset, sample_rng
+from crbp_d2.contours.generator import PathfinderParams, get_generator, preset, sample_rng
+
 from .storage import StoredPathfinder, resize_uint8
 
 FLIP_NONE, FLIP_LR, FLIP_UD, FLIP_BOTH = 0, 1, 2, 3

@@ -20,8 +20,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from crbp_d2.recurrent import ConvLSTMCell, HGRUCell, RecurrentEngine
-from crbp_d2.recurrent.engine import RecurrenceDiagnostics, relative_residual
+from crbp_d2.recurrent import (
+    ConvLSTMCell,
+    HGRUCell,
+    RecurrenceDiagnostics,
+    RecurrentEngine,
+    relative_residual,
+    spec_from_node,
+)
 
 from .filters import gabor_bank
 
@@ -241,7 +247,8 @@ class FeedforwardCNN(nn.Module):
 
 def build_model(cfg) -> nn.Module:
     """Build the Pathfinder model described by a config (see :mod:`crbp_d2.pathfinder.config`)."""
-    m, s = cfg.MODEL, cfg.SOLVER
+    m = cfg.MODEL
+    spec = spec_from_node(m.RECURRENT, "MODEL.RECURRENT")
     if m.ARCH not in ARCHITECTURES:
         raise ValueError(f"unknown MODEL.ARCH {m.ARCH!r}; choose one of {ARCHITECTURES}")
     if m.ARCH == "cnn":
@@ -256,36 +263,24 @@ def build_model(cfg) -> nn.Module:
             norm=m.CELL_NORM,
             norm_eps=1e-3,
             norm_groups=m.CELL_NORM_GROUPS,
-            gate_timescale=m.GATE_TIMESCALE if m.GATE_TIMESCALE > 0 else float(s.STEPS),
+            gate_timescale=m.GATE_TIMESCALE if m.GATE_TIMESCALE > 0 else float(spec.steps),
             chronos_log=m.CHRONOS_LOG,
             inhibition_softplus=m.INHIBITION_SOFTPLUS,
             output_softplus=m.OUTPUT_SOFTPLUS,
         )
 
     if m.ARCH == "ff_hgru":
-        if s.METHOD != "bptt":
+        if spec.method != "bptt":
             raise ValueError(
-                "the feedforward hGRU has no recurrence; SOLVER.METHOD must be 'bptt', "
-                f"got {s.METHOD!r}"
+                "the feedforward hGRU has no recurrence; MODEL.RECURRENT.METHOD must be 'bptt', "
+                f"got {spec.method!r}"
             )
-        return UnrolledHGRU(input_layer, [hgru_cell() for _ in range(s.STEPS)], readout)
+        return UnrolledHGRU(input_layer, [hgru_cell() for _ in range(spec.steps)], readout)
     if m.ARCH == "hgru":
         cell: nn.Module = hgru_cell()
     else:
         cell = ConvLSTMCell(m.CHANNELS, m.CHANNELS, m.KERNEL_SIZE, m.LSTM_IMPLICIT_STATE)
-    engine = RecurrentEngine(
-        cell,
-        steps=s.STEPS,
-        method=s.METHOD,
-        test_steps=s.TEST_STEPS if s.TEST_STEPS > 0 else None,
-        neumann_steps=s.NEUMANN_STEPS,
-        norm_cap=s.NORM_CAP,
-        cap_threshold=s.CAP_THRESHOLD,
-        tbptt_steps=s.TBPTT_STEPS if s.TBPTT_STEPS > 0 else None,
-        lcp_lambda=s.LCP_LAMBDA,
-        lcp_reduction=s.LCP_REDUCTION,
-        monitor_lcp=s.MONITOR_LCP,
-    )
+    engine = RecurrentEngine.from_spec(cell, spec)
     return RecurrentSegmenter(input_layer, engine, readout)
 
 

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .generator import PathfinderParams, get_generator
+from crbp_d2.contours.generator import PathfinderParams, get_generator
 
 FORMATS: Tuple[str, ...] = ("png", "npy")
 MANIFEST = "dataset.json"

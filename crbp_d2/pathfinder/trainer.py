@@ -193,8 +193,8 @@ def compute_loss(
         out.logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
     )
     total = task
-    if out.lcp is not None and out.lcp.requires_grad:
-        total = task + cfg.SOLVER.LCP_WEIGHT * out.lcp.float()
+    if out.lcp is not None:  # the methods that train the LCP (cbptt, crbp)
+        total = task + cfg.MODEL.RECURRENT.LCP_WEIGHT * out.lcp.float()
     return total, task, out
 
 
@@ -499,7 +499,7 @@ class Trainer:
             train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS)
             eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS)
             print(
-                f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.SOLVER.METHOD}, "
+                f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.MODEL.RECURRENT.METHOD}, "
                 f"{count_parameters(_unwrap(self.model)):,} parameters, device {self.device}, "
                 f"{self.dist.world_size} process(es), {len(self.train_set)} train / "
                 f"{len(self.test_set)} test images",

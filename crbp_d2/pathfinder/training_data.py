@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from crbp_d2.contours.generator import PathfinderParams, preset
+
 from .data import PathfinderOnTheFly, PathfinderStored, PathfinderTransform, random_flip_code
-from .generator import PathfinderParams, preset
 
 
 def apply_flip(image: Tensor, label: Tensor, code: int) -> Tuple[Tensor, Tensor]:

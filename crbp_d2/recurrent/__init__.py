@@ -5,34 +5,44 @@ Pure PyTorch: nothing here imports Detectron2 or the Pathfinder module.
 
 from .base import RecurrentCell, State, make_norm
 from .convlstm import ConvLSTMCell
-from .engine import (
-    METHODS,
-    RecurrenceDiagnostics,
-    RecurrenceOutput,
-    RecurrentEngine,
-    relative_residual,
-    spectral_radius,
-)
-from .hgru import HGRUCell, HGRUCellD2
-from .lcp import lipschitz_penalty
+from .diagnostics import RecurrenceDiagnostics, relative_residual, spectral_radius
+from .engine import RecurrenceOutput, RecurrentEngine
+from .hgru import HGRUCell, MaskHeadHGRUCell
+from .lcp import LCP_REDUCTIONS, lipschitz_penalty
 from .neumann import NORM_CAPS, NeumannStats, neumann_series, rbp_attach
+from .spec import (
+    CONFIG_KEYS,
+    LCP_METHODS,
+    METHODS,
+    EngineSpec,
+    SpecError,
+    engine_config_defaults,
+    spec_from_node,
+)
 
 __all__ = [
+    "CONFIG_KEYS",
     "ConvLSTMCell",
+    "EngineSpec",
     "HGRUCell",
-    "HGRUCellD2",
+    "LCP_METHODS",
+    "LCP_REDUCTIONS",
     "METHODS",
+    "MaskHeadHGRUCell",
     "NORM_CAPS",
     "NeumannStats",
     "RecurrenceDiagnostics",
     "RecurrenceOutput",
     "RecurrentCell",
     "RecurrentEngine",
+    "SpecError",
     "State",
+    "engine_config_defaults",
     "lipschitz_penalty",
     "make_norm",
     "neumann_series",
     "rbp_attach",
     "relative_residual",
+    "spec_from_node",
     "spectral_radius",
 ]

@@ -10,56 +10,34 @@ Methods (one switch everywhere):
   computed with ``create_graph=True`` so that it trains the cell towards a contraction.
 
 When autograd is off (``torch.no_grad`` / inference) the engine only iterates, optionally halting
-once the relative residual falls under a tolerance.
+once the relative residual falls under a tolerance. :meth:`RecurrentEngine.iterate` gives the
+states one by one (step-by-step readouts); :meth:`RecurrenceOutput.after_backward` registers what
+must run once backward has gone through the recurrence (e.g. logging the Neumann statistics).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, State, state_like, state_norm, state_parts
-from .lcp import LCP_REDUCTIONS, check_lcp_lambda, lipschitz_penalty
-from .neumann import NORM_CAPS, NeumannStats, rbp_attach
+from .base import RecurrentCell, State, state_like, state_parts
+from .diagnostics import (
+    RecurrenceDiagnostics,
+    per_sample_max_residual,
+    relative_residual,
+    spectral_radius,
+)
+from .lcp import lipschitz_penalty
+from .neumann import NeumannStats, rbp_attach
+from .spec import METHODS, EngineSpec
 
-METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp")
+__all__ = ["METHODS", "RecurrenceOutput", "RecurrentEngine", "check_steps"]
 
-
-@dataclass
-class RecurrenceDiagnostics:
-    """What one call of the engine did. Neumann fields are filled when backward runs."""
-
-    method: str
-    steps: int  # steps actually run (fewer than asked when halting stopped early)
-    residual: float  # ||h_N - h_{N-1}|| / ||h_N|| over the whole (joint) state
-    lcp: Optional[float] = None  # detached penalty value (None when not computed)
-    lcp_fraction_above: Optional[float] = None  # fraction of entries of u = 1^T J above lambda
-    halted: bool = False  # True when the halting tolerance was reached
-    neumann: NeumannStats = field(default_factory=NeumannStats)
-
-    @property
-    def neumann_terms(self) -> Optional[int]:
-        return self.neumann.terms_used
-
-    @property
-    def cap_fired(self) -> Optional[bool]:
-        return self.neumann.cap_fired
-
-    def scalars(self) -> dict:
-        """The numbers worth logging, as a flat dict of floats (missing values left out)."""
-        values = {
-            "steps": self.steps,
-            "residual": self.residual,
-            "lcp": self.lcp,
-            "lcp_fraction_above": self.lcp_fraction_above,
-            "neumann_terms": self.neumann.terms_used,
-            "neumann_cap_fired": None if self.neumann.cap_fired is None else float(self.cap_fired),
-        }
-        return {k: float(v) for k, v in values.items() if v is not None}
+AfterBackward = Callable[[RecurrenceDiagnostics], None]
+_SPEC_FIELDS = frozenset(f.name for f in fields(EngineSpec))
 
 
 @dataclass
@@ -69,7 +47,8 @@ class RecurrenceOutput:
     Attributes:
         state: the final state h_N (a tensor, or a tuple for cells like the convLSTM), carrying
             the gradient of the chosen method.
-        lcp: the penalty (0-d tensor; differentiable for cbptt/crbp), or None when not computed.
+        lcp: the penalty to add to the loss (0-d, differentiable) under cbptt/crbp, else None
+            (a penalty computed only for monitoring is in ``diagnostics.lcp``).
         diagnostics: see :class:`RecurrenceDiagnostics`.
         states: every state h_1..h_N, detached, when ``record_states=True`` (else None).
     """
@@ -78,22 +57,40 @@ class RecurrenceOutput:
     lcp: Optional[Tensor]
     diagnostics: RecurrenceDiagnostics
     states: Optional[List[State]] = None
+    _after_backward: List[AfterBackward] = field(default_factory=list, repr=False)
+
+    def after_backward(self, callback: AfterBackward) -> None:
+        """Call ``callback(diagnostics)`` once backward has gone through the whole recurrence
+        (the Neumann statistics are filled by then). Never called if no backward runs."""
+        self._after_backward.append(callback)
+
+
+class _BackwardProbe(torch.autograd.Function):
+    """Identity on the engine's input; its backward runs the after-backward callbacks, once the
+    gradient has reached the input, i.e. after the whole recurrence was back-propagated."""
+
+    @staticmethod
+    def forward(ctx, output: "RecurrenceOutput", x: Tensor) -> Tensor:
+        ctx.output = output
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        output = ctx.output
+        for callback in output._after_backward:
+            callback(output.diagnostics)
+        return None, grad
 
 
 def _detach(state: State) -> State:
     return state_like([p.detach() for p in state_parts(state)], state)
 
 
-def relative_residual(new: State, old: State) -> float:
-    """||new - old|| / ||new|| over all parts (0 when both are zero)."""
-    new_parts, old_parts = state_parts(new), state_parts(old)
-    diff = state_norm([a.detach() - b.detach() for a, b in zip(new_parts, old_parts)])
-    size = state_norm(new_parts)
-    return float(diff / size) if size > 0 else float(diff)
-
-
 class RecurrentEngine(nn.Module):
     """Runs ``cell`` for N steps on a fixed drive from h0 = 0 and applies a learning method.
+
+    Build it from keyword arguments (the fields of :class:`~crbp_d2.recurrent.spec.EngineSpec`)
+    or from a spec with :meth:`from_spec`; either way the settings are validated by the spec.
 
     Args:
         cell: a :class:`RecurrentCell` (any module with ``prepare``/``init_state``/``output`` and
@@ -107,6 +104,7 @@ class RecurrentEngine(nn.Module):
         tbptt_steps: k, steps tracked by ``tbptt`` (default: half of N, rounded up).
         lcp_lambda: lambda of the LCP hinge, in [0, 1).
         lcp_reduction: ``mean`` (Pathfinder code) or ``sum`` (Detectron2 code).
+        lcp_weight: weight of the LCP in the loss; carried for the front-ends, unused here.
         monitor_lcp: also compute the LCP (detached, for logging) under bptt/tbptt/rbp.
         halt_tolerance: at inference, stop once the relative residual is below this (None: never).
     """
@@ -125,49 +123,73 @@ class RecurrentEngine(nn.Module):
         lcp_reduction: str = "mean",
         monitor_lcp: bool = False,
         halt_tolerance: Optional[float] = None,
+        lcp_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        check_steps(steps, "steps")
-        if test_steps is not None:
-            check_steps(test_steps, "test_steps")
-        if method not in METHODS:
-            raise ValueError(f"unknown learning method {method!r}; choose one of {METHODS}")
-        if neumann_steps < 1:
-            raise ValueError(f"neumann_steps (K) must be >= 1, got {neumann_steps}")
-        if norm_cap not in NORM_CAPS:
-            raise ValueError(f"unknown norm_cap {norm_cap!r}; choose one of {NORM_CAPS}")
-        check_lcp_lambda(lcp_lambda)
-        if lcp_reduction not in LCP_REDUCTIONS:
-            raise ValueError(
-                f"unknown lcp_reduction {lcp_reduction!r}; choose one of {LCP_REDUCTIONS}"
-            )
-        if tbptt_steps is not None and tbptt_steps < 1:
-            raise ValueError(f"tbptt_steps must be >= 1, got {tbptt_steps}")
-        if halt_tolerance is not None and halt_tolerance <= 0:
-            raise ValueError(f"halt_tolerance must be > 0, got {halt_tolerance}")
         self.cell = cell
-        self.steps = steps
-        self.test_steps = test_steps if test_steps is not None else steps
-        self.method = method
-        self.neumann_steps = neumann_steps
-        self.norm_cap = norm_cap
-        self.cap_threshold = cap_threshold
-        self.tbptt_steps = tbptt_steps
-        self.lcp_lambda = lcp_lambda
-        self.lcp_reduction = lcp_reduction
-        self.monitor_lcp = monitor_lcp
-        self.halt_tolerance = halt_tolerance
+        self.spec = EngineSpec(
+            steps=steps,
+            test_steps=test_steps,
+            method=method,
+            tbptt_steps=tbptt_steps,
+            neumann_steps=neumann_steps,
+            norm_cap=norm_cap,
+            cap_threshold=cap_threshold,
+            lcp_weight=lcp_weight,
+            lcp_lambda=lcp_lambda,
+            lcp_reduction=lcp_reduction,
+            monitor_lcp=monitor_lcp,
+            halt_tolerance=halt_tolerance,
+        )
+
+    @classmethod
+    def from_spec(cls, cell: RecurrentCell, spec: EngineSpec) -> "RecurrentEngine":
+        """The engine running ``cell`` as ``spec`` says."""
+        engine = cls(cell, steps=spec.steps)
+        engine.spec = spec
+        return engine
+
+    # -- the settings, read from the spec -----------------------------------------------------
+    # Every field of the spec reads as an attribute (``engine.neumann_steps``); assigning one
+    # (``engine.halt_tolerance = 0.5``) replaces the spec by a validated copy. ``test_steps``
+    # reads as the steps actually run in eval mode.
+
+    def __getattr__(self, name: str):
+        if name in _SPEC_FIELDS:
+            value = getattr(self.spec, name)
+            return self.spec.eval_steps if name == "test_steps" else value
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SPEC_FIELDS:
+            self.spec = self.spec.replace(**{name: value})
+        else:
+            super().__setattr__(name, value)
 
     @property
     def uses_lcp(self) -> bool:
-        return self.method in ("cbptt", "crbp")
+        """True when the LCP is trained (cbptt, crbp): ``forward(...).lcp`` is then a tensor."""
+        return self.spec.uses_lcp
 
     def extra_repr(self) -> str:
+        s = self.spec
         return (
-            f"method={self.method}, steps={self.steps}, test_steps={self.test_steps}, "
-            f"neumann_steps={self.neumann_steps}, norm_cap={self.norm_cap}, "
-            f"lcp_lambda={self.lcp_lambda}, lcp_reduction={self.lcp_reduction}"
+            f"method={s.method}, steps={s.steps}, test_steps={s.eval_steps}, "
+            f"neumann_steps={s.neumann_steps}, norm_cap={s.norm_cap}, "
+            f"lcp_lambda={s.lcp_lambda}, lcp_reduction={s.lcp_reduction}"
         )
+
+    # -- running ------------------------------------------------------------------------------
+
+    def iterate(self, x: Tensor, steps: Optional[int] = None) -> Iterator[State]:
+        """Yield the states h_0 (zero), h_1, ..., h_steps for input ``x`` (B, C_in, H, W).
+
+        ``steps`` defaults to the mode's steps. The states carry a graph only if autograd is on
+        (use it under ``torch.no_grad()`` for step-by-step readouts).
+        """
+        n = self._steps_for_call(steps)
+        drive = self.cell.prepare(x)
+        yield from self._states(drive, self.cell.init_state(drive), n)
 
     def forward(
         self,
@@ -184,46 +206,68 @@ class RecurrentEngine(nn.Module):
             record_states: also return every state h_1..h_N (detached; the gradient is unchanged).
             halt_tolerance: override the inference halting tolerance for this call.
         """
-        n = steps if steps is not None else (self.steps if self.training else self.test_steps)
-        check_steps(n, "steps")
-        drive = self.cell.prepare(x)
+        n = self._steps_for_call(steps)
         recorder: Optional[List[State]] = [] if record_states else None
         if not torch.is_grad_enabled():
-            tol = halt_tolerance if halt_tolerance is not None else self.halt_tolerance
-            return self._iterate(drive, n, tol, recorder)
+            tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
+            return self._iterate(self.cell.prepare(x), n, tol, recorder)
+        result = RecurrenceOutput(x, None, RecurrenceDiagnostics(self.method, n, float("nan")))
+        # the probe sits on the input, so its backward runs after the whole recurrence's
+        x = _BackwardProbe.apply(result, x if x.requires_grad else x.detach().requires_grad_())
+        drive = self.cell.prepare(x)
         if self.method in ("bptt", "cbptt"):
-            return self._unrolled(drive, n, n, recorder)
-        if self.method == "tbptt":
-            k = self.tbptt_steps if self.tbptt_steps is not None else (n + 1) // 2
-            return self._unrolled(drive, n, min(k, n), recorder)
-        return self._rbp(drive, n, recorder)
+            out = self._unrolled(drive, n, n, recorder)
+        elif self.method == "tbptt":
+            k = self.spec.tbptt_steps if self.spec.tbptt_steps is not None else (n + 1) // 2
+            out = self._unrolled(drive, n, min(k, n), recorder)
+        else:
+            out = self._rbp(drive, n, recorder)
+        result.state, result.lcp, result.diagnostics = out.state, out.lcp, out.diagnostics
+        result.states = out.states
+        return result
+
+    def _steps_for_call(self, steps: Optional[int]) -> int:
+        n = steps if steps is not None else (self.steps if self.training else self.test_steps)
+        check_steps(n, "steps")
+        return n
 
     # -- the three ways of running -------------------------------------------------------------
+
+    def _states(self, drive: Tensor, state: State, n: int) -> Iterator[State]:
+        """Yield ``state`` and the ``n`` states that follow it."""
+        yield state
+        for _ in range(n):
+            state = self.cell(drive, state)
+            yield state
 
     def _iterate(
         self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
-        state = self.cell.init_state(drive)
-        previous, residual, halted, t = state, float("inf"), False, 0
-        for t in range(1, n + 1):
-            previous, state = state, self.cell(drive, state)
-            _record(recorder, state)
-            residual = relative_residual(state, previous)
-            if tol is not None and _per_sample_max_residual(state, previous) < tol:
-                halted = True
-                break
+        previous, residual, halted, t = None, float("inf"), False, 0
+        for t, state in enumerate(self._states(drive, self.cell.init_state(drive), n)):
+            if previous is not None:
+                _record(recorder, state)
+                residual = relative_residual(state, previous)
+                if tol is not None and per_sample_max_residual(state, previous) < tol:
+                    halted = True
+                    break
+            previous = state
         diag = RecurrenceDiagnostics(self.method, t, residual, halted=halted)
         return RecurrenceOutput(state, None, diag, recorder)
+
+    def _run_without_graph(self, drive: Tensor, n: int, recorder: Optional[List[State]]) -> State:
+        """h_n from h_0 = 0 with autograd off (recording h_1..h_n)."""
+        with torch.no_grad():
+            for t, state in enumerate(self._states(drive, self.cell.init_state(drive), n)):
+                if t > 0:
+                    _record(recorder, state)
+        return state
 
     def _unrolled(
         self, drive: Tensor, n: int, tracked: int, recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
-        state = self.cell.init_state(drive)
-        with torch.no_grad():
-            for _ in range(n - tracked):
-                state = self.cell(drive, state)
-                _record(recorder, state)
-        need_lcp = self.uses_lcp or self.monitor_lcp
+        state = self._run_without_graph(drive, n - tracked, recorder)
+        need_lcp = self.spec.uses_lcp or self.spec.monitor_lcp
         previous = state
         for t in range(tracked):
             if t == tracked - 1 and need_lcp:
@@ -233,11 +277,7 @@ class RecurrentEngine(nn.Module):
         return self._finish(state, previous, n, need_lcp, NeumannStats(), recorder)
 
     def _rbp(self, drive: Tensor, n: int, recorder: Optional[List[State]]) -> RecurrenceOutput:
-        state = self.cell.init_state(drive)
-        with torch.no_grad():
-            for _ in range(n - 1):
-                state = self.cell(drive, state)
-                _record(recorder, state)
+        state = self._run_without_graph(drive, n - 1, recorder)
         previous = state_like([p.detach().requires_grad_() for p in state_parts(state)], state)
         last = self.cell(drive, previous)
         _record(recorder, last)
@@ -249,15 +289,15 @@ class RecurrentEngine(nn.Module):
             corrected = rbp_attach(
                 [prev_parts[i] for i in idx],
                 [parts[i] for i in idx],
-                self.neumann_steps,
-                self.norm_cap,
-                self.cap_threshold,
+                self.spec.neumann_steps,
+                self.spec.norm_cap,
+                self.spec.cap_threshold,
                 stats,
             )
             for i, tensor in zip(idx, corrected):
                 parts[i] = tensor
         out_state = state_like(parts, last)
-        need_lcp = self.uses_lcp or self.monitor_lcp
+        need_lcp = self.spec.uses_lcp or self.spec.monitor_lcp
         result = self._finish(last, previous, n, need_lcp, stats, recorder)
         result.state = out_state
         return result
@@ -284,17 +324,17 @@ class RecurrentEngine(nn.Module):
         if need_lcp:
             idx = self._implicit_indices(len(state_parts(last)))
             prev_parts, last_parts = state_parts(previous), state_parts(last)
-            penalty, fraction = lipschitz_penalty(
+            value, fraction = lipschitz_penalty(
                 [prev_parts[i] for i in idx],
                 [last_parts[i] for i in idx],
-                self.lcp_lambda,
-                self.lcp_reduction,
-                create_graph=self.uses_lcp,
+                self.spec.lcp_lambda,
+                self.spec.lcp_reduction,
+                create_graph=self.spec.uses_lcp,
                 blockwise=bool(getattr(self.cell, "lcp_blockwise", False)),
             )
-            if not self.uses_lcp:
-                penalty = penalty.detach()
-            diag.lcp = float(penalty.detach())
+            if self.spec.uses_lcp:
+                penalty = value
+            diag.lcp = float(value.detach())
             diag.lcp_fraction_above = float(fraction)
         return RecurrenceOutput(last, penalty, diag, recorder)
 
@@ -311,46 +351,17 @@ class RecurrentEngine(nn.Module):
     ) -> float:
         """Power-iteration estimate of the spectral radius of J = dF/dh at the reached state.
 
-        Runs ``steps`` (default ``test_steps``) steps from h0 = 0 unless ``state`` is given, then
-        iterates v <- J^T v (same spectrum as J) with vector-Jacobian products and returns the
-        geometric-mean growth rate over the second half of the iterations. Values below 1 mean the
-        map is locally contractive, so the Neumann series and the iteration converge.
+        Runs ``steps`` (default ``test_steps``) steps from h0 = 0 unless ``state`` is given; see
+        :func:`~crbp_d2.recurrent.diagnostics.spectral_radius`.
         """
         drive = self.cell.prepare(x)
         if state is None:
-            state = self._iterate(drive, steps or self.test_steps, None, None).state
+            state = self._run_without_graph(drive, steps or self.test_steps, None)
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)
 
 
-def spectral_radius(step, state: State, iterations: int = 50, seed: int = 0) -> float:
-    """Power-iteration estimate of rho(dF/dh) at ``state`` for the map ``step(state) -> state``."""
-    if iterations < 2:
-        raise ValueError(f"spectral_radius needs at least 2 iterations, got {iterations}")
-    parts = state_parts(state)
-    with torch.enable_grad():
-        leaves = state_like([p.detach().requires_grad_() for p in parts], state)
-        out = state_parts(step(leaves))
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in parts]
-    scale = float(state_norm(v))
-    v = [p / scale for p in v]
-    log_growth: List[float] = []
-    for _ in range(iterations):
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                out, state_parts(leaves), v, retain_graph=True, allow_unused=True
-            )
-        v = [torch.zeros_like(p) if g is None else g for p, g in zip(parts, grads)]
-        norm = float(state_norm(v))
-        if norm == 0.0:
-            return 0.0
-        log_growth.append(math.log(norm))
-        v = [p / norm for p in v]
-    tail = log_growth[len(log_growth) // 2 :]
-    return math.exp(sum(tail) / len(tail))
-
-
 def check_steps(value: int, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
@@ -364,11 +375,3 @@ def _as_graph_input(state: State) -> State:
 def _record(recorder: Optional[List[State]], state: State) -> None:
     if recorder is not None:
         recorder.append(_detach(state))
-
-
-def _per_sample_max_residual(new: State, old: State) -> float:
-    new_parts, old_parts = state_parts(new), state_parts(old)
-    diff = sum(((a - b).double().flatten(1) ** 2).sum(1) for a, b in zip(new_parts, old_parts))
-    size = sum((a.double().flatten(1) ** 2).sum(1) for a in new_parts)
-    ratio = torch.sqrt(diff) / torch.sqrt(size).clamp_min(torch.finfo(torch.float64).tiny)
-    return float(ratio.max())

@@ -1,4 +1,4 @@
-"""hGRU cells: the Pathfinder form and the Detectron2 mask-head form (crbp_reference.md 1a/1b)."""
+"""hGRU cells: the Pathfinder form and the R-FPN mask-head form (GALA gate, GroupNorm)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class HGRUCell(RecurrentCell):
         return F.softplus(new_h) if self.output_softplus else new_h
 
 
-class HGRUCellD2(RecurrentCell):
+class MaskHeadHGRUCell(RecurrentCell):
     """The hGRU of the R-FPN mask head (3x3, 256 channels, GALA gate, GroupNorm in the cell).
 
     With nl the chosen nonlinearity, for drive x (the 14x14 RoI features) and state h::
@@ -124,7 +124,7 @@ class HGRUCellD2(RecurrentCell):
         super().__init__()
         if channels < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
-                "HGRUCellD2 needs channels >= 1 and an odd kernel_size, "
+                "MaskHeadHGRUCell needs channels >= 1 and an odd kernel_size, "
                 f"got {channels}, {kernel_size}"
             )
         self.hidden_channels = channels

@@ -1,7 +1,8 @@
-"""Small helpers shared by the benchmark and protocol scripts (no Detectron2 import)."""
+"""The machine a result was measured on, as benchmarks report it."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from typing import Optional
@@ -26,3 +27,29 @@ def cpu_model_name() -> str:
     except OSError:
         out = ""
     return parse_lscpu_model(out) or platform.processor() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    """E.g. ``Intel(R) Xeon(R) Processor (2 cores)``."""
+    return f"{cpu_model_name()} ({os.cpu_count()} cores)"
+
+
+def device_description(device: "str | object" = "cpu") -> str:
+    """The CUDA card's name for a CUDA device, else :func:`cpu_description`."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_description()
+
+
+def machine_record(device: "str | object" = "cpu") -> dict:
+    """What to store beside a result: device, torch version, torch threads."""
+    import torch
+
+    return {
+        "device": device_description(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }

@@ -1,8 +1,10 @@
 """Run-time compatibility for a pure-Python Detectron2 v0.6 on numpy 2 / Pillow >= 10.
 
-Imported by ``crbp_d2/__init__.py`` before anything imports detectron2. Every patch is applied
-only when missing, so with upstream Detectron2 (compiled ``_C``, newer code) it is a no-op, and it
-is harmless when detectron2 is not installed at all.
+Imported first by every module of the Detectron2 side (``crbp_d2.config``, ``crbp_d2.modeling``,
+``crbp_d2.data.datasets``, ``crbp_d2.evaluation``), before they import detectron2; the core and
+the Pathfinder module never import it, so they patch nothing. Nothing is patched when detectron2
+is not installed, and every patch is applied only when missing, so with upstream Detectron2
+(compiled ``_C``, newer code) it is a no-op.
 """
 
 import importlib.util
@@ -37,8 +39,8 @@ def _patch_pillow() -> None:
 
 def _stub_missing_extension() -> None:
     """v0.6 imports ``detectron2._C`` at module level; PyPI's sources cannot build it."""
-    # Look for the compiled extension on disk instead of importing it: importing detectron2 here
-    # would make every ``import crbp_d2`` pay for (and depend on) detectron2.
+    # Look for the compiled extension on disk instead of importing it (importing detectron2._C
+    # fails on a pure-Python install, and would import detectron2 before the other patches).
     spec = importlib.util.find_spec("detectron2")
     if spec is None or "detectron2._C" in sys.modules:
         return
@@ -60,6 +62,7 @@ def _stub_missing_extension() -> None:
     sys.modules["detectron2._C"] = stub
 
 
-_patch_numpy_aliases()
-_patch_pillow()
-_stub_missing_extension()
+if importlib.util.find_spec("detectron2") is not None:
+    _patch_numpy_aliases()
+    _patch_pillow()
+    _stub_missing_extension()

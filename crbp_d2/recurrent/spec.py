@@ -1,0 +1,183 @@
+"""One validated description of the recurrence, shared by both front-ends.
+
+:class:`EngineSpec` holds everything that says *how* a cell is run and trained (steps, learning
+method, Neumann series, LCP, halting); it validates itself, and :meth:`RecurrentEngine.from_spec`
+builds the engine from it. The cell itself is front-end specific (the Pathfinder hGRU is not the
+mask-head hGRU) and is built by each front-end from its own keys.
+
+Both front-ends keep the spec in one config node with the same upper-case key names (the
+Detectron2 node ``MODEL.ROI_MASK_HEAD.RECURRENT``, the Pathfinder node ``MODEL.RECURRENT``):
+:func:`engine_config_defaults` gives the keys and their defaults and :func:`spec_from_node`
+reads and validates such a node, naming the offending key in its error. Nothing here imports a
+config library: a node is any mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from .lcp import LCP_REDUCTIONS
+from .neumann import NORM_CAPS
+
+METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp")
+LCP_METHODS = ("cbptt", "crbp")  # the methods that train the Lipschitz Coefficient Penalty
+
+# config key -> EngineSpec field; the config value "0" means "unset" for the keys in _ZERO_IS_UNSET
+CONFIG_KEYS: Dict[str, str] = {
+    "TIMESTEPS": "steps",
+    "TEST_TIMESTEPS": "test_steps",
+    "METHOD": "method",
+    "TBPTT_STEPS": "tbptt_steps",
+    "NEUMANN_STEPS": "neumann_steps",
+    "NORM_CAP": "norm_cap",
+    "CAP_THRESHOLD": "cap_threshold",
+    "LCP_WEIGHT": "lcp_weight",
+    "LCP_LAMBDA": "lcp_lambda",
+    "LCP_REDUCTION": "lcp_reduction",
+    "MONITOR_LCP": "monitor_lcp",
+    "HALT_TOLERANCE": "halt_tolerance",
+}
+_ZERO_IS_UNSET = ("TEST_TIMESTEPS", "TBPTT_STEPS", "HALT_TOLERANCE")
+
+
+class SpecError(ValueError):
+    """An invalid engine setting; ``field`` names the :class:`EngineSpec` field."""
+
+    def __init__(self, field: str, value: Any, why: str) -> None:
+        super().__init__(f"{field} = {value!r}: {why}")
+        self.field, self.value, self.why = field, value, why
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How a recurrent cell is run and trained.
+
+    Attributes:
+        steps: N, steps in training (authors: TIMESTEPS).
+        test_steps: steps in eval mode (None: ``steps``).
+        method: ``bptt | tbptt | rbp | cbptt | crbp`` (authors: GRAD = bptt | rbp | cbp).
+        tbptt_steps: k, steps tracked by ``tbptt`` (None: half of N, rounded up).
+        neumann_steps: K >= 1, vector-Jacobian products of the RBP backward.
+        norm_cap: ``none`` (the paper) | ``pathfinder`` | ``detectron2`` (the authors' two rules).
+        cap_threshold: absolute norm bound of the cap (1.0 in the authors' code).
+        lcp_weight: weight of the LCP in the loss (read by the front-ends; authors: XI).
+        lcp_lambda: lambda of the hinge relu(1^T J - lambda)^2, in [0, 1) (authors: TAU).
+        lcp_reduction: ``mean`` (Pathfinder code) | ``sum`` (Detectron2 code).
+        monitor_lcp: also compute the LCP, detached, under bptt/tbptt/rbp (for logging).
+        halt_tolerance: at inference, stop once every sample's relative residual is below it.
+    """
+
+    steps: int = 20
+    test_steps: Optional[int] = None
+    method: str = "crbp"
+    tbptt_steps: Optional[int] = None
+    neumann_steps: int = 15
+    norm_cap: str = "none"
+    cap_threshold: float = 1.0
+    lcp_weight: float = 0.0
+    lcp_lambda: float = 0.9
+    lcp_reduction: str = "mean"
+    monitor_lcp: bool = False
+    halt_tolerance: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check_positive_int("steps", self.steps)
+        if self.test_steps is not None:
+            _check_positive_int("test_steps", self.test_steps)
+        if self.tbptt_steps is not None:
+            _check_positive_int("tbptt_steps", self.tbptt_steps)
+        _check_positive_int("neumann_steps", self.neumann_steps)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("norm_cap", self.norm_cap, NORM_CAPS)
+        _check_choice("lcp_reduction", self.lcp_reduction, LCP_REDUCTIONS)
+        if not _is_number(self.cap_threshold) or self.cap_threshold <= 0:
+            raise SpecError("cap_threshold", self.cap_threshold, "must be a number > 0")
+        if not _is_number(self.lcp_weight) or self.lcp_weight < 0:
+            raise SpecError("lcp_weight", self.lcp_weight, "must be a number >= 0")
+        if not _is_number(self.lcp_lambda) or not 0.0 <= self.lcp_lambda < 1.0:
+            raise SpecError(
+                "lcp_lambda",
+                self.lcp_lambda,
+                "must be in [0, 1) so that the penalty asks for a contraction",
+            )
+        if not isinstance(self.monitor_lcp, bool):
+            raise SpecError("monitor_lcp", self.monitor_lcp, "must be True or False")
+        if self.halt_tolerance is not None and (
+            not _is_number(self.halt_tolerance) or self.halt_tolerance <= 0
+        ):
+            raise SpecError("halt_tolerance", self.halt_tolerance, "must be > 0 (or unset)")
+
+    @property
+    def uses_lcp(self) -> bool:
+        """True for the methods that train the LCP (cbptt, crbp)."""
+        return self.method in LCP_METHODS
+
+    @property
+    def eval_steps(self) -> int:
+        """Steps in eval mode."""
+        return self.test_steps if self.test_steps is not None else self.steps
+
+    def replace(self, **changes: Any) -> "EngineSpec":
+        """A copy with some fields changed (validated again)."""
+        return EngineSpec(**{**asdict(self), **changes})
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 1:
+        raise SpecError(name, value, "must be an integer >= 1")
+
+
+def _check_choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise SpecError(name, value, f"unknown value; choose one of {tuple(choices)}")
+
+
+def engine_config_defaults(**overrides: Any) -> Dict[str, Any]:
+    """The engine keys of a config node with their defaults (0 = unset where it applies).
+
+    ``overrides`` change defaults by key name (e.g. ``LCP_REDUCTION="sum"`` for Detectron2).
+    """
+    spec = EngineSpec()
+    values: Dict[str, Any] = {}
+    for key, name in CONFIG_KEYS.items():
+        value = getattr(spec, name)
+        values[key] = (0.0 if key == "HALT_TOLERANCE" else 0) if value is None else value
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise KeyError(f"unknown engine config keys {unknown}; known: {sorted(values)}")
+    values.update(overrides)
+    return values
+
+
+def spec_from_node(node: Mapping[str, Any], where: str = "RECURRENT") -> EngineSpec:
+    """Read and validate the engine keys of a config node (any mapping with the upper-case keys).
+
+    Raises ``ValueError`` naming the config key (``f"{where}.{KEY}"``) for an invalid value and
+    ``KeyError`` naming it for a missing key. Other keys of the node (the cell's) are ignored.
+    """
+    kwargs: Dict[str, Any] = {}
+    for key, name in CONFIG_KEYS.items():
+        if key not in node:
+            raise KeyError(
+                f"config node {where} has no key {key} (engine keys: {list(CONFIG_KEYS)})"
+            )
+        value = node[key]
+        if key in _ZERO_IS_UNSET and _is_number(value) and value == 0:
+            value = None
+        elif key in ("CAP_THRESHOLD", "LCP_WEIGHT", "LCP_LAMBDA") and _is_int(value):
+            value = float(value)
+        kwargs[name] = value
+    try:
+        return EngineSpec(**kwargs)
+    except SpecError as err:
+        key = next(k for k, f in CONFIG_KEYS.items() if f == err.field)
+        raise ValueError(f"{where}.{key} = {err.value!r}: {err.why}") from None
