@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 from crbp_d2.data import (  # noqa: E402
     CATEGORIES,
     STUFF_CATEGORIES,
+    SYNTHETIC_PANOPTIC_LARGE_GENERATION,
     THING_CATEGORIES,
     UnknownDatasetError,
     check_dataset_names,
@@ -206,6 +207,23 @@ def test_incomplete_folder_is_a_clear_error(tmp_path):
         ensure_synthetic_panoptic(tmp_path / "synthetic")
 
 
+def test_ensure_checks_the_generation_parameters(tmp_path, small_root):
+    """A dataset generated with other parameters is an error, not silently used; a larger copy
+    starts with the images of the smaller one (each image depends on seed, split and index)."""
+    assert ensure_synthetic_panoptic(small_root, **SMALL) == small_root
+    with pytest.raises(ValueError, match="num_train=10 \\(wanted 12\\)"):
+        ensure_synthetic_panoptic(small_root, **dict(SMALL, num_train=12))
+    with pytest.raises(TypeError, match="unknown generation parameter"):
+        ensure_synthetic_panoptic(small_root, size=96)
+    larger = ensure_synthetic_panoptic(tmp_path / "larger", **dict(SMALL, num_train=12))
+    for split in ("train", "val"):
+        small, large = split_paths(small_root, split), split_paths(larger, split)
+        for folder in ("image_root", "panoptic_root", "sem_seg_root"):
+            files = sorted(Path(getattr(small, folder)).iterdir())
+            for f in files:
+                assert f.read_bytes() == (Path(getattr(large, folder)) / f.name).read_bytes()
+
+
 # ----------------------------------------------------------------------------------------------
 # Registration
 
@@ -226,6 +244,11 @@ def test_builtin_names_and_metadata():
         for key in ("panoptic_root", "panoptic_json", "json_file", "sem_seg_root", "image_root"):
             assert split in Path(getattr(metadata, key)).name
         assert f"synthetic_panoptic_{split}_stuffonly" in DatasetCatalog.list()
+        large = MetadataCatalog.get(f"synthetic_panoptic_large_{split}_separated")
+        assert large.thing_classes == metadata.thing_classes
+        assert large.stuff_classes == metadata.stuff_classes
+        assert Path(large.synthetic_root).name == Path(metadata.synthetic_root).name + "_large"
+    assert SYNTHETIC_PANOPTIC_LARGE_GENERATION["num_train"] > synthetic_panoptic.DEFAULT_NUM_TRAIN
 
 
 def test_lazy_generation_and_dataset_dicts(tmp_path):

@@ -2,7 +2,8 @@
 registration with Detectron2.
 
 Importing this package registers ``synthetic_panoptic_{train,val}_separated`` (and ``_stuffonly``)
-when Detectron2 is installed; the files are generated on first use. The format helpers and the
+and the larger ``synthetic_panoptic_large_{train,val}_*`` when Detectron2 is installed; the files
+are generated on first use. The format helpers and the
 generator need only numpy, Pillow, OpenCV, SciPy and pycocotools.
 """
 
@@ -52,6 +53,8 @@ if importlib.util.find_spec("detectron2") is not None:
 
     from .datasets import (
         SYNTHETIC_PANOPTIC_DATASETS,
+        SYNTHETIC_PANOPTIC_LARGE_DATASETS,
+        SYNTHETIC_PANOPTIC_LARGE_GENERATION,
         UnknownDatasetError,
         check_dataset_name,
         check_dataset_names,
@@ -64,6 +67,8 @@ if importlib.util.find_spec("detectron2") is not None:
 
     __all__ += [
         "SYNTHETIC_PANOPTIC_DATASETS",
+        "SYNTHETIC_PANOPTIC_LARGE_DATASETS",
+        "SYNTHETIC_PANOPTIC_LARGE_GENERATION",
         "UnknownDatasetError",
         "check_dataset_name",
         "check_dataset_names",

@@ -5,7 +5,10 @@ format Panoptic FPN trains on), under the names in :data:`SYNTHETIC_PANOPTIC_DAT
 
 * ``synthetic_panoptic_train_separated`` / ``synthetic_panoptic_val_separated``: instances +
   semantic annotations, ``evaluator_type="coco_panoptic_seg"``;
-* ``synthetic_panoptic_train_stuffonly`` / ``synthetic_panoptic_val_stuffonly``: semantic only.
+* ``synthetic_panoptic_train_stuffonly`` / ``synthetic_panoptic_val_stuffonly``: semantic only;
+* the same four names with ``synthetic_panoptic_large_`` for ``synthetic_panoptic_``: the larger
+  copy in ``synthetic_panoptic_large/`` (:data:`SYNTHETIC_PANOPTIC_LARGE_GENERATION`), for the
+  quick recipes that train from random init (64 images are far too few for detection).
 
 The files are generated on the first ``DatasetCatalog.get`` of one of these names (not at import).
 COCO itself (``coco_2017_{train,val}_panoptic_separated``) is registered by Detectron2; see
@@ -37,6 +40,8 @@ from .synthetic_panoptic import (
 
 __all__ = [
     "SYNTHETIC_PANOPTIC_DATASETS",
+    "SYNTHETIC_PANOPTIC_LARGE_DATASETS",
+    "SYNTHETIC_PANOPTIC_LARGE_GENERATION",
     "synthetic_panoptic_metadata",
     "register_synthetic_panoptic",
     "register_all_synthetic",
@@ -52,6 +57,22 @@ SYNTHETIC_PANOPTIC_DATASETS: Dict[str, str] = {
     "synthetic_panoptic_val": "val",
 }
 """Base name -> split. Detectron2 appends ``_separated`` / ``_stuffonly`` to the base names."""
+
+SYNTHETIC_PANOPTIC_LARGE_DATASETS: Dict[str, str] = {
+    "synthetic_panoptic_large_train": "train",
+    "synthetic_panoptic_large_val": "val",
+}
+"""Base name -> split of the larger copy (folder ``synthetic_panoptic_large``, beside the default
+one)."""
+
+SYNTHETIC_PANOPTIC_LARGE_GENERATION: Dict[str, int] = {
+    "num_train": 4096,
+    "num_val": 128,
+    "image_size": 160,
+    "seed": 0,
+}
+"""Parameters of the larger copy. With the default seed and size its first 64 train / 16 val
+images are those of the default dataset (each image depends only on seed, split and index)."""
 
 _THINGS_COLOR = [82, 18, 128]  # colour of the merged "things" label in the semantic head
 
@@ -82,9 +103,12 @@ def synthetic_panoptic_metadata() -> Dict:
     }
 
 
-def register_synthetic_panoptic(name: str, root: PathLike, split: str) -> List[str]:
+def register_synthetic_panoptic(
+    name: str, root: PathLike, split: str, **generation: int
+) -> List[str]:
     """Register the synthetic ``split`` under ``root`` as ``name + "_separated"`` and
-    ``name + "_stuffonly"``; the files are generated on the first ``DatasetCatalog.get``.
+    ``name + "_stuffonly"``; the files are generated on the first ``DatasetCatalog.get``, with
+    ``generation`` (keyword arguments of ``make_synthetic_panoptic``; defaults where not given).
 
     Returns:
         The registered dataset names.
@@ -102,7 +126,7 @@ def register_synthetic_panoptic(name: str, root: PathLike, split: str) -> List[s
     )
 
     def prepare_files() -> Path:
-        return ensure_synthetic_panoptic(root)
+        return ensure_synthetic_panoptic(root, **generation)
 
     registered = [name + "_separated", name + "_stuffonly"]
     for dataset_name in registered:
@@ -123,16 +147,24 @@ def _generate_then_load(prepare_files: Callable[[], object], load: Callable[[], 
 
 
 def register_all_synthetic(root: Optional[PathLike] = None) -> None:
-    """Register every name of :data:`SYNTHETIC_PANOPTIC_DATASETS` (once; later calls do nothing).
+    """Register every name of :data:`SYNTHETIC_PANOPTIC_DATASETS` and
+    :data:`SYNTHETIC_PANOPTIC_LARGE_DATASETS` (once; later calls do nothing).
 
     Args:
         root: dataset folder; default ``$DETECTRON2_DATASETS/synthetic_panoptic``, or the
-            repository's ``datasets/synthetic_panoptic``.
+            repository's ``datasets/synthetic_panoptic``. The larger copy goes into its sibling
+            ``synthetic_panoptic_large``.
     """
     root = Path(root) if root is not None else default_synthetic_root()
+    large_root = root.with_name(root.name + "_large")
     for name, split in SYNTHETIC_PANOPTIC_DATASETS.items():
         if name + "_separated" not in DatasetCatalog:
             register_synthetic_panoptic(name, root, split)
+    for name, split in SYNTHETIC_PANOPTIC_LARGE_DATASETS.items():
+        if name + "_separated" not in DatasetCatalog:
+            register_synthetic_panoptic(
+                name, large_root, split, **SYNTHETIC_PANOPTIC_LARGE_GENERATION
+            )
 
 
 def prepare_dataset_files(dataset_name: str) -> None:

@@ -167,11 +167,25 @@ def make_synthetic_panoptic(
     return root
 
 
-def ensure_synthetic_panoptic(root: Optional[PathLike] = None) -> Path:
-    """Return ``root`` (default :func:`default_synthetic_root`), generating it with the default
-    parameters first if it does not exist. Safe to call from several processes at once."""
+def ensure_synthetic_panoptic(root: Optional[PathLike] = None, **generation: int) -> Path:
+    """Return ``root`` (default :func:`default_synthetic_root`), generating it first if it does
+    not exist. Safe to call from several processes at once.
+
+    Args:
+        root: dataset folder.
+        generation: keyword arguments of :func:`make_synthetic_panoptic` (``num_train``,
+            ``num_val``, ``image_size``, ``seed``); the defaults where not given. An existing
+            dataset must have been generated with the given ones (its manifest is checked).
+
+    Raises:
+        ValueError: an existing dataset was generated with other parameters than ``generation``.
+    """
+    unknown = set(generation) - set(_GENERATION_KEYS)
+    if unknown:
+        raise TypeError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
     root = Path(root) if root is not None else default_synthetic_root()
     if is_complete(root):
+        _check_manifest(root, generation)
         return root
     if root.exists():
         raise FileNotFoundError(
@@ -181,11 +195,28 @@ def ensure_synthetic_panoptic(root: Optional[PathLike] = None) -> Path:
         )
     logger.info(f"Generating the synthetic panoptic dataset in {root} (first use) ...")
     try:
-        make_synthetic_panoptic(root)
+        make_synthetic_panoptic(root, **generation)
     except FileExistsError:
         if not is_complete(root):  # someone else created it, but not as a finished dataset
             raise
+        _check_manifest(root, generation)
     return root
+
+
+_GENERATION_KEYS = ("num_train", "num_val", "image_size", "seed")
+
+
+def _check_manifest(root: Path, generation: Dict[str, int]) -> None:
+    if not generation:
+        return
+    with open(root / MANIFEST_NAME) as f:
+        manifest = json.load(f)
+    differ = {k: (manifest.get(k), v) for k, v in generation.items() if manifest.get(k) != v}
+    if differ:
+        found = ", ".join(f"{k}={old} (wanted {new})" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"{root} was generated with {found}; delete it to regenerate it on first use"
+        )
 
 
 def _check_positive_int(name: str, value: int, maximum: int, minimum: int = 1) -> None:
