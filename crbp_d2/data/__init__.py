@@ -1,10 +1,11 @@
-"""Data for the Detectron2 side: COCO panoptic helpers, the synthetic panoptic dataset, and its
-registration with Detectron2.
+"""Data for the Detectron2 side: COCO panoptic helpers, the synthetic panoptic datasets (the
+"shapes" scene and the "contours" scene), and their registration with Detectron2.
 
-Importing this package registers ``synthetic_panoptic_{train,val}_separated`` (and ``_stuffonly``)
-and the larger ``synthetic_panoptic_large_{train,val}_*`` when Detectron2 is installed; the files
-are generated on first use. The format helpers and the
-generator need only numpy, Pillow, OpenCV, SciPy and pycocotools.
+Importing this package registers ``synthetic_panoptic_{train,val}_separated`` (and
+``_stuffonly``), the larger ``synthetic_panoptic_large_{train,val}_*`` and
+``synthetic_contours_{train,val}_*`` when Detectron2 is installed; the files are generated on
+first use. The format helpers and the generators need only numpy, Pillow, OpenCV, SciPy and
+pycocotools.
 """
 
 import importlib.util
@@ -18,13 +19,19 @@ from .panoptic_utils import (
     separated_stuff_label_map,
     write_separated_semantic,
 )
+from .synthetic_contours import CONTOUR_CATEGORIES, CONTOURS_SCENE
 from .synthetic_panoptic import (
     CATEGORIES,
+    SHAPES_SCENE,
     STUFF_CATEGORIES,
     THING_CATEGORIES,
+    SyntheticScene,
+    contact_sheet,
     datasets_root,
     default_synthetic_root,
+    ensure_synthetic_dataset,
     ensure_synthetic_panoptic,
+    make_synthetic_dataset,
     make_synthetic_panoptic,
     split_paths,
 )
@@ -38,11 +45,18 @@ __all__ = [
     "separated_stuff_label_map",
     "write_separated_semantic",
     "CATEGORIES",
+    "CONTOUR_CATEGORIES",
+    "CONTOURS_SCENE",
+    "SHAPES_SCENE",
     "STUFF_CATEGORIES",
+    "SyntheticScene",
     "THING_CATEGORIES",
+    "contact_sheet",
     "datasets_root",
     "default_synthetic_root",
+    "ensure_synthetic_dataset",
     "ensure_synthetic_panoptic",
+    "make_synthetic_dataset",
     "make_synthetic_panoptic",
     "split_paths",
 ]
@@ -52,6 +66,8 @@ if importlib.util.find_spec("detectron2") is not None:
     # isort: split
 
     from .datasets import (
+        SYNTHETIC_CONTOURS_DATASETS,
+        SYNTHETIC_CONTOURS_GENERATION,
         SYNTHETIC_PANOPTIC_DATASETS,
         SYNTHETIC_PANOPTIC_LARGE_DATASETS,
         SYNTHETIC_PANOPTIC_LARGE_GENERATION,
@@ -66,6 +82,8 @@ if importlib.util.find_spec("detectron2") is not None:
     )
 
     __all__ += [
+        "SYNTHETIC_CONTOURS_DATASETS",
+        "SYNTHETIC_CONTOURS_GENERATION",
         "SYNTHETIC_PANOPTIC_DATASETS",
         "SYNTHETIC_PANOPTIC_LARGE_DATASETS",
         "SYNTHETIC_PANOPTIC_LARGE_GENERATION",

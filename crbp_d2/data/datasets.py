@@ -8,7 +8,10 @@ format Panoptic FPN trains on), under the names in :data:`SYNTHETIC_PANOPTIC_DAT
 * ``synthetic_panoptic_train_stuffonly`` / ``synthetic_panoptic_val_stuffonly``: semantic only;
 * the same four names with ``synthetic_panoptic_large_`` for ``synthetic_panoptic_``: the larger
   copy in ``synthetic_panoptic_large/`` (:data:`SYNTHETIC_PANOPTIC_LARGE_GENERATION`), for the
-  quick recipes that train from random init (64 images are far too few for detection).
+  quick recipes that train from random init (64 images are far too few for detection);
+* ``synthetic_contours_{train,val}_{separated,stuffonly}``: the "contours" set
+  (:mod:`crbp_d2.data.synthetic_contours`, :data:`SYNTHETIC_CONTOURS_GENERATION`), crossing
+  Pathfinder contours where the mask head has to trace.
 
 The files are generated on the first ``DatasetCatalog.get`` of one of these names (not at import).
 COCO itself (``coco_2017_{train,val}_panoptic_separated``) is registered by Detectron2; see
@@ -28,13 +31,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic_separated
 
 from .panoptic_utils import SEMANTIC_THINGS_LABEL, separated_stuff_label_map
+from .synthetic_contours import CONTOURS_SCENE
 from .synthetic_panoptic import (
-    CATEGORIES,
-    STUFF_CATEGORIES,
-    THING_CATEGORIES,
+    SHAPES_SCENE,
     PathLike,
+    SyntheticScene,
     default_synthetic_root,
-    ensure_synthetic_panoptic,
+    ensure_synthetic_dataset,
     split_paths,
 )
 
@@ -42,6 +45,8 @@ __all__ = [
     "SYNTHETIC_PANOPTIC_DATASETS",
     "SYNTHETIC_PANOPTIC_LARGE_DATASETS",
     "SYNTHETIC_PANOPTIC_LARGE_GENERATION",
+    "SYNTHETIC_CONTOURS_DATASETS",
+    "SYNTHETIC_CONTOURS_GENERATION",
     "synthetic_panoptic_metadata",
     "register_synthetic_panoptic",
     "register_all_synthetic",
@@ -74,28 +79,43 @@ SYNTHETIC_PANOPTIC_LARGE_GENERATION: Dict[str, int] = {
 """Parameters of the larger copy. With the default seed and size its first 64 train / 16 val
 images are those of the default dataset (each image depends only on seed, split and index)."""
 
+SYNTHETIC_CONTOURS_DATASETS: Dict[str, str] = {
+    "synthetic_contours_train": "train",
+    "synthetic_contours_val": "val",
+}
+"""Base name -> split of the contours set (folder ``synthetic_contours``)."""
+
+SYNTHETIC_CONTOURS_GENERATION: Dict[str, int] = {
+    "num_train": 2048,
+    "num_val": 128,
+    "image_size": 160,
+    "seed": 0,
+}
+"""Parameters of the contours set (its scene parameters are the defaults of
+:data:`crbp_d2.data.synthetic_contours.CONTOUR_DEFAULTS`)."""
+
 _THINGS_COLOR = [82, 18, 128]  # colour of the merged "things" label in the semantic head
 
 # registered dataset name -> function that makes its files exist (lazy generation)
 _FILE_PREPARERS: Dict[str, Callable[[], object]] = {}
 
 
-def synthetic_panoptic_metadata() -> Dict:
-    """Detectron2 metadata of the synthetic "separated" dataset (same keys as COCO's builtin).
+def synthetic_panoptic_metadata(scene: SyntheticScene = SHAPES_SCENE) -> Dict:
+    """Detectron2 metadata of a synthetic "separated" dataset (same keys as COCO's builtin).
 
     ``thing_*`` describe the instance classes (contiguous ids ``0..#things-1``); ``stuff_*``
     describe the semantic-head classes: label 0 is "things", stuff classes are ``1..#stuff``.
     """
-    stuff_label = separated_stuff_label_map(CATEGORIES)
-    stuff_dataset_id_to_contiguous_id = {c["id"]: stuff_label[c["id"]] for c in STUFF_CATEGORIES}
+    things, stuff = scene.thing_categories, scene.stuff_categories
+    stuff_label = separated_stuff_label_map(scene.categories)
+    stuff_dataset_id_to_contiguous_id = {c["id"]: stuff_label[c["id"]] for c in stuff}
     stuff_dataset_id_to_contiguous_id[0] = SEMANTIC_THINGS_LABEL
-    stuff_by_label = sorted(STUFF_CATEGORIES, key=lambda c: stuff_label[c["id"]])
+    stuff_by_label = sorted(stuff, key=lambda c: stuff_label[c["id"]])
     return {
-        "thing_classes": [c["name"] for c in THING_CATEGORIES],
-        "thing_colors": [list(c["color"]) for c in THING_CATEGORIES],
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [list(c["color"]) for c in things],
         "thing_dataset_id_to_contiguous_id": {
-            c["id"]: index
-            for index, c in enumerate(sorted(THING_CATEGORIES, key=lambda c: c["id"]))
+            c["id"]: index for index, c in enumerate(sorted(things, key=lambda c: c["id"]))
         },
         "stuff_classes": ["things"] + [c["name"] for c in stuff_by_label],
         "stuff_colors": [_THINGS_COLOR] + [list(c["color"]) for c in stuff_by_label],
@@ -104,11 +124,11 @@ def synthetic_panoptic_metadata() -> Dict:
 
 
 def register_synthetic_panoptic(
-    name: str, root: PathLike, split: str, **generation: int
+    name: str, root: PathLike, split: str, scene: SyntheticScene = SHAPES_SCENE, **generation: int
 ) -> List[str]:
-    """Register the synthetic ``split`` under ``root`` as ``name + "_separated"`` and
-    ``name + "_stuffonly"``; the files are generated on the first ``DatasetCatalog.get``, with
-    ``generation`` (keyword arguments of ``make_synthetic_panoptic``; defaults where not given).
+    """Register the synthetic ``split`` of ``scene`` under ``root`` as ``name + "_separated"``
+    and ``name + "_stuffonly"``; the files are generated on the first ``DatasetCatalog.get``, with
+    ``generation`` (keyword arguments of ``make_synthetic_dataset``; defaults where not given).
 
     Returns:
         The registered dataset names.
@@ -117,7 +137,7 @@ def register_synthetic_panoptic(
     paths = split_paths(root, split)
     register_coco_panoptic_separated(
         name,
-        synthetic_panoptic_metadata(),
+        synthetic_panoptic_metadata(scene),
         paths.image_root,
         paths.panoptic_root,
         paths.panoptic_json,
@@ -126,7 +146,7 @@ def register_synthetic_panoptic(
     )
 
     def prepare_files() -> Path:
-        return ensure_synthetic_panoptic(root, **generation)
+        return ensure_synthetic_dataset(scene, root, **generation)
 
     registered = [name + "_separated", name + "_stuffonly"]
     for dataset_name in registered:
@@ -147,13 +167,14 @@ def _generate_then_load(prepare_files: Callable[[], object], load: Callable[[], 
 
 
 def register_all_synthetic(root: Optional[PathLike] = None) -> None:
-    """Register every name of :data:`SYNTHETIC_PANOPTIC_DATASETS` and
-    :data:`SYNTHETIC_PANOPTIC_LARGE_DATASETS` (once; later calls do nothing).
+    """Register every name of :data:`SYNTHETIC_PANOPTIC_DATASETS`,
+    :data:`SYNTHETIC_PANOPTIC_LARGE_DATASETS` and :data:`SYNTHETIC_CONTOURS_DATASETS` (once;
+    later calls do nothing).
 
     Args:
         root: dataset folder; default ``$DETECTRON2_DATASETS/synthetic_panoptic``, or the
             repository's ``datasets/synthetic_panoptic``. The larger copy goes into its sibling
-            ``synthetic_panoptic_large``.
+            ``synthetic_panoptic_large``, the contours set into ``synthetic_contours``.
     """
     root = Path(root) if root is not None else default_synthetic_root()
     large_root = root.with_name(root.name + "_large")
@@ -164,6 +185,12 @@ def register_all_synthetic(root: Optional[PathLike] = None) -> None:
         if name + "_separated" not in DatasetCatalog:
             register_synthetic_panoptic(
                 name, large_root, split, **SYNTHETIC_PANOPTIC_LARGE_GENERATION
+            )
+    contours_root = root.with_name("synthetic_contours")
+    for name, split in SYNTHETIC_CONTOURS_DATASETS.items():
+        if name + "_separated" not in DatasetCatalog:
+            register_synthetic_panoptic(
+                name, contours_root, split, CONTOURS_SCENE, **SYNTHETIC_CONTOURS_GENERATION
             )
 
 

@@ -26,9 +26,9 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -36,7 +36,7 @@ import pycocotools.mask as mask_util
 from PIL import Image
 from scipy import ndimage
 
-from .panoptic_utils import id2rgb, write_separated_semantic
+from .panoptic_utils import id2rgb, rgb2id, write_separated_semantic
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ STUFF_CATEGORIES: Tuple[Dict, ...] = (
 )
 CATEGORIES: Tuple[Dict, ...] = THING_CATEGORIES + STUFF_CATEGORIES
 SPLITS: Tuple[str, ...] = ("train", "val")
-_THING_IDS = frozenset(c["id"] for c in THING_CATEGORIES)
 _NAMES = {c["id"]: c["name"] for c in CATEGORIES}
 
 DEFAULT_NUM_TRAIN = 64
@@ -127,22 +126,82 @@ def is_complete(root: PathLike) -> bool:
     return True
 
 
-def make_synthetic_panoptic(
-    root: Optional[PathLike] = None,
+@dataclass(frozen=True)
+class Segment:
+    """One panoptic segment of a rendered image (its pixels are where the id map equals
+    ``segment_id``)."""
+
+    segment_id: int
+    category_id: int
+    iscrowd: bool
+
+
+RenderResult = Tuple[np.ndarray, np.ndarray, List[Segment]]
+
+
+@dataclass(frozen=True)
+class SyntheticScene:
+    """One kind of synthetic panoptic image: its categories and how a sample is drawn.
+
+    Attributes:
+        name: written to the manifest (``"shapes"``, ``"contours"``).
+        version: bump when the output for the same parameters changes.
+        categories: COCO panoptic categories (``isthing`` 1 or 0), unique ids.
+        render: ``render(rng, image_size, params) -> (image (S, S, 3) uint8, segment-id map
+            (S, S) uint32 with 0 = VOID, segments)``.
+        defaults: the scene's own generation parameters and their defaults.
+        check: ``check(image_size, params)`` raises ``ValueError`` (one clear message) when the
+            parameters cannot give an image.
+        instance_masks: how ``instances_*.json`` stores a non-crowd thing: ``"polygon"`` (COCO's
+            usual form; outer contours through the boundary pixel centres) or ``"rle"`` (exact;
+            train with ``INPUT.MASK_FORMAT bitmask``). Crowds are always RLE.
+    """
+
+    name: str
+    version: int
+    categories: Tuple[Dict, ...]
+    render: Callable[[np.random.Generator, int, Mapping[str, Any]], RenderResult]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[int, Mapping[str, Any]], None] = lambda image_size, params: None
+    instance_masks: str = "polygon"
+
+    @property
+    def thing_categories(self) -> Tuple[Dict, ...]:
+        return tuple(c for c in self.categories if c["isthing"])
+
+    @property
+    def stuff_categories(self) -> Tuple[Dict, ...]:
+        return tuple(c for c in self.categories if not c["isthing"])
+
+    def parameters(self, given: Mapping[str, Any]) -> Dict[str, Any]:
+        """The scene parameters: ``given`` over the defaults (unknown names are an error)."""
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            raise TypeError(
+                f"unknown {self.name} generation parameter(s): {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        return {**self.defaults, **given}
+
+
+def make_synthetic_dataset(
+    scene: SyntheticScene,
+    root: PathLike,
     num_train: int = DEFAULT_NUM_TRAIN,
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
     overwrite: bool = False,
+    **scene_params: Any,
 ) -> Path:
-    """Generate the synthetic panoptic dataset into ``root`` and return its path.
+    """Generate a synthetic panoptic dataset of ``scene`` into ``root`` and return its path.
 
     Args:
-        root: output folder; default :func:`default_synthetic_root`.
         num_train, num_val: images per split (at least 1 each).
         image_size: side of the square images in pixels (64 to 1024).
         seed: the dataset is a deterministic function of the parameters.
         overwrite: replace an existing ``root``; otherwise an existing ``root`` is an error.
+        scene_params: the scene's own parameters (``scene.defaults``).
 
     Raises:
         FileExistsError: ``root`` exists and ``overwrite`` is False (also when another process
@@ -153,13 +212,15 @@ def make_synthetic_panoptic(
     _check_positive_int("image_size", image_size, 1024, minimum=64)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    root = Path(root) if root is not None else default_synthetic_root()
+    params = scene.parameters(scene_params)
+    scene.check(image_size, params)
+    root = Path(root)
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root} already exists; use overwrite=True (CLI: --force)")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        _write_dataset(staging, num_train, num_val, image_size, int(seed))
+        _write_dataset(staging, scene, num_train, num_val, image_size, int(seed), params)
         _publish(staging, root, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -167,50 +228,75 @@ def make_synthetic_panoptic(
     return root
 
 
-def ensure_synthetic_panoptic(root: Optional[PathLike] = None, **generation: int) -> Path:
-    """Return ``root`` (default :func:`default_synthetic_root`), generating it first if it does
-    not exist. Safe to call from several processes at once.
+def ensure_synthetic_dataset(scene: SyntheticScene, root: PathLike, **generation: Any) -> Path:
+    """Return ``root``, generating the ``scene`` dataset there first if it does not exist.
+    Safe to call from several processes at once.
 
     Args:
-        root: dataset folder.
-        generation: keyword arguments of :func:`make_synthetic_panoptic` (``num_train``,
-            ``num_val``, ``image_size``, ``seed``); the defaults where not given. An existing
-            dataset must have been generated with the given ones (its manifest is checked).
+        generation: keyword arguments of :func:`make_synthetic_dataset` (``num_train``,
+            ``num_val``, ``image_size``, ``seed`` and the scene's own); the defaults where not
+            given. An existing dataset must have been generated with the given ones (its
+            manifest is checked).
 
     Raises:
         ValueError: an existing dataset was generated with other parameters than ``generation``.
     """
-    unknown = set(generation) - set(_GENERATION_KEYS)
+    unknown = set(generation) - set(_GENERATION_KEYS) - set(scene.defaults)
     if unknown:
         raise TypeError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
-    root = Path(root) if root is not None else default_synthetic_root()
+    root = Path(root)
     if is_complete(root):
-        _check_manifest(root, generation)
+        _check_manifest(root, scene, generation)
         return root
     if root.exists():
         raise FileNotFoundError(
-            f"{root} exists but is not a complete synthetic panoptic dataset (no {MANIFEST_NAME} "
-            "or annotation json); delete it, or regenerate it with "
-            "`python datasets/make_synthetic_panoptic.py --force`"
+            f"{root} exists but is not a complete synthetic panoptic dataset ({scene.name}; no "
+            f"{MANIFEST_NAME} or annotation json); delete it to regenerate it on first use"
         )
-    logger.info(f"Generating the synthetic panoptic dataset in {root} (first use) ...")
+    logger.info(f"Generating the synthetic {scene.name} dataset in {root} (first use) ...")
     try:
-        make_synthetic_panoptic(root, **generation)
+        make_synthetic_dataset(scene, root, **generation)
     except FileExistsError:
         if not is_complete(root):  # someone else created it, but not as a finished dataset
             raise
-        _check_manifest(root, generation)
+        _check_manifest(root, scene, generation)
     return root
+
+
+def make_synthetic_panoptic(
+    root: Optional[PathLike] = None,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_val: int = DEFAULT_NUM_VAL,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = DEFAULT_SEED,
+    overwrite: bool = False,
+) -> Path:
+    """Generate the synthetic shapes dataset (:data:`SHAPES_SCENE`) into ``root`` (default
+    :func:`default_synthetic_root`); see :func:`make_synthetic_dataset`."""
+    root = Path(root) if root is not None else default_synthetic_root()
+    return make_synthetic_dataset(
+        SHAPES_SCENE, root, num_train, num_val, image_size, seed, overwrite
+    )
+
+
+def ensure_synthetic_panoptic(root: Optional[PathLike] = None, **generation: int) -> Path:
+    """:func:`ensure_synthetic_dataset` of the shapes scene (default root
+    :func:`default_synthetic_root`)."""
+    root = Path(root) if root is not None else default_synthetic_root()
+    return ensure_synthetic_dataset(SHAPES_SCENE, root, **generation)
 
 
 _GENERATION_KEYS = ("num_train", "num_val", "image_size", "seed")
 
 
-def _check_manifest(root: Path, generation: Dict[str, int]) -> None:
-    if not generation:
-        return
+def _check_manifest(root: Path, scene: SyntheticScene, generation: Dict[str, Any]) -> None:
     with open(root / MANIFEST_NAME) as f:
         manifest = json.load(f)
+    if manifest.get("scene", SHAPES_SCENE.name) != scene.name:
+        raise ValueError(
+            f"{root} holds a synthetic {manifest.get('scene')!r} dataset, not {scene.name!r}; "
+            "use another folder"
+        )
     differ = {k: (manifest.get(k), v) for k, v in generation.items() if manifest.get(k) != v}
     if differ:
         found = ", ".join(f"{k}={old} (wanted {new})" for k, (old, new) in differ.items())
@@ -251,16 +337,26 @@ def _publish(staging: Path, root: Path, overwrite: bool) -> None:
 # Writing files
 
 
-def _write_dataset(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:
+def _write_dataset(
+    out: Path,
+    scene: SyntheticScene,
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    seed: int,
+    params: Mapping[str, Any],
+) -> None:
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        _write_split(out, split, split_index, count, image_size, seed)
+        _write_split(out, scene, split, split_index, count, image_size, seed, params)
     manifest = {
         "generator": __name__,
-        "version": GENERATOR_VERSION,
+        "scene": scene.name,
+        "version": scene.version,
         "num_train": num_train,
         "num_val": num_val,
         "image_size": image_size,
         "seed": seed,
+        **params,
     }
     with open(out / MANIFEST_NAME, "w") as f:
         json.dump(manifest, f, indent=2)
@@ -268,8 +364,16 @@ def _write_dataset(out: Path, num_train: int, num_val: int, image_size: int, see
 
 
 def _write_split(
-    out: Path, split: str, split_index: int, count: int, image_size: int, seed: int
+    out: Path,
+    scene: SyntheticScene,
+    split: str,
+    split_index: int,
+    count: int,
+    image_size: int,
+    seed: int,
+    params: Mapping[str, Any],
 ) -> None:
+    thing_ids = {c["id"] for c in scene.thing_categories}
     paths = split_paths(out, split)
     for folder in (paths.image_root, paths.panoptic_root, os.path.dirname(paths.panoptic_json)):
         os.makedirs(folder, exist_ok=True)
@@ -278,7 +382,7 @@ def _write_split(
         image_id = _IMAGE_ID_OFFSET[split] + index + 1
         stem = f"{image_id:012d}"
         rng = np.random.default_rng([seed, split_index, index])
-        image, segment_ids, segments = _render_sample(rng, image_size)
+        image, segment_ids, segments = scene.render(rng, image_size, params)
 
         Image.fromarray(image).save(
             os.path.join(paths.image_root, stem + ".jpg"), quality=_JPEG_QUALITY
@@ -300,7 +404,7 @@ def _write_split(
                     "bbox": bbox,
                 }
             )
-            if segment.category_id in _THING_IDS:
+            if segment.category_id in thing_ids:
                 instance_annotations.append(
                     {
                         "id": len(instance_annotations) + 1,
@@ -309,26 +413,30 @@ def _write_split(
                         "iscrowd": int(segment.iscrowd),
                         "area": float(area),
                         "bbox": [float(v) for v in bbox],
-                        "segmentation": _rle(mask) if segment.iscrowd else _polygons(mask),
+                        "segmentation": (
+                            _rle(mask)
+                            if segment.iscrowd or scene.instance_masks == "rle"
+                            else _polygons(mask)
+                        ),
                     }
                 )
         panoptic_annotations.append(
             {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info}
         )
 
-    info = {"description": f"crbp_d2 synthetic panoptic dataset ({split})", "version": "1.0"}
+    info = {"description": f"crbp_d2 synthetic {scene.name} dataset ({split})", "version": "1.0"}
     panoptic = {
         "info": info,
         "images": images,
         "annotations": panoptic_annotations,
-        "categories": [dict(c) for c in CATEGORIES],
+        "categories": [dict(c) for c in scene.categories],
     }
     instances = {
         "info": info,
         "images": images,
         "annotations": instance_annotations,
         "categories": [
-            {k: c[k] for k in ("id", "name", "supercategory")} for c in THING_CATEGORIES
+            {k: c[k] for k in ("id", "name", "supercategory")} for c in scene.thing_categories
         ],
     }
     for path, content in ((paths.panoptic_json, panoptic), (paths.instances_json, instances)):
@@ -369,13 +477,6 @@ def _rle(mask: np.ndarray) -> Dict:
 
 
 @dataclass
-class _Segment:
-    segment_id: int
-    category_id: int
-    iscrowd: bool
-
-
-@dataclass
 class _Thing:
     category_id: int
     iscrowd: bool
@@ -384,16 +485,51 @@ class _Thing:
     shading: np.ndarray  # (H, W) brightness factor
 
 
-def _render_sample(
-    rng: np.random.Generator, size: int
-) -> Tuple[np.ndarray, np.ndarray, List[_Segment]]:
-    """One image, its segment-id map (0 = VOID) and its segments (stuff first, then things)."""
+def pixel_grid(size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(ys, xs): the (S, S) float32 row and column coordinates of the pixel centres."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    region, region_stuff_ids, void = _stuff_layout(rng, ys, xs, size)
+    return ys, xs
+
+
+def render_stuff(
+    rng: np.random.Generator,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    size: int,
+    stuff_categories: Sequence[Dict] = STUFF_CATEGORIES,
+) -> Tuple[np.ndarray, np.ndarray, List[int], np.ndarray]:
+    """The textured stuff background: (image (S, S, 3) float32, region index map, the stuff
+    category id of each region, VOID mask). ``stuff_categories`` are named sky/grass/wall."""
+    region, region_stuff_ids, void = _stuff_layout(rng, ys, xs, size, stuff_categories)
+    names = {c["id"]: c["name"] for c in stuff_categories}
     image = np.zeros((size, size, 3), np.float32)
     for region_index, stuff_id in enumerate(region_stuff_ids):
-        texture = _TEXTURES[_NAMES[stuff_id]](rng, ys, xs, size)
+        texture = _TEXTURES[names[stuff_id]](rng, ys, xs, size)
         image[region == region_index] = texture[region == region_index]
+    return image, region, region_stuff_ids, void
+
+
+def stuff_segments(
+    segment_ids: np.ndarray,
+    labelled: np.ndarray,
+    region: np.ndarray,
+    region_stuff_ids: Sequence[int],
+) -> List[Segment]:
+    """Give every stuff region's ``labelled`` pixels a new segment id in ``segment_ids`` (in
+    place, ids from 1); returns the segments."""
+    segments: List[Segment] = []
+    for region_index, stuff_id in enumerate(region_stuff_ids):
+        where = labelled & (region == region_index)
+        if where.any():
+            segments.append(Segment(len(segments) + 1, stuff_id, False))
+            segment_ids[where] = segments[-1].segment_id
+    return segments
+
+
+def _render_shapes(rng: np.random.Generator, size: int, params: Mapping[str, Any]) -> RenderResult:
+    """One shapes image, its segment-id map (0 = VOID) and its segments (stuff, then things)."""
+    ys, xs = pixel_grid(size)
+    image, region, region_stuff_ids, void = render_stuff(rng, ys, xs, size)
 
     owner, things = _place_things(rng, ys, xs, size)
     for thing_index, thing in enumerate(things):
@@ -403,27 +539,25 @@ def _render_sample(
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
 
     segment_ids = np.zeros((size, size), np.uint32)
-    segments: List[_Segment] = []
-    labelled_stuff = (owner < 0) & ~void
-    for region_index, stuff_id in enumerate(region_stuff_ids):
-        where = labelled_stuff & (region == region_index)
-        if where.any():
-            segments.append(_Segment(len(segments) + 1, stuff_id, False))
-            segment_ids[where] = segments[-1].segment_id
+    segments = stuff_segments(segment_ids, (owner < 0) & ~void, region, region_stuff_ids)
     for thing_index, thing in enumerate(things):
         where = owner == thing_index
         if where.any():
-            segments.append(_Segment(len(segments) + 1, thing.category_id, thing.iscrowd))
+            segments.append(Segment(len(segments) + 1, thing.category_id, thing.iscrowd))
             segment_ids[where] = segments[-1].segment_id
     return image, segment_ids, segments
 
 
 def _stuff_layout(
-    rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, size: int
+    rng: np.random.Generator,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    size: int,
+    stuff_categories: Sequence[Dict],
 ) -> Tuple[np.ndarray, List[int], np.ndarray]:
     """2-3 horizontal bands with wavy borders, each a different stuff class; maybe a VOID band."""
     num_regions = 2 if rng.random() < 0.6 else 3
-    stuff_ids = [int(i) for i in rng.permutation([c["id"] for c in STUFF_CATEGORIES])]
+    stuff_ids = [int(i) for i in rng.permutation([c["id"] for c in stuff_categories])]
     if num_regions == 2:
         levels = [rng.uniform(0.3, 0.7)]
     else:
@@ -511,7 +645,7 @@ def _shape_mask(
     return mask.astype(bool)
 
 
-def _random_color(rng: np.random.Generator) -> np.ndarray:
+def random_color(rng: np.random.Generator) -> np.ndarray:
     hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0)
     return np.asarray(colorsys.hsv_to_rgb(hue, saturation, value), np.float32) * 255
 
@@ -522,11 +656,13 @@ def _random_shading(rng: np.random.Generator, ys, xs, size: int) -> np.ndarray:
     return (0.85 + 0.3 * ramp).astype(np.float32)
 
 
-def _visible_mask_is_valid(visible: np.ndarray, full_area: int) -> bool:
+def visible_mask_is_valid(
+    visible: np.ndarray, full_area: int, min_fraction: float = _MIN_VISIBLE_FRACTION
+) -> bool:
     """An occluded (non-crowd) thing must stay recognisable and exactly describable by polygons:
-    big enough, no holes, and no tiny or degenerate pieces."""
+    big enough (``min_fraction`` of its full area), no holes, no tiny or degenerate pieces."""
     area = int(visible.sum())
-    if area < max(_MIN_VISIBLE_PIXELS, _MIN_VISIBLE_FRACTION * full_area):
+    if area < max(_MIN_VISIBLE_PIXELS, min_fraction * full_area):
         return False
     if (ndimage.binary_fill_holes(visible) != visible).any():
         return False
@@ -562,7 +698,7 @@ def _place_things(
                 category_id,
                 True,
                 int(crowd.sum()),
-                _random_color(rng),
+                random_color(rng),
                 _random_shading(rng, ys, xs, size),
             )
         )
@@ -577,7 +713,7 @@ def _place_things(
             trial = owner.copy()
             trial[mask] = len(things)
             if all(
-                thing.iscrowd or _visible_mask_is_valid(trial == index, thing.full_area)
+                thing.iscrowd or visible_mask_is_valid(trial == index, thing.full_area)
                 for index, thing in enumerate(things)
             ):
                 owner = trial
@@ -586,9 +722,60 @@ def _place_things(
                         category_id,
                         False,
                         int(mask.sum()),
-                        _random_color(rng),
+                        random_color(rng),
                         _random_shading(rng, ys, xs, size),
                     )
                 )
                 break
     return owner, things
+
+
+SHAPES_SCENE = SyntheticScene(
+    name="shapes", version=GENERATOR_VERSION, categories=CATEGORIES, render=_render_shapes
+)
+"""Circles, squares, triangles and stars (things, possibly occluded; some crowds) on sky, grass
+and wall bands (stuff)."""
+
+
+def contact_sheet(
+    root: PathLike, split: str = "val", count: int = 8, columns: int = 4
+) -> Image.Image:
+    """A PIL image of the first ``count`` images of ``split`` under ``root``, each beside its
+    panoptic segmentation (stuff in the category colour, every thing in its own colour, VOID
+    black, thing outlines white)."""
+    paths = split_paths(root, split)
+    with open(paths.panoptic_json) as f:
+        panoptic = json.load(f)
+    colors = {c["id"]: c["color"] for c in panoptic["categories"]}
+    things = {c["id"] for c in panoptic["categories"] if c["isthing"]}
+    tiles = []
+    for annotation in panoptic["annotations"][:count]:
+        image = np.asarray(
+            Image.open(os.path.join(paths.image_root, annotation["file_name"][:-4] + ".jpg"))
+        )
+        ids = rgb2id(
+            np.asarray(Image.open(os.path.join(paths.panoptic_root, annotation["file_name"])))
+        )
+        painted = np.zeros_like(image)
+        rng = np.random.default_rng(annotation["image_id"])
+        for segment in annotation["segments_info"]:
+            where = ids == segment["id"]
+            if segment["category_id"] in things:
+                painted[where] = rng.integers(40, 256, 3)
+                edge = where & ~ndimage.binary_erosion(where)
+                painted[edge] = 255
+            else:
+                painted[where] = colors[segment["category_id"]]
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        tiles.append(np.concatenate([image, gap, painted], axis=1))
+    if not tiles:
+        raise ValueError(f"{paths.panoptic_json} has no images")
+    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
+    blank = np.full_like(tiles[0], 255)
+    pad = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+    lines = []
+    for row in rows:
+        row = row + [blank] * (columns - len(row))
+        lines.append(np.concatenate([x for t in row for x in (t, pad)][:-1], axis=1))
+        lines.append(np.full((8, lines[-1].shape[1], 3), 255, np.uint8))
+    return Image.fromarray(np.concatenate(lines[:-1], axis=0))
