@@ -21,7 +21,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from crbp_d2.config import add_crbp_config, get_crbp_cfg, validate_crbp_config  # noqa: E402
 from crbp_d2.modeling import RecurrentMaskHead  # noqa: E402
-from crbp_d2.recurrent import METHODS  # noqa: E402
+from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 WIDTH, CLASSES, STEPS = 32, 3, 4
@@ -81,7 +81,7 @@ def test_every_method_trains(method):
     with EventStorage() as storage:
         losses = head(x, training_instances())
         assert set(losses) == (
-            {"loss_mask", "loss_lcp"} if method in ("cbptt", "crbp") else {"loss_mask"}
+            {"loss_mask", "loss_lcp"} if method in LCP_METHODS else {"loss_mask"}
         )
         assert all(torch.isfinite(v) for v in losses.values())
         assert 0.5 < losses["loss_mask"].item() < 1.0  # ~log 2 at init (predictor std 0.001)
@@ -95,12 +95,12 @@ def test_every_method_trains(method):
     assert scalars["crbp/steps"] == STEPS
     assert scalars["crbp/rois"] == 5
     assert scalars["crbp/residual"] > 0
-    if method in ("rbp", "crbp"):  # logged from backward, for this same iteration
+    if method in NEUMANN_METHODS:  # logged from backward, for this same iteration
         assert scalars["crbp/neumann_terms"] == 5
         assert scalars["crbp/neumann_cap_fired"] == 0
     else:
         assert "crbp/neumann_terms" not in scalars
-    assert ("crbp/lcp" in scalars) == (method in ("cbptt", "crbp"))
+    assert ("crbp/lcp" in scalars) == (method in LCP_METHODS)
 
 
 def test_loss_lcp_is_weighted_and_differentiable():

@@ -15,7 +15,7 @@ from crbp_d2.pathfinder.models import (
     count_parameters,
 )
 from crbp_d2.pathfinder.trainer import compute_loss
-from crbp_d2.recurrent import METHODS
+from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS
 
 
 def small_cfg(*overrides):
@@ -97,7 +97,7 @@ def test_recurrent_models_forward_backward_every_method(arch, method):
     total, task, out = compute_loss(model, image, label, cfg)
     assert out.logits.shape == (2, 2, 12, 12)
     assert torch.isfinite(total)
-    if method in ("cbptt", "crbp"):
+    if method in LCP_METHODS:
         assert out.lcp is not None and out.lcp.requires_grad
     total.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -105,7 +105,7 @@ def test_recurrent_models_forward_backward_every_method(arch, method):
     assert not missing, f"no gradient for {missing}"
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert model.input_layer.conv.weight.grad.abs().sum() > 0
-    if method in ("rbp", "crbp"):
+    if method in NEUMANN_METHODS:
         assert out.diagnostics.neumann_terms is not None  # the Neumann backward ran
 
 

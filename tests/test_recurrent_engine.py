@@ -9,7 +9,9 @@ from test_recurrent_gradients import CELLS, DTYPE, LinearCell, _dense_jacobian, 
 from torch.func import functional_call
 
 from crbp_d2.recurrent import (
+    LCP_METHODS,
     METHODS,
+    NEUMANN_METHODS,
     ConvLSTMCell,
     HGRUCell,
     MaskHeadHGRUCell,
@@ -237,7 +239,7 @@ def test_every_method_reports_diagnostics(method):
     x = torch.rand(2, 3, 5, 5)
     out = RecurrentEngine(cell, 6, method, monitor_lcp=True)(x)
     loss = out.state[0].sum()
-    if method in ("cbptt", "crbp"):
+    if method in LCP_METHODS:
         assert out.lcp.requires_grad
         loss = loss + out.lcp
     else:  # monitored only: in the diagnostics, not handed out as a loss term
@@ -251,7 +253,7 @@ def test_every_method_reports_diagnostics(method):
     }
     assert scalars["steps"] == 6 and 0 < scalars["residual"] < 1
     assert 0 <= scalars["lcp_fraction_above"] <= 1
-    if method in ("rbp", "crbp"):
+    if method in NEUMANN_METHODS:
         assert scalars["neumann_terms"] == 15 and scalars["neumann_cap_fired"] == 0.0
     else:
         assert "neumann_terms" not in scalars
@@ -270,7 +272,10 @@ def test_chronos_log_switch():
     intended = HGRUCell(25, 3, chronos_log=True)
     torch.manual_seed(0)
     authors = HGRUCell(25, 3, chronos_log=False)
-    assert 1.0 <= float(authors.gate_inh.bias.detach().min()) and float(authors.gate_inh.bias.detach().max()) <= 7.0
+    assert (
+        1.0 <= float(authors.gate_inh.bias.detach().min())
+        and float(authors.gate_inh.bias.detach().max()) <= 7.0
+    )
     torch.testing.assert_close(intended.gate_inh.bias, authors.gate_inh.bias.log())
     torch.testing.assert_close(intended.gate_exc.bias, -intended.gate_inh.bias)
 
@@ -293,7 +298,12 @@ def test_d2_cell_parameter_count_matches_the_paper_head():
         ({"steps": 5, "norm_cap": "always"}, "norm_cap = 'always': unknown value"),
         ({"steps": 5, "lcp_reduction": "max"}, "lcp_reduction = 'max': unknown value"),
         ({"steps": 5, "test_steps": -1}, "test_steps = -1: must be an integer >= 1"),
-        ({"steps": 5, "halt_tolerance": 0.0}, "halt_tolerance = 0.0: must be > 0"),
+        ({"steps": 5, "halt_tolerance": 0.0}, "halt_tolerance = 0.0: must be a number > 0"),
+        ({"steps": 5, "neumann_tol": -1e-3}, "neumann_tol = -0.001: must be a number > 0"),
+        ({"steps": 5, "anderson_window": 0}, "anderson_window = 0: must be an integer >= 1"),
+        ({"steps": 5, "anderson_damping": 1.5}, "anderson_damping = 1.5: must be in (0, 1]"),
+        ({"steps": 5, "phantom_damping": 0.0}, "phantom_damping = 0.0: must be in (0, 1]"),
+        ({"steps": 5, "solver": "broyden"}, "solver = 'broyden': unknown value"),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(kwargs, message):

@@ -10,10 +10,12 @@ from .engine import RecurrenceOutput, RecurrentEngine
 from .hgru import HGRUCell, MaskHeadHGRUCell
 from .lcp import LCP_REDUCTIONS, lipschitz_penalty
 from .neumann import NORM_CAPS, NeumannStats, neumann_series, rbp_attach
+from .solvers import SOLVERS, SolverStats
 from .spec import (
     CONFIG_KEYS,
     LCP_METHODS,
     METHODS,
+    NEUMANN_METHODS,
     EngineSpec,
     SpecError,
     engine_config_defaults,
@@ -29,6 +31,9 @@ __all__ = [
     "LCP_REDUCTIONS",
     "METHODS",
     "MaskHeadHGRUCell",
+    "NEUMANN_METHODS",
+    "SOLVERS",
+    "SolverStats",
     "NORM_CAPS",
     "NeumannStats",
     "RecurrenceDiagnostics",

@@ -23,6 +23,9 @@ class RecurrenceDiagnostics:
     lcp_fraction_above: Optional[float] = None  # fraction of entries of u = 1^T J above lambda
     halted: bool = False  # True when the halting tolerance was reached
     neumann: NeumannStats = field(default_factory=NeumannStats)
+    forward_evaluations: Optional[int] = None  # cell evaluations (without and with a graph)
+    solver_residual: Optional[float] = None  # relative residual where the solver stopped
+    solver_fell_back: Optional[bool] = None  # Anderson fell back to plain iteration
 
     @property
     def neumann_terms(self) -> Optional[int]:
@@ -39,6 +42,11 @@ class RecurrenceDiagnostics:
             "residual": self.residual,
             "lcp": self.lcp,
             "lcp_fraction_above": self.lcp_fraction_above,
+            "forward_evaluations": self.forward_evaluations,
+            "solver_residual": self.solver_residual,
+            "solver_fell_back": None
+            if self.solver_fell_back is None
+            else float(self.solver_fell_back),
             **self.backward_scalars(),
         }
         return {k: float(v) for k, v in values.items() if v is not None}

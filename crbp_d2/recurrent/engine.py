@@ -18,7 +18,7 @@ must run once backward has gone through the recurrence (e.g. logging the Neumann
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from .diagnostics import (
 )
 from .lcp import lipschitz_penalty
 from .neumann import NeumannStats, rbp_attach
+from .solvers import SolverStats, solve
 from .spec import METHODS, EngineSpec
 
 __all__ = ["METHODS", "RecurrenceOutput", "RecurrentEngine", "check_steps"]
@@ -89,24 +90,28 @@ def _detach(state: State) -> State:
 class RecurrentEngine(nn.Module):
     """Runs ``cell`` for N steps on a fixed drive from h0 = 0 and applies a learning method.
 
-    Build it from keyword arguments (the fields of :class:`~crbp_d2.recurrent.spec.EngineSpec`)
-    or from a spec with :meth:`from_spec`; either way the settings are validated by the spec.
+    Build it from keyword arguments (the fields of :class:`~crbp_d2.recurrent.spec.EngineSpec`,
+    which documents each) or from a spec with :meth:`from_spec`; either way the settings are
+    validated by the spec.
 
     Args:
         cell: a :class:`RecurrentCell` (any module with ``prepare``/``init_state``/``output`` and
             ``forward(drive, state) -> state``).
         steps: N, the number of steps in training.
+        method: ``bptt | tbptt | rbp | cbptt | crbp | jfb | cjfb | phantom | cphantom``.
         test_steps: steps when the engine is in eval mode (default: ``steps``).
-        method: one of ``bptt | tbptt | rbp | cbptt | crbp``.
-        neumann_steps: K, the number of vector-Jacobian products of the RBP backward (>= 1).
-        norm_cap: ``none | pathfinder | detectron2``, see :func:`neumann_series`.
-        cap_threshold: absolute norm bound of the cap (the authors use 1.0).
-        tbptt_steps: k, steps tracked by ``tbptt`` (default: half of N, rounded up).
-        lcp_lambda: lambda of the LCP hinge, in [0, 1).
-        lcp_reduction: ``mean`` (Pathfinder code) or ``sum`` (Detectron2 code).
-        lcp_weight: weight of the LCP in the loss; carried for the front-ends, unused here.
-        monitor_lcp: also compute the LCP (detached, for logging) under bptt/tbptt/rbp.
-        halt_tolerance: at inference, stop once the relative residual is below this (None: never).
+        settings: any other field of the spec (``neumann_steps``, ``norm_cap``, ``lcp_lambda``,
+            ``solver``, ...).
+
+    Example::
+
+        >>> import torch
+        >>> from crbp_d2.recurrent import HGRUCell, RecurrentEngine
+        >>> engine = RecurrentEngine(HGRUCell(channels=4, kernel_size=3), steps=6, method="crbp")
+        >>> out = engine(torch.rand(2, 4, 8, 8))
+        >>> (out.state.sum() + out.lcp).backward()
+        >>> out.diagnostics.neumann_terms
+        15
     """
 
     def __init__(
@@ -115,32 +120,11 @@ class RecurrentEngine(nn.Module):
         steps: int,
         method: str = "crbp",
         test_steps: Optional[int] = None,
-        neumann_steps: int = 15,
-        norm_cap: str = "none",
-        cap_threshold: float = 1.0,
-        tbptt_steps: Optional[int] = None,
-        lcp_lambda: float = 0.9,
-        lcp_reduction: str = "mean",
-        monitor_lcp: bool = False,
-        halt_tolerance: Optional[float] = None,
-        lcp_weight: float = 0.0,
+        **settings,
     ) -> None:
         super().__init__()
         self.cell = cell
-        self.spec = EngineSpec(
-            steps=steps,
-            test_steps=test_steps,
-            method=method,
-            tbptt_steps=tbptt_steps,
-            neumann_steps=neumann_steps,
-            norm_cap=norm_cap,
-            cap_threshold=cap_threshold,
-            lcp_weight=lcp_weight,
-            lcp_lambda=lcp_lambda,
-            lcp_reduction=lcp_reduction,
-            monitor_lcp=monitor_lcp,
-            halt_tolerance=halt_tolerance,
-        )
+        self.spec = EngineSpec(steps=steps, method=method, test_steps=test_steps, **settings)
 
     @classmethod
     def from_spec(cls, cell: RecurrentCell, spec: EngineSpec) -> "RecurrentEngine":
@@ -220,8 +204,10 @@ class RecurrentEngine(nn.Module):
         elif self.method == "tbptt":
             k = self.spec.tbptt_steps if self.spec.tbptt_steps is not None else (n + 1) // 2
             out = self._unrolled(drive, n, min(k, n), recorder)
-        else:
-            out = self._rbp(drive, n, recorder)
+        elif self.method in ("phantom", "cphantom"):
+            out = self._unrolled(drive, n, min(self.spec.phantom_steps, n), recorder, damped=True)
+        else:  # rbp, crbp, jfb, cjfb: one tracked step
+            out = self._one_step(drive, n, recorder)
         result.state, result.lcp, result.diagnostics = out.state, out.lcp, out.diagnostics
         result.states = out.states
         return result
@@ -231,7 +217,7 @@ class RecurrentEngine(nn.Module):
         check_steps(n, "steps")
         return n
 
-    # -- the three ways of running -------------------------------------------------------------
+    # -- the ways of running -------------------------------------------------------------------
 
     def _states(self, drive: Tensor, state: State, n: int) -> Iterator[State]:
         """Yield ``state`` and the ``n`` states that follow it."""
@@ -255,51 +241,87 @@ class RecurrentEngine(nn.Module):
         diag = RecurrenceDiagnostics(self.method, t, residual, halted=halted)
         return RecurrenceOutput(state, None, diag, recorder)
 
-    def _run_without_graph(self, drive: Tensor, n: int, recorder: Optional[List[State]]) -> State:
-        """h_n from h_0 = 0 with autograd off (recording h_1..h_n)."""
+    def _run_without_graph(
+        self, drive: Tensor, budget: int, recorder: Optional[List[State]]
+    ) -> Tuple[State, SolverStats]:
+        """From h_0 = 0 with autograd off: the configured solver with ``budget`` cell
+        evaluations (recording every state it computes)."""
+        spec = self.spec
         with torch.no_grad():
-            for t, state in enumerate(self._states(drive, self.cell.init_state(drive), n)):
-                if t > 0:
-                    _record(recorder, state)
-        return state
+            return solve(
+                spec.solver,
+                lambda h: self.cell(drive, h),
+                self.cell.init_state(drive),
+                budget,
+                spec.solver_tol,
+                spec.anderson_window,
+                spec.anderson_damping,
+                None if recorder is None else lambda h: _record(recorder, h),
+            )
 
     def _unrolled(
-        self, drive: Tensor, n: int, tracked: int, recorder: Optional[List[State]]
+        self,
+        drive: Tensor,
+        n: int,
+        tracked: int,
+        recorder: Optional[List[State]],
+        damped: bool = False,
     ) -> RecurrenceOutput:
-        state = self._run_without_graph(drive, n - tracked, recorder)
+        """``n - tracked`` steps without a graph, then ``tracked`` steps with one (bptt, tbptt);
+        ``damped`` tracks h <- (1 - lambda) h + lambda F(h) instead (phantom)."""
+        state, solver_stats = self._run_without_graph(drive, n - tracked, recorder)
         need_lcp = self.spec.uses_lcp or self.spec.monitor_lcp
-        previous = state
+        lam = self.spec.phantom_damping
+        previous = last = state
         for t in range(tracked):
             if t == tracked - 1 and need_lcp:
                 state = _as_graph_input(state)
-            previous, state = state, self.cell(drive, state)
+            previous, last = state, self.cell(drive, state)
+            if damped:
+                mixed = [
+                    (1 - lam) * a + lam * b for a, b in zip(state_parts(state), state_parts(last))
+                ]
+                state = state_like(mixed, last)
+            else:
+                state = last
             _record(recorder, state)
-        return self._finish(state, previous, n, need_lcp, NeumannStats(), recorder)
+        # residual and LCP are those of the cell map F at its last evaluation
+        result = self._finish(last, previous, need_lcp, NeumannStats(), recorder, solver_stats)
+        diag = result.diagnostics
+        diag.steps = diag.forward_evaluations = solver_stats.evaluations + tracked
+        result.state = state
+        return result
 
-    def _rbp(self, drive: Tensor, n: int, recorder: Optional[List[State]]) -> RecurrenceOutput:
-        state = self._run_without_graph(drive, n - 1, recorder)
+    def _one_step(self, drive: Tensor, n: int, recorder: Optional[List[State]]) -> RecurrenceOutput:
+        """n - 1 steps without a graph, one tracked step from the detached h_{n-1}; rbp/crbp
+        replace its gradient by the Neumann series, jfb/cjfb keep the one-step gradient."""
+        state, solver_stats = self._run_without_graph(drive, n - 1, recorder)
         previous = state_like([p.detach().requires_grad_() for p in state_parts(state)], state)
         last = self.cell(drive, previous)
         _record(recorder, last)
         stats = NeumannStats()
         parts = list(state_parts(last))
-        if any(p.requires_grad for p in parts):
+        spec = self.spec
+        if spec.uses_neumann and any(p.requires_grad for p in parts):
             idx = self._implicit_indices(len(parts))
             prev_parts = state_parts(previous)
             corrected = rbp_attach(
                 [prev_parts[i] for i in idx],
                 [parts[i] for i in idx],
-                self.spec.neumann_steps,
-                self.spec.norm_cap,
-                self.spec.cap_threshold,
+                spec.neumann_steps,
+                spec.norm_cap,
+                spec.cap_threshold,
                 stats,
+                spec.neumann_tol,
+                spec.cap_relative,
             )
             for i, tensor in zip(idx, corrected):
                 parts[i] = tensor
-        out_state = state_like(parts, last)
-        need_lcp = self.spec.uses_lcp or self.spec.monitor_lcp
-        result = self._finish(last, previous, n, need_lcp, stats, recorder)
-        result.state = out_state
+        need_lcp = spec.uses_lcp or spec.monitor_lcp
+        result = self._finish(last, previous, need_lcp, stats, recorder, solver_stats)
+        diag = result.diagnostics
+        diag.steps = diag.forward_evaluations = solver_stats.evaluations + 1
+        result.state = state_like(parts, last)
         return result
 
     # -- shared pieces -------------------------------------------------------------------------
@@ -312,13 +334,19 @@ class RecurrentEngine(nn.Module):
         self,
         last: State,
         previous: State,
-        n: int,
         need_lcp: bool,
         stats: NeumannStats,
         recorder: Optional[List[State]],
+        solver_stats: SolverStats,
     ) -> RecurrenceOutput:
+        """Diagnostics and the LCP of the last cell evaluation ``last = F(previous)``."""
         diag = RecurrenceDiagnostics(
-            self.method, n, relative_residual(last, previous), neumann=stats
+            self.method,
+            0,  # set by the caller through forward_evaluations
+            relative_residual(last, previous),
+            neumann=stats,
+            solver_residual=solver_stats.residual if solver_stats.evaluations else None,
+            solver_fell_back=solver_stats.fell_back if solver_stats.solver == "anderson" else None,
         )
         penalty = None
         if need_lcp:
@@ -338,6 +366,69 @@ class RecurrentEngine(nn.Module):
             diag.lcp_fraction_above = float(fraction)
         return RecurrenceOutput(last, penalty, diag, recorder)
 
+    # -- gradient fidelity ---------------------------------------------------------------------
+
+    def gradient_fidelity(
+        self,
+        x: Tensor,
+        loss_fn: Callable[[State], Tensor],
+        reference: str = "rbp",
+        reference_steps: Optional[int] = None,
+        reference_terms: int = 200,
+        reference_tol: float = 1e-10,
+    ) -> Dict[str, float]:
+        """How close the configured method's gradient of the cell's parameters is to the exact
+        one, on input ``x`` (B, C_in, H, W) and a loss ``loss_fn(state) -> 0-d tensor``.
+
+        The reference is ``rbp`` with ``reference_terms`` Neumann terms (stopping at
+        ``reference_tol``) from the state reached after ``reference_steps`` plain iterations
+        (default: max(4 N, 100), a converged state for a contraction), or ``bptt`` through
+        ``reference_steps`` steps. Neither the LCP nor the loss's own parameters (e.g. a
+        readout's) enter the comparison.
+
+        Returns:
+            {"grad_cosine", "grad_relative_error", "reference_residual"}: the cosine and
+            ||g - g_ref|| / ||g_ref|| of the flattened parameter gradients, and the relative
+            residual of the reference's state (how converged it was).
+        """
+        if reference not in ("rbp", "bptt"):
+            raise ValueError(f"reference must be 'rbp' or 'bptt', got {reference!r}")
+        params = [p for p in self.cell.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the cell has no parameters that require a gradient")
+        x = x.detach()
+        steps = reference_steps or max(4 * self.steps, 100)
+        reference_spec = self.spec.replace(
+            method=reference,
+            steps=steps,
+            neumann_steps=reference_terms,
+            neumann_tol=reference_tol,
+            norm_cap="none",
+            solver="iterate",
+            solver_tol=None,
+            monitor_lcp=False,
+        )
+
+        def gradient(spec: EngineSpec) -> Tuple[Tensor, float]:
+            engine = RecurrentEngine.from_spec(self.cell, spec)
+            with torch.enable_grad():
+                out = engine(x, steps=spec.steps)
+                grads = torch.autograd.grad(loss_fn(out.state), params, allow_unused=True)
+            flat = torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).reshape(-1)
+                    for p, g in zip(params, grads)
+                ]
+            )
+            return flat.double(), out.diagnostics.residual
+
+        configured, _ = gradient(self.spec)
+        exact, residual = gradient(reference_spec)
+        norm = exact.norm() * configured.norm()
+        cosine = float(configured @ exact / norm) if norm > 0 else float("nan")
+        error = float((configured - exact).norm() / exact.norm().clamp_min(1e-300))
+        return {"grad_cosine": cosine, "grad_relative_error": error, "reference_residual": residual}
+
     # -- monitoring ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -356,7 +447,7 @@ class RecurrentEngine(nn.Module):
         """
         drive = self.cell.prepare(x)
         if state is None:
-            state = self._run_without_graph(drive, steps or self.test_steps, None)
+            state = self._iterate(drive, steps or self.test_steps, None, None).state
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)
 
 

@@ -35,37 +35,51 @@ def neumann_series(
     norm_cap: str = "none",
     cap_threshold: float = 1.0,
     stats: Optional[NeumannStats] = None,
+    tol: Optional[float] = None,
+    cap_relative: bool = False,
 ) -> Tuple[Tensor, ...]:
-    """Truncated Neumann sum of (I - J^T)^-1 g0 with ``terms`` vector-Jacobian products.
+    """Truncated Neumann sum of (I - J^T)^-1 g0 with up to ``terms`` vector-Jacobian products.
+
+    The sum is accumulated in at least float32 (the VJPs run in the dtype of ``g0``, e.g. float16
+    under autocast) and returned in the dtype of ``g0``.
 
     Args:
         vjp: maps a tuple v (shaped like g0) to the tuple J^T v.
         g0: the incoming gradient, a tuple of tensors (one per state part).
-        terms: K >= 1, the number of VJPs.
-        norm_cap: ``"none"``: the plain K-term sum. ``"pathfinder"`` (the authors' Pathfinder code):
-            stop at the first term where ||g + v|| > ``cap_threshold``, ||v|| grows or ||v|| < 1e-9,
+        terms: K >= 1, the number of VJPs (an upper bound with ``tol``).
+        norm_cap: ``"none"``: the plain sum. ``"pathfinder"`` (the authors' Pathfinder code):
+            stop at the first term where ||g + v|| > the bound, ||v|| grows or ||v|| < 1e-9,
             keeping the sum before that term. ``"detectron2"`` (the authors' Detectron2 code): the
             same test, but the series continues from the rejected v, skips every term that trips
             the test, and returns the sum saved at the last trip (or the full sum if none).
-        cap_threshold: the absolute norm bound of the cap (1.0 in the authors' code).
+        cap_threshold: the cap's norm bound: absolute (1.0 in the authors' code), or
+            ``cap_threshold * ||g0||`` with ``cap_relative`` (then scaling the loss, as a
+            gradient scaler does, scales the result and changes no decision).
+        tol: stop after the first term with ||(J^T)^k g0|| <= tol * ||g0|| (it is included).
     """
     if terms < 1:
         raise ValueError(f"the Neumann series needs at least 1 term, got {terms}")
     if norm_cap not in NORM_CAPS:
         raise ValueError(f"unknown norm_cap {norm_cap!r}; choose one of {NORM_CAPS}")
+    if tol is not None and tol < 0:
+        raise ValueError(f"the Neumann tolerance must be >= 0, got {tol}")
     v = tuple(g0)
-    total = tuple(g0)
-    last_norm = _norm(v)
+    total = tuple(g.to(torch.promote_types(g.dtype, torch.float32)) for g in g0)
+    g0_norm = _norm(v)
+    bound = cap_threshold * g0_norm if cap_relative else cap_threshold
+    last_norm = g0_norm
     saved_at_trip: Optional[Tuple[Tensor, ...]] = None
     kept, fired = 0, False
     norms = [last_norm]
-    for _ in range(terms):
+    for _ in range(terms if g0_norm > 0 else 0):
         v_new = vjp(v)
-        candidate = tuple(a + b for a, b in zip(total, v_new))
+        candidate = tuple(a + b.to(a.dtype) for a, b in zip(total, v_new))
         v_norm = _norm(v_new)
         norms.append(v_norm)
         tripped = norm_cap != "none" and (
-            _norm(candidate) > cap_threshold or v_norm > last_norm or v_norm < 1e-9
+            _norm(candidate) > bound
+            or v_norm > last_norm
+            or v_norm < 1e-9 * (g0_norm if cap_relative else 1.0)
         )
         if tripped:
             fired = True
@@ -76,11 +90,13 @@ def neumann_series(
             total = candidate
             kept += 1
         v, last_norm = v_new, v_norm
+        if tol is not None and v_norm <= tol * g0_norm:
+            break
     if saved_at_trip is not None:
         total = saved_at_trip
     if stats is not None:
         stats.terms_used, stats.cap_fired, stats.term_norms = kept, fired, norms
-    return total
+    return tuple(t.to(g.dtype) for t, g in zip(total, g0))
 
 
 def _norm(parts: Sequence[Tensor]) -> float:
@@ -106,18 +122,12 @@ class _NeumannRBP(torch.autograd.Function):
         options = ctx.options
 
         def vjp(v: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+            v = tuple(a.to(b.dtype) for a, b in zip(v, last))  # autograd wants matching dtypes
             with torch.enable_grad():
                 out = torch.autograd.grad(last, prev, v, retain_graph=True, allow_unused=True)
             return tuple(torch.zeros_like(p) if o is None else o for p, o in zip(prev, out))
 
-        corrected = neumann_series(
-            vjp,
-            grads,
-            options["terms"],
-            options["norm_cap"],
-            options["cap_threshold"],
-            options["stats"],
-        )
+        corrected = neumann_series(vjp, grads, **options)
         return (None, None) + (None,) * ctx.n_parts + tuple(corrected)
 
 
@@ -128,14 +138,23 @@ def rbp_attach(
     norm_cap: str = "none",
     cap_threshold: float = 1.0,
     stats: Optional[NeumannStats] = None,
+    tol: Optional[float] = None,
+    cap_relative: bool = False,
 ) -> Tuple[Tensor, ...]:
     """Return ``last`` unchanged, with its gradient replaced by the RBP gradient in backward.
 
     Preconditions: each ``prev[i]`` is a detached leaf with ``requires_grad=True`` (the state
     h_{N-1} reached without a graph) and ``last = F(x, prev)`` was computed with autograd on, so
-    the only graph stored is one step of F.
+    the only graph stored is one step of F. See :func:`neumann_series` for the options.
     """
     if stats is None:
         stats = NeumannStats()
-    options = {"terms": terms, "norm_cap": norm_cap, "cap_threshold": cap_threshold, "stats": stats}
+    options = {
+        "terms": terms,
+        "norm_cap": norm_cap,
+        "cap_threshold": cap_threshold,
+        "stats": stats,
+        "tol": tol,
+        "cap_relative": cap_relative,
+    }
     return _NeumannRBP.apply(options, len(prev), *prev, *last)

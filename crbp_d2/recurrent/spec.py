@@ -19,9 +19,11 @@ from typing import Any, Dict, Mapping, Optional
 
 from .lcp import LCP_REDUCTIONS
 from .neumann import NORM_CAPS
+from .solvers import SOLVERS
 
-METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp")
-LCP_METHODS = ("cbptt", "crbp")  # the methods that train the Lipschitz Coefficient Penalty
+METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp", "jfb", "cjfb", "phantom", "cphantom")
+LCP_METHODS = ("cbptt", "crbp", "cjfb", "cphantom")  # the methods that train the LCP
+NEUMANN_METHODS = ("rbp", "crbp")  # the methods whose backward runs the Neumann series
 
 # config key -> EngineSpec field; the config value "0" means "unset" for the keys in _ZERO_IS_UNSET
 CONFIG_KEYS: Dict[str, str] = {
@@ -37,8 +39,27 @@ CONFIG_KEYS: Dict[str, str] = {
     "LCP_REDUCTION": "lcp_reduction",
     "MONITOR_LCP": "monitor_lcp",
     "HALT_TOLERANCE": "halt_tolerance",
+    "NEUMANN_TOL": "neumann_tol",
+    "CAP_RELATIVE": "cap_relative",
+    "PHANTOM_STEPS": "phantom_steps",
+    "PHANTOM_DAMPING": "phantom_damping",
+    "SOLVER": "solver",
+    "SOLVER_TOL": "solver_tol",
+    "ANDERSON_WINDOW": "anderson_window",
+    "ANDERSON_DAMPING": "anderson_damping",
+    "FIDELITY_PERIOD": "fidelity_period",
 }
-_ZERO_IS_UNSET = ("TEST_TIMESTEPS", "TBPTT_STEPS", "HALT_TOLERANCE")
+_ZERO_IS_UNSET = ("TEST_TIMESTEPS", "TBPTT_STEPS", "HALT_TOLERANCE", "NEUMANN_TOL", "SOLVER_TOL")
+_FLOAT_KEYS = (
+    "CAP_THRESHOLD",
+    "LCP_WEIGHT",
+    "LCP_LAMBDA",
+    "HALT_TOLERANCE",
+    "NEUMANN_TOL",
+    "PHANTOM_DAMPING",
+    "SOLVER_TOL",
+    "ANDERSON_DAMPING",
+)
 
 
 class SpecError(ValueError):
@@ -62,18 +83,36 @@ class EngineSpec:
     """How a recurrent cell is run and trained.
 
     Attributes:
-        steps: N, steps in training (authors: TIMESTEPS).
+        steps: N, steps in training (authors: TIMESTEPS); for the methods that run steps
+            without a graph, the budget of cell evaluations (a solver may stop earlier).
         test_steps: steps in eval mode (None: ``steps``).
-        method: ``bptt | tbptt | rbp | cbptt | crbp`` (authors: GRAD = bptt | rbp | cbp).
+        method: ``bptt | tbptt | rbp | cbptt | crbp`` (authors: GRAD = bptt | rbp | cbp), or the
+            cheaper gradients ``jfb`` (Jacobian-free backprop: N - 1 steps without a graph, one
+            tracked step, no Neumann terms) and ``phantom`` (the last ``phantom_steps`` steps
+            tracked, damped: h <- (1 - lambda) h + lambda F(h)); ``cjfb`` / ``cphantom`` add the
+            LCP to them.
         tbptt_steps: k, steps tracked by ``tbptt`` (None: half of N, rounded up).
-        neumann_steps: K >= 1, vector-Jacobian products of the RBP backward.
+        neumann_steps: K >= 1, vector-Jacobian products of the RBP backward (an upper bound
+            when ``neumann_tol`` is set).
+        neumann_tol: stop the Neumann series once ||(J^T)^k g0|| <= tol ||g0|| (None: K terms).
         norm_cap: ``none`` (the paper) | ``pathfinder`` | ``detectron2`` (the authors' two rules).
-        cap_threshold: absolute norm bound of the cap (1.0 in the authors' code).
+        cap_threshold: norm bound of the cap: absolute (1.0 in the authors' code), or relative
+            to ||g0|| when ``cap_relative`` (invariant to scaling the loss, e.g. by AMP).
+        cap_relative: see ``cap_threshold``.
         lcp_weight: weight of the LCP in the loss (read by the front-ends; authors: XI).
         lcp_lambda: lambda of the hinge relu(1^T J - lambda)^2, in [0, 1) (authors: TAU).
         lcp_reduction: ``mean`` (Pathfinder code) | ``sum`` (Detectron2 code).
         monitor_lcp: also compute the LCP, detached, under bptt/tbptt/rbp (for logging).
         halt_tolerance: at inference, stop once every sample's relative residual is below it.
+        phantom_steps: k >= 1, the damped steps ``phantom`` tracks (Geng et al. 2021: 5).
+        phantom_damping: lambda in (0, 1] of the damped steps (Geng et al. 2021: 0.5).
+        solver: ``iterate | anderson``, the forward solver of the steps without a graph.
+        solver_tol: stop those steps once the relative residual is at most this (None: run the
+            whole budget).
+        anderson_window: m >= 1, iterates Anderson combines.
+        anderson_damping: beta in (0, 1] of the Anderson update.
+        fidelity_period: log the gradient fidelity every this many training iterations (0: off;
+            read by the trainers).
     """
 
     steps: int = 20
@@ -88,6 +127,15 @@ class EngineSpec:
     lcp_reduction: str = "mean"
     monitor_lcp: bool = False
     halt_tolerance: Optional[float] = None
+    neumann_tol: Optional[float] = None
+    cap_relative: bool = False
+    phantom_steps: int = 5
+    phantom_damping: float = 0.5
+    solver: str = "iterate"
+    solver_tol: Optional[float] = None
+    anderson_window: int = 5
+    anderson_damping: float = 1.0
+    fidelity_period: int = 0
 
     def __post_init__(self) -> None:
         _check_positive_int("steps", self.steps)
@@ -111,15 +159,31 @@ class EngineSpec:
             )
         if not isinstance(self.monitor_lcp, bool):
             raise SpecError("monitor_lcp", self.monitor_lcp, "must be True or False")
-        if self.halt_tolerance is not None and (
-            not _is_number(self.halt_tolerance) or self.halt_tolerance <= 0
-        ):
-            raise SpecError("halt_tolerance", self.halt_tolerance, "must be > 0 (or unset)")
+        for name in ("halt_tolerance", "neumann_tol", "solver_tol"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise SpecError(name, value, "must be a number > 0 (or unset)")
+        if not isinstance(self.cap_relative, bool):
+            raise SpecError("cap_relative", self.cap_relative, "must be True or False")
+        _check_positive_int("phantom_steps", self.phantom_steps)
+        _check_positive_int("anderson_window", self.anderson_window)
+        for name in ("phantom_damping", "anderson_damping"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 < value <= 1.0:
+                raise SpecError(name, value, "must be in (0, 1]")
+        _check_choice("solver", self.solver, SOLVERS)
+        if not _is_int(self.fidelity_period) or self.fidelity_period < 0:
+            raise SpecError("fidelity_period", self.fidelity_period, "must be an integer >= 0")
 
     @property
     def uses_lcp(self) -> bool:
         """True for the methods that train the LCP (cbptt, crbp)."""
         return self.method in LCP_METHODS
+
+    @property
+    def uses_neumann(self) -> bool:
+        """True for the methods whose backward runs the Neumann series (rbp, crbp)."""
+        return self.method in NEUMANN_METHODS
 
     @property
     def eval_steps(self) -> int:
@@ -150,7 +214,7 @@ def engine_config_defaults(**overrides: Any) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     for key, name in CONFIG_KEYS.items():
         value = getattr(spec, name)
-        values[key] = (0.0 if key == "HALT_TOLERANCE" else 0) if value is None else value
+        values[key] = (0.0 if key in _FLOAT_KEYS else 0) if value is None else value
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(f"unknown engine config keys {unknown}; known: {sorted(values)}")
@@ -173,7 +237,7 @@ def spec_from_node(node: Mapping[str, Any], where: str = "RECURRENT") -> EngineS
         value = node[key]
         if key in _ZERO_IS_UNSET and _is_number(value) and value == 0:
             value = None
-        elif key in ("CAP_THRESHOLD", "LCP_WEIGHT", "LCP_LAMBDA") and _is_int(value):
+        elif key in _FLOAT_KEYS and _is_int(value):
             value = float(value)
         kwargs[name] = value
     try:
