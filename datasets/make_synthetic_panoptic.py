@@ -12,12 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import crbp_d2  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from crbp_d2.data.synthetic_panoptic import (  # noqa: E402
+from crbp_d2.data.synthetic_panoptic import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
