@@ -146,3 +146,14 @@ def test_unknown_dataset_and_unknown_key_are_one_clear_error(tmp_path):
         train_net.main(
             ["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.CELL_NORM", "SyncBN"]
         )
+
+
+def test_timestep_sweep_step_lists():
+    assert timestep_sweep.parse_steps("1-3,10") == [1, 2, 3, 10]
+    assert timestep_sweep.parse_steps("5,2,2") == [2, 5]
+    for bad in ("0-2", "a", "3-x", ","):
+        with pytest.raises(ValueError):
+            timestep_sweep.parse_steps(bad)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, exit status 2
+        sweep_cli.parse_args(["--config-file", CONFIG, "--output", "out", "--steps", "0-2"])
+    assert exit_info.value.code == 2

@@ -12,6 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -71,3 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = write_memory_results(records, args.json, args.plot)
         print(f"wrote {paths['json']}, {paths['png']} and {paths['md']}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from ..benchmarks.rfpn import (
@@ -86,3 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in write_rfpn_results(records, args.json, args.plot).values():
         print(f"wrote {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

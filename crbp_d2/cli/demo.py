@@ -16,6 +16,7 @@ For each image ``x.jpg`` it writes ``x_panoptic.png`` and, with ``--timecourse``
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional, Sequence
 
 from ..visualization import run_demo
@@ -64,3 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with one_line_errors("demo.py"):
         run(args)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

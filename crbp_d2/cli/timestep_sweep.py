@@ -20,6 +20,7 @@ count (the authors' procedure; T times the cost). Single process only. The work 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional, Sequence
 
 from ..evaluation.timestep_sweep import MODES, Row, parse_steps, run_timestep_sweep
@@ -80,3 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with one_line_errors("timestep_sweep.py"):
         run(args)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

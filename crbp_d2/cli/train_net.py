@@ -18,6 +18,7 @@ Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). Th
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from ..training import build_config, train_or_evaluate
@@ -46,3 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args=(args,),
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

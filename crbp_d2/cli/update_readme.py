@@ -45,3 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         atomic_write_text(args.readme, new)
         print(f"updated {args.readme}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

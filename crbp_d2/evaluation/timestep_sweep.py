@@ -80,9 +80,9 @@ def parse_steps(text: str) -> List[int]:
             elif part.strip():
                 steps.add(int(part))
     except ValueError:
-        raise ValueError(f"--steps: expected e.g. '1-30' or '1,2,5', got {text!r}") from None
+        raise ValueError(f"expected e.g. '1-30' or '1,2,5', got {text!r}") from None
     if not steps or min(steps) < 1:
-        raise ValueError(f"--steps: step counts must be >= 1, got {text!r}")
+        raise ValueError(f"step counts must be >= 1, got {text!r}")
     return sorted(steps)
 
 
