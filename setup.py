@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["crbp_d2", "crbp_d2.*"]),
     # Detectron2 is deliberately not listed: it is not on PyPI; tools/install_detectron2.sh
-    # installs it (or keep your own upstream build). The core (crbp_d2.recurrent) needs torch only.
+    # installs it (or keep your own upstream build). The core (crbp_d2.recurrent) needs torch
+    # only; crbp_d2.contours and crbp_d2.pathfinder need the rest.
     install_requires=[
         "torch>=2.1",
         "numpy",
@@ -20,6 +21,9 @@ setup(
         "tqdm",
         "tensorboard",
         "pyyaml",
+        "yacs>=0.1.8",
+        "Pillow>=7.1",
+        "opencv-python-headless",
     ],
     extras_require={
         "d2": [
@@ -27,8 +31,31 @@ setup(
             "fvcore>=0.1.5,<0.1.6",
             "iopath>=0.1.7,<0.1.10",
             "pycocotools>=2.0.2",
-            "opencv-python-headless",
             "hotcoco>=1.3",
+        ],
+    },
+    # Every command-line program: crbp_d2/cli/NAME.py with main(argv=None) -> int, installed as
+    # crbp-NAME (dashes for underscores); tools/NAME.py runs the same program from a checkout.
+    entry_points={
+        "console_scripts": [
+            # Detectron2 side (needs the d2 extra) and benchmarks
+            "crbp-train-net = crbp_d2.cli.train_net:main",
+            "crbp-timestep-sweep = crbp_d2.cli.timestep_sweep:main",
+            "crbp-demo = crbp_d2.cli.demo:main",
+            "crbp-benchmark-memory = crbp_d2.cli.benchmark_memory:main",
+            "crbp-benchmark-rfpn = crbp_d2.cli.benchmark_rfpn:main",
+            "crbp-update-readme = crbp_d2.cli.update_readme:main",
+            # Pathfinder
+            "crbp-generate-pathfinder = crbp_d2.cli.generate_pathfinder:main",
+            "crbp-train-pathfinder = crbp_d2.cli.train_pathfinder:main",
+            "crbp-pathfinder-baselines = crbp_d2.cli.pathfinder_baselines:main",
+            "crbp-pathfinder-generalization = crbp_d2.cli.pathfinder_generalization:main",
+            "crbp-pathfinder-steps = crbp_d2.cli.pathfinder_steps:main",
+            "crbp-pathfinder-state-space = crbp_d2.cli.pathfinder_state_space:main",
+            "crbp-pathfinder-timecourse = crbp_d2.cli.pathfinder_timecourse:main",
+            "crbp-pathfinder-cpu-protocol = crbp_d2.cli.pathfinder_cpu_protocol:main",
+            "crbp-cuda-pathfinder-check = crbp_d2.cli.cuda_pathfinder_check:main",
+            "crbp-benchmark-generator = crbp_d2.cli.benchmark_generator:main",
         ],
     },
 )

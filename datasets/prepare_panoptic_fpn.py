@@ -17,13 +17,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import crbp_d2  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from crbp_d2.data.panoptic_utils import write_separated_semantic  # noqa: E402
-from crbp_d2.data.synthetic_panoptic import datasets_root  # noqa: E402
+from crbp_d2.data.panoptic_utils import write_separated_semantic
+from crbp_d2.data.synthetic_panoptic import datasets_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -1,8 +1,7 @@
-"""End to end on CPU: tools/train_net.py (train -> checkpoint -> --resume -> --eval-only),
-tools/timestep_sweep.py and tools/demo.py on the synthetic panoptic dataset, with a tiny config
-(64 px, 1 image per step, 3 recurrent steps) so the whole module takes well under two minutes."""
+"""End to end on CPU: the train_net program (train -> checkpoint -> --resume -> --eval-only), the
+timestep sweep and the demo on the synthetic panoptic dataset, with a tiny config (64 px, 1 image
+per step, 3 recurrent steps) so the whole module takes well under two minutes."""
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -15,20 +14,13 @@ pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
+from crbp_d2 import training  # noqa: E402
+from crbp_d2.cli import demo, train_net  # noqa: E402
+from crbp_d2.cli import timestep_sweep as sweep_cli  # noqa: E402
+from crbp_d2.evaluation import timestep_sweep  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = load_tool("train_net")
-timestep_sweep = load_tool("timestep_sweep")
-demo = load_tool("demo")
 
 
 def train_args(output: Path, *flags: str, opts=()):
@@ -39,10 +31,10 @@ def train_args(output: Path, *flags: str, opts=()):
 def trained(tmp_path_factory) -> Path:
     """Train 2 iterations (no evaluation), then resume to 3; returns the output folder."""
     output = tmp_path_factory.mktemp("rfpn_e2e")
-    train_net.main(train_args(output, opts=("DATASETS.TEST", "()")))
+    training.train_or_evaluate(train_args(output, opts=("DATASETS.TEST", "()")))
     first = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
     assert first["iteration"] == 1  # iterations 0 and 1
-    train_net.main(
+    training.train_or_evaluate(
         train_args(output, "--resume", opts=("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3"))
     )
     resumed = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
@@ -55,7 +47,7 @@ def trained(tmp_path_factory) -> Path:
 
 def test_eval_only_gives_finite_pq_and_ap(trained):
     weights = str(trained / "model_final.pth")
-    results = train_net.main(
+    results = training.train_or_evaluate(
         train_args(trained / "eval", "--eval-only", opts=("MODEL.WEIGHTS", weights))
     )
     assert set(results) == {"panoptic_seg", "bbox", "segm", "sem_seg"}
@@ -76,11 +68,11 @@ def test_timestep_sweep_writes_csv_and_plot_and_onepass_equals_rerun(trained):
     rows = {}
     for mode in ("onepass", "rerun"):
         out = trained / f"sweep_{mode}"
-        args = timestep_sweep.parse_args(
+        args = sweep_cli.parse_args(
             ["--config-file", CONFIG, "--output", str(out), "--steps", "1-2", "--mode", mode,
              "--segm-ap", "MODEL.WEIGHTS", weights]
         )  # fmt: skip
-        rows[mode] = timestep_sweep.main(args)
+        rows[mode] = sweep_cli.run(args)
         assert (out / "timestep_sweep.png").stat().st_size > 1000
         lines = (out / "timestep_sweep.csv").read_text().splitlines()
         assert lines[0] == ",".join(columns) and len(lines) == 3
@@ -103,7 +95,7 @@ def test_demo_writes_panoptic_and_timecourse_images(trained):
         ["--config-file", CONFIG, "--input", images, "--output", str(out), "--max-images", "2",
          "--confidence-threshold", "0.0", "--timecourse", "--opts", "MODEL.WEIGHTS", weights]
     )  # fmt: skip
-    written = demo.main(args)
+    written = demo.run(args)
     assert len(written) == 4 and all(os.path.getsize(p) > 1000 for p in written)
     panoptic = cv2.imread(written[0])
     timecourse = cv2.imread(written[1])
@@ -115,12 +107,14 @@ def test_demo_writes_panoptic_and_timecourse_images(trained):
 def test_missing_weights_file_is_one_clear_error(tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS file not found: .*nope.pth"):
-        train_net.main(train_args(tmp_path, "--eval-only", opts=("MODEL.WEIGHTS", missing)))
+        training.train_or_evaluate(
+            train_args(tmp_path, "--eval-only", opts=("MODEL.WEIGHTS", missing))
+        )
     with pytest.raises(SystemExit) as exit_info:  # the command line reports it in one line
-        train_net.cli(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", missing])
+        train_net.main(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", missing])
     assert str(exit_info.value).startswith("train_net.py: error: MODEL.WEIGHTS file not found")
     with pytest.raises(SystemExit, match="demo.py: error: MODEL.WEIGHTS file not found"):
-        demo.cli(
+        demo.main(
             [
                 "--config-file",
                 CONFIG,
@@ -140,13 +134,26 @@ def test_unknown_dataset_and_unknown_key_are_one_clear_error(tmp_path):
         KeyError,
         match="Unknown dataset name.*'synthetic_panoptic_vall'.*synthetic_panoptic_val_separated",
     ):
-        train_net.main(train_args(tmp_path, opts=("DATASETS.TEST", "('synthetic_panoptic_vall',)")))
+        training.train_or_evaluate(
+            train_args(tmp_path, opts=("DATASETS.TEST", "('synthetic_panoptic_vall',)"))
+        )
     with pytest.raises(
         SystemExit,
         match="train_net.py: error: Non-existent config key: MODEL.ROI_MASK_HEAD.RECURRENT.STEPS",
     ):
-        train_net.cli(["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.STEPS", "3"])
+        train_net.main(["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.STEPS", "3"])
     with pytest.raises(SystemExit, match="CELL_NORM = 'SyncBN': batch norms cannot be inside"):
-        train_net.cli(
+        train_net.main(
             ["--config-file", CONFIG, "MODEL.ROI_MASK_HEAD.RECURRENT.CELL_NORM", "SyncBN"]
         )
+
+
+def test_timestep_sweep_step_lists():
+    assert timestep_sweep.parse_steps("1-3,10") == [1, 2, 3, 10]
+    assert timestep_sweep.parse_steps("5,2,2") == [2, 5]
+    for bad in ("0-2", "a", "3-x", ","):
+        with pytest.raises(ValueError):
+            timestep_sweep.parse_steps(bad)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, exit status 2
+        sweep_cli.parse_args(["--config-file", CONFIG, "--output", "out", "--steps", "0-2"])
+    assert exit_info.value.code == 2

@@ -11,7 +11,7 @@ from .machine import (
     machine_record,
     parse_lscpu_model,
 )
-from .report import markdown_table, pyplot, update_readme_blocks, write_results
+from .report import markdown_table, pyplot, update_readme_blocks, write_plot, write_results
 
 __all__ = [
     "atomic_torch_save",
@@ -27,5 +27,6 @@ __all__ = [
     "pyplot",
     "to_jsonable",
     "update_readme_blocks",
+    "write_plot",
     "write_results",
 ]

@@ -51,9 +51,11 @@ def write_results(
     records: List[Record],
     table: Optional[str] = None,
     plot: Optional[Plotter] = None,
+    plot_path: Optional[PathLike] = None,
 ) -> Dict[str, str]:
     """Write ``stem.json`` (the records), ``stem.md`` (``table``, if given) and ``stem.png``
-    (``plot(records, path)``, if given), each atomically. Returns {"json"|"md"|"png": path}."""
+    (``plot(records, path)``, if given; ``plot_path`` instead of ``stem.png`` if given), each
+    atomically. Returns {"json"|"md"|"png": path}."""
     stem = os.fspath(stem)
     paths = {"json": stem + ".json"}
     atomic_write_json(records, paths["json"])
@@ -61,15 +63,23 @@ def write_results(
         paths["md"] = stem + ".md"
         atomic_write_text(paths["md"], table.rstrip("\n") + "\n")
     if plot is not None:
-        paths["png"] = stem + ".png"
-        tmp = f"{os.path.dirname(paths['png']) or '.'}/.{os.path.basename(stem)}.{os.getpid()}.png"
-        try:
-            plot(records, tmp)
-            os.replace(tmp, paths["png"])
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        paths["png"] = os.fspath(plot_path) if plot_path is not None else stem + ".png"
+        write_plot(records, plot, paths["png"])
     return paths
+
+
+def write_plot(records: List[Record], plot: Plotter, path: PathLike) -> None:
+    """``plot(records, tmp)`` into a temporary PNG beside ``path``, then rename it onto ``path``
+    (creating the folder)."""
+    folder, name = os.path.split(os.fspath(path))
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.splitext(name)[0]}.{os.getpid()}.png")
+    try:
+        plot(records, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def update_readme_blocks(readme_text: str, results_dir: PathLike) -> Tuple[str, List[str]]:

@@ -1,0 +1,53 @@
+"""Train and evaluate Panoptic FPN / R-FPN (the C-RBP recurrent mask head) with Detectron2.
+
+Examples::
+
+    # train (and evaluate at the end) the CPU quick config on the synthetic dataset
+    python tools/train_net.py --config-file configs/quick/R-FPN-R50-CRBP-synthetic.yaml
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    python tools/train_net.py --config-file ... --resume
+    # evaluate a checkpoint (PQ / COCO AP / mIoU; prints the copypaste lines)
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    # the paper's model on 8 GPUs
+    python tools/train_net.py --num-gpus 8 --config-file configs/R-FPN-R50-CRBP.yaml
+
+Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). The trainer is
+:class:`crbp_d2.training.Trainer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..training import build_config, train_or_evaluate
+
+# isort: split
+from detectron2.engine import default_argument_parser, launch
+
+from ._common import INPUT_ERRORS, one_line_errors
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return default_argument_parser().parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    print("Command Line Args:", args)
+    with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
+        build_config(args)  # fail fast, before spawning workers
+    launch(
+        train_or_evaluate,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Training and evaluating Panoptic FPN / R-FPN with Detectron2: the project's ``Trainer`` and
+the ``setup`` / ``main`` pair of a Detectron2 ``train_net.py``.
+
+:func:`train_or_evaluate` takes the arguments of Detectron2's ``default_argument_parser`` and is
+what ``launch`` runs in every worker process (``crbp_d2.cli.train_net``)::
+
+    args = default_argument_parser().parse_args(argv)
+    launch(train_or_evaluate, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
+
+# isort: split
+import detectron2.utils.comm as comm
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import DatasetEvaluators, verify_results
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from .config import check_weights_file, get_crbp_cfg
+from .data import check_num_classes
+from .evaluation import build_evaluator
+
+__all__ = ["Trainer", "build_config", "setup", "train_or_evaluate"]
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU) and the
+    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW)."""
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        if cfg.SOLVER.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluators:
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def build_config(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of ``args`` (``config_file``, ``opts``, ``resume``) after every check
+    that can fail before training starts: unknown keys, invalid recurrent settings, unknown
+    dataset names, class counts that do not match the datasets, a missing weights file."""
+    cfg = get_crbp_cfg(args.config_file, args.opts)
+    check_num_classes(cfg)  # checks the dataset names first
+    check_weights_file(cfg, resume=args.resume)
+    cfg.freeze()
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Build the config and do Detectron2's default setup (logging, output dir, seeds)."""
+    cfg = build_config(args)
+    default_setup(cfg, args)
+    return cfg
+
+
+def train_or_evaluate(args: argparse.Namespace):
+    """Train (``Trainer.train``) or, with ``args.eval_only``, load the weights and evaluate.
+
+    Returns:
+        The evaluation results (dict of dataset name -> task -> metric) for ``--eval-only``,
+        else what ``DefaultTrainer.train`` returns.
+    """
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)  # logs the copypaste lines (print_csv_format)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
