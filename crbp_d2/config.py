@@ -99,6 +99,11 @@ def add_crbp_config(cfg: CN) -> CN:
     # = "SyncBN"; use "GN" on CPU / single-image batches).
     node.READOUT_NORM = "SyncBN"
 
+    # Also score the mask head alone after each evaluation: its masks on the ground-truth boxes
+    # and classes, mask IoU and boundary F-score per class (task "gt_box" of the results, in
+    # metrics.json and the copypaste lines; crbp_d2.evaluation.gt_box).
+    cfg.TEST.GT_BOX_MASKS = False
+
     # Optimizer of tools/train_net.py: "SGD" (Detectron2's, the paper) | "ADAMW" (the authors'
     # SOLVER.OPTIM "adam"; trains the CPU quick configs from random init in a few hundred steps).
     cfg.SOLVER.OPTIMIZER = "SGD"

@@ -12,6 +12,7 @@ what ``launch`` runs in every worker process (``crbp_d2.cli.train_net``)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Optional
 
@@ -23,12 +24,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import DatasetEvaluators, verify_results
+from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_results
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .config import check_weights_file, get_crbp_cfg
 from .data import check_num_classes
 from .evaluation import build_evaluator
+from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
+from .utils import atomic_write_text
 
 __all__ = ["Trainer", "build_config", "setup", "train_or_evaluate"]
 
@@ -59,6 +63,22 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """Detectron2's evaluation, plus (``TEST.GT_BOX_MASKS``) the mask head on ground-truth
+        boxes as the task ``gt_box`` of each dataset's results (main process)."""
+        results = super().test(cfg, model, evaluators)
+        if not cfg.TEST.GT_BOX_MASKS or not comm.is_main_process():
+            return results
+        names = list(cfg.DATASETS.TEST)
+        per_dataset = results if len(names) > 1 else {names[0]: results}
+        for name in names:
+            per_dataset[name][GT_BOX_TASK] = gt_box_results(
+                cfg, getattr(model, "module", model), name
+            )
+            print_csv_format({GT_BOX_TASK: per_dataset[name][GT_BOX_TASK]})
+        return results
 
 
 def build_config(args: argparse.Namespace) -> CfgNode:
@@ -95,7 +115,22 @@ def train_or_evaluate(args: argparse.Namespace):
         results = Trainer.test(cfg, model)  # logs the copypaste lines (print_csv_format)
         if comm.is_main_process():
             verify_results(cfg, results)
+            _append_metrics(cfg.OUTPUT_DIR, flatten_results_dict(results))
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def _append_metrics(output_dir: str, values: dict) -> None:
+    """Add one line to ``output_dir/metrics.json`` (JSON lines, as Detectron2's JSONWriter writes
+    during training) with the results of an ``--eval-only`` run."""
+    path = os.path.join(output_dir, "metrics.json")
+    old = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+        if old and not old.endswith("\n"):
+            old += "\n"
+    line = json.dumps({"eval_only": True, **{k: float(v) for k, v in values.items()}})
+    atomic_write_text(path, old + line + "\n")

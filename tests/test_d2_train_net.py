@@ -48,9 +48,19 @@ def trained(tmp_path_factory) -> Path:
 def test_eval_only_gives_finite_pq_and_ap(trained):
     weights = str(trained / "model_final.pth")
     results = training.train_or_evaluate(
-        train_args(trained / "eval", "--eval-only", opts=("MODEL.WEIGHTS", weights))
+        train_args(
+            trained / "eval",
+            "--eval-only",
+            opts=("MODEL.WEIGHTS", weights, "TEST.GT_BOX_MASKS", "True"),
+        )
     )
-    assert set(results) == {"panoptic_seg", "bbox", "segm", "sem_seg"}
+    assert set(results) == {"panoptic_seg", "bbox", "segm", "sem_seg", "gt_box"}
+    gt_box = results["gt_box"]
+    assert gt_box["instances"] > 0 and 0 <= gt_box["mIoU"] <= 100 and 0 <= gt_box["mBF"] <= 100
+    assert {"IoU-circle", "BF-star"} <= set(gt_box)
+    # --eval-only results also go to metrics.json, flattened as during training
+    line = (trained / "eval" / "metrics.json").read_text().splitlines()[-1]
+    assert '"gt_box/mIoU"' in line and '"panoptic_seg/PQ"' in line
     for task, metric in (
         ("panoptic_seg", "PQ"),
         ("panoptic_seg", "PQ_th"),
@@ -64,13 +74,13 @@ def test_eval_only_gives_finite_pq_and_ap(trained):
 
 def test_timestep_sweep_writes_csv_and_plot_and_onepass_equals_rerun(trained):
     weights = str(trained / "model_final.pth")
-    columns = timestep_sweep.COLUMNS + (timestep_sweep.AP_COLUMN,)
+    columns = timestep_sweep.COLUMNS + (timestep_sweep.AP_COLUMN,) + timestep_sweep.GT_BOX_COLUMNS
     rows = {}
     for mode in ("onepass", "rerun"):
         out = trained / f"sweep_{mode}"
         args = sweep_cli.parse_args(
             ["--config-file", CONFIG, "--output", str(out), "--steps", "1-2", "--mode", mode,
-             "--segm-ap", "MODEL.WEIGHTS", weights]
+             "--segm-ap", "--gt-box", "MODEL.WEIGHTS", weights]
         )  # fmt: skip
         rows[mode] = sweep_cli.run(args)
         assert (out / "timestep_sweep.png").stat().st_size > 1000

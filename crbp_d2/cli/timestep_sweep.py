@@ -8,8 +8,9 @@ Example::
     python tools/timestep_sweep.py --config-file configs/quick/R-FPN-R50-CRBP-synthetic.yaml \\
         --output output/sweep --steps 1-30 MODEL.WEIGHTS output/quick/.../model_final.pth
 
-Writes ``timestep_sweep.csv`` (steps, PQ, SQ, RQ, PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st) and
-``timestep_sweep.png`` into ``--output``.
+Writes ``timestep_sweep.csv`` (steps, PQ, SQ, RQ, PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st; with
+``--segm-ap`` also AP_segm, with ``--gt-box`` also gt_box_mIoU and gt_box_mBF, the mask head on
+ground-truth boxes) and ``timestep_sweep.png`` into ``--output``.
 
 ``--mode onepass`` (default) runs the model once per image at the largest step count and rebuilds
 every step count's output from it (exact); ``--mode rerun`` re-runs the whole model for each step
@@ -49,6 +50,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="also compute COCO mask AP per step count (sensitive even when the panoptic merge "
         "keeps few instances; one COCOeval per step count)",
     )
+    parser.add_argument(
+        "--gt-box",
+        action="store_true",
+        help="also score the mask head alone on the ground-truth boxes at each step count "
+        "(mIoU and boundary F-score; one more pass)",
+    )
     parser.add_argument("--label", default=None, help="legend label (default: config name)")
     parser.add_argument(
         "--overlay",
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> List[Row]:
         segm_ap=args.segm_ap,
         label=args.label,
         overlays=args.overlay,
+        gt_box=args.gt_box,
     )
 
 

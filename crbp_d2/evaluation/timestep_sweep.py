@@ -27,7 +27,7 @@ from .. import config as _config  # noqa: F401  (first: Detectron2 compatibility
 # isort: split
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluators,
@@ -42,11 +42,13 @@ from ..config import check_weights_file, get_crbp_cfg
 from ..data import check_dataset_name
 from ..modeling import panoptic_at_step, recurrent_mask_head
 from ..utils import atomic_write_text, pyplot, write_plot
+from .gt_box import build_gt_box_loader, evaluate_masks_on_gt_boxes
 from .panoptic_evaluation import HotcocoPanopticEvaluator
 
 __all__ = [
     "AP_COLUMN",
     "COLUMNS",
+    "GT_BOX_COLUMNS",
     "MODES",
     "build_step_evaluator",
     "parse_overlay",
@@ -63,6 +65,8 @@ logger = logging.getLogger("crbp_d2.timestep_sweep")
 
 COLUMNS = ("steps", "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 AP_COLUMN = "AP_segm"  # with segm_ap: COCO mask AP of the detections at each step count
+# with gt_box: the mask head alone on ground-truth boxes (crbp_d2.evaluation.gt_box)
+GT_BOX_COLUMNS = ("gt_box_mIoU", "gt_box_mBF")
 MODES = ("onepass", "rerun")
 CSV_NAME, PLOT_NAME = "timestep_sweep.csv", "timestep_sweep.png"
 
@@ -163,8 +167,9 @@ def sweep_rerun(
 
 
 def write_csv(rows: List[Row], path: str) -> None:
-    """The rows as CSV (``COLUMNS``, plus ``AP_segm`` if the rows have it), atomically."""
-    columns = COLUMNS + ((AP_COLUMN,) if AP_COLUMN in rows[0] else ())
+    """The rows as CSV (``COLUMNS``, plus ``AP_segm`` and the GT-box columns if the rows have
+    them), atomically."""
+    columns = COLUMNS + tuple(c for c in (AP_COLUMN,) + GT_BOX_COLUMNS if c in rows[0])
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
@@ -195,6 +200,10 @@ def plot_sweep(curves: Mapping[str, List[Row]], train_steps: Optional[int], path
         if AP_COLUMN in rows[0]:
             has_ap = True
             ax.plot(x, [r[AP_COLUMN] for r in rows], "-.", color=color, label=f"{label} mask AP")
+        if GT_BOX_COLUMNS[0] in rows[0]:
+            has_ap = True
+            values = [r[GT_BOX_COLUMNS[0]] for r in rows]
+            ax.plot(x, values, ls=(0, (1, 1)), color=color, label=f"{label} mIoU on GT boxes")
         if index == 0:
             ax.plot(x, [r["PQ_th"] for r in rows], "--", color=color, alpha=0.6, label="PQ things")
             ax.plot(x, [r["PQ_st"] for r in rows], ":", color=color, alpha=0.6, label="PQ stuff")
@@ -203,7 +212,7 @@ def plot_sweep(curves: Mapping[str, List[Row]], train_steps: Optional[int], path
             train_steps, color="gray", lw=0.8, ls="-.", label=f"trained with N={train_steps}"
         )
     ax.set_xlabel("recurrent steps at test time")
-    ax.set_ylabel("PQ / mask AP (%)" if has_ap else "panoptic quality (%)")
+    ax.set_ylabel("PQ / mask AP / mask IoU (%)" if has_ap else "panoptic quality (%)")
     ax.set_title("PQ vs test-time steps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -222,10 +231,13 @@ def run_timestep_sweep(
     segm_ap: bool = False,
     label: Optional[str] = None,
     overlays: Sequence[str] = (),
+    gt_box: bool = False,
 ) -> List[Row]:
     """Sweep the checkpoint ``MODEL.WEIGHTS`` of ``config_file`` + ``opts`` over ``steps`` test
     steps on ``dataset`` (default ``DATASETS.TEST[0]``); write the CSV, the plot (with the
-    ``[LABEL=]CSV`` ``overlays`` of other sweeps) and ``log.txt`` into ``output``.
+    ``[LABEL=]CSV`` ``overlays`` of other sweeps) and ``log.txt`` into ``output``. With
+    ``gt_box`` the rows also hold the mask head's mIoU and boundary F-score on the ground-truth
+    boxes at each step count (one more pass over the dataset).
 
     Returns the rows written to the CSV. Bad input (unknown dataset or key, missing weights or
     overlay file, unknown mode) raises ``KeyError`` / ``FileNotFoundError`` / ``ValueError``
@@ -254,6 +266,16 @@ def run_timestep_sweep(
     loader = build_detection_test_loader(cfg, dataset)
     sweep = sweep_onepass if mode == "onepass" else sweep_rerun
     rows = sweep(model, loader, dataset, list(steps), output, segm_ap)
+    if gt_box:
+        scores = evaluate_masks_on_gt_boxes(
+            model,
+            build_gt_box_loader(cfg, dataset),
+            MetadataCatalog.get(dataset).thing_classes,
+            steps=list(steps),
+        )
+        for row in rows:
+            row[GT_BOX_COLUMNS[0]] = scores[row["steps"]]["mIoU"]
+            row[GT_BOX_COLUMNS[1]] = scores[row["steps"]]["mBF"]
 
     csv_path = os.path.join(output, CSV_NAME)
     write_csv(rows, csv_path)
@@ -265,10 +287,10 @@ def run_timestep_sweep(
         rows, lambda _, path: plot_sweep(curves, train_steps, path), os.path.join(output, PLOT_NAME)
     )
     logger.info(
-        "steps,PQ,PQ_th,PQ_st,AP_segm\n"
+        "steps,PQ,PQ_th,PQ_st,AP_segm,gt_box_mIoU\n"
         + "\n".join(
             f"{r['steps']},{r['PQ']:.2f},{r['PQ_th']:.2f},{r['PQ_st']:.2f},"
-            f"{r.get(AP_COLUMN, float('nan')):.2f}"
+            f"{r.get(AP_COLUMN, float('nan')):.2f},{r.get(GT_BOX_COLUMNS[0], float('nan')):.2f}"
             for r in rows
         )
     )
