@@ -1,32 +1,26 @@
 """Pathfinder analyses: state-space maths on known cases, and every command end to end."""
 
-import importlib.util
+import importlib
 import json
 import os
 
 import numpy as np
 import pytest
 
-from crbp_d2.pathfinder.analysis import (
-    evaluate_at,
-    iou_over_steps,
+from crbp_d2.cli.pathfinder_args import parse_named_paths
+from crbp_d2.pathfinder.config import load_config
+from crbp_d2.pathfinder.evaluation.analysis import (
     load_trained,
     make_test_loader,
-    parse_named_paths,
     pca_fit,
     state_space,
 )
-from crbp_d2.pathfinder.config import load_config
-from crbp_d2.pathfinder.trainer import Trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from crbp_d2.pathfinder.evaluation.evaluator import evaluate_at, iou_over_steps
+from crbp_d2.pathfinder.train.loop import Trainer
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"crbp_d2.cli.{name}")
 
 
 def test_pca_fit_recovers_a_known_direction():

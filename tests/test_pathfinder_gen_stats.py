@@ -12,8 +12,8 @@ import numpy as np
 
 from crbp_d2.contours.generator import preset
 from crbp_d2.contours.stats import path_statistics
-from crbp_d2.pathfinder.baselines import dataset_pairs, evaluate_baselines
-from crbp_d2.pathfinder.data import PathfinderOnTheFly, PathfinderTransform
+from crbp_d2.pathfinder.data.datasets import PathfinderOnTheFly, PathfinderTransform
+from crbp_d2.pathfinder.evaluation.baselines import dataset_pairs, evaluate_baselines
 
 
 def test_pf14_statistics_match_the_reference():

@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from crbp_d2.pathfinder.config import load_config
-from crbp_d2.pathfinder.filters import center_filter, gabor_bank, gabor_filter
-from crbp_d2.pathfinder.models import (
+from crbp_d2.pathfinder.modeling import (
     FeedforwardCNN,
     RecurrentSegmenter,
     UnrolledHGRU,
     build_model,
+    center_filter,
     count_parameters,
+    gabor_bank,
+    gabor_filter,
 )
-from crbp_d2.pathfinder.trainer import compute_loss
+from crbp_d2.pathfinder.train.losses import compute_loss
 from crbp_d2.recurrent import METHODS
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -22,6 +23,9 @@ from yacs.config import CfgNode as CN
 
 from crbp_d2.recurrent import engine_config_defaults, spec_from_node
 
+# the checkout this package runs from (an editable install): the shipped configs and results
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs" / "pathfinder"
 LOSSES = ("focal", "ce")
 DATA_SOURCES = ("disk", "on_the_fly", "memory")
 
