@@ -198,3 +198,21 @@ def test_analysis_commands_report_a_missing_checkpoint(tmp_path, capsys):
     )
     assert code == 2
     assert "checkpoint not found: /nonexistent/best.pth" in capsys.readouterr().err
+
+
+def test_eval_only_evaluates_the_weights_at_the_asked_steps(trained_checkpoint, capsys):
+    path, out = trained_checkpoint
+    config = str(out / "run" / "config.yaml")  # the trainer's dump of the run's config
+    code = load_tool("train_pathfinder").main(
+        ["--config-file", config, "--eval-only", "--eval-steps", "5", "--no-progress"]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.load(open(out / "run" / "eval_only.json"))
+    assert written["weights"] == path and written["results"] == printed
+    assert list(printed) == ["3", "5"]
+    model, cfg = load_trained(path)
+    loader = make_test_loader(cfg, batch_size=cfg.TEST.BATCH_SIZE)
+    for steps in (3, 5):
+        expected = evaluate_at(model, loader, steps)["iou"]
+        assert printed[str(steps)]["iou"] == pytest.approx(expected, abs=1e-12)

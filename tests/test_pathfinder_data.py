@@ -304,7 +304,7 @@ def test_cli_resumes_after_a_killed_run(tmp_path):
         image_rel, label_rel = png_relpaths(index, 14, 25_000)
         assert (out / image_rel).read_bytes() == encode_png(sample.image), image_rel
         assert (out / label_rel).read_bytes() == encode_png(sample.label), label_rel
-        # The PF14 set made by the CLI passes the pixel-level invariants of section 6.1.
+        # The PF14 set made by the CLI passes the pixel-level invariants of the generator.
         image, label = read_png(out / image_rel), read_png(out / label_rel)
         assert pixel_invariant_violations(image, label, 14) == [], image_rel
     assert len((out / "test_images_14_SEG.txt").read_text().splitlines()) == 10
