@@ -174,6 +174,21 @@ def test_logits_at_steps_match_the_forward_at_those_steps():
     assert math.isfinite(model.last_residual)
 
 
+def test_logits_at_steps_run_the_cell_only_up_to_the_largest_count():
+    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model.eval()
+    image, _ = batch()
+    calls = []
+    model.engine.cell.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        zero = model.logits_at_steps(image, [0])[0]
+        assert calls == [] and math.isnan(model.last_residual)
+        h0 = model.engine.cell.init_state(model.engine.cell.prepare(model.input_layer(image)))
+        assert torch.equal(zero, model.readout(model.engine.cell.output(h0)))
+        model.logits_at_steps(image, [3, 1])
+    assert len(calls) == 3
+
+
 def test_readout_bias_switches():
     prior = build_model(small_cfg("MODEL.READOUT_BIAS", "prior")).readout.conv.bias
     assert torch.allclose(prior, torch.tensor([0.0, -math.log(99.0)]))

@@ -242,12 +242,13 @@ class RecurrentSegmenter(nn.Module):
         wanted = {s: (self.engine.test_steps if s is None else int(s)) for s in steps}
         if any(n < 0 for n in wanted.values()):
             raise ValueError(f"step counts must be >= 0, got {list(steps)}")
-        last = max(wanted.values())
+        counts = set(wanted.values())
+        last = max(counts)
         by_count: Dict[int, Tensor] = {}
         previous = None
         # iterate() runs at least one step; stopping at ``last`` never computes the one after it
         for t, state in enumerate(self.engine.iterate(self.input_layer(image), max(last, 1))):
-            if t in wanted.values():
+            if t in counts:
                 by_count[t] = self.readout(self.engine.cell.output(state))
             if t == last:
                 break

@@ -89,10 +89,11 @@ def generalization_matrix(
             cfg.defrost()
             cfg.merge_from_list(list(data_overrides))
             cfg.freeze()
-        n_eval = steps if steps is not None else _test_steps(model)
+        recurrent = isinstance(model, RecurrentSegmenter)
+        n_eval = steps if steps is not None else (model.engine.test_steps if recurrent else None)
         for length in lengths:
             loader = make_test_loader(cfg, length, test_size, batch_size)
-            summary = evaluate_at(model, loader, n_eval if _recurrent(model) else None, device)
+            summary = evaluate_at(model, loader, n_eval, device)
             records.append(
                 dict(
                     summary,
@@ -102,18 +103,10 @@ def generalization_matrix(
                     train_length=cfg.DATA.TRAIN_LENGTH,
                     test_length=length,
                     train_steps=cfg.MODEL.RECURRENT.TIMESTEPS,
-                    eval_steps=n_eval if _recurrent(model) else cfg.MODEL.RECURRENT.TIMESTEPS,
+                    eval_steps=n_eval if recurrent else cfg.MODEL.RECURRENT.TIMESTEPS,
                 )
             )
     return records
-
-
-def _recurrent(model: nn.Module) -> bool:
-    return isinstance(model, RecurrentSegmenter)
-
-
-def _test_steps(model: nn.Module) -> Optional[int]:
-    return model.engine.test_steps if _recurrent(model) else None
 
 
 # -- state space -----------------------------------------------------------------------------
