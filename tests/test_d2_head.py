@@ -148,7 +148,7 @@ def test_importing_the_core_and_pathfinder_patches_nothing():
     code = (
         "import sys, numpy, PIL.Image\n"
         "import crbp_d2, crbp_d2.recurrent, crbp_d2.contours, crbp_d2.pathfinder\n"
-        "import crbp_d2.pathfinder.models, crbp_d2.pathfinder.trainer\n"
+        "import crbp_d2.pathfinder.modeling, crbp_d2.pathfinder.train.loop\n"
         "patched = [n for n in ('int', 'float', 'str', 'object') if n in vars(numpy)]\n"
         "patched += ['LINEAR'] if 'LINEAR' in vars(PIL.Image) else []\n"
         "print(patched == [], any(m.startswith('detectron2') for m in sys.modules))\n"

@@ -1,32 +1,26 @@
 """Pathfinder analyses: state-space maths on known cases, and every command end to end."""
 
-import importlib.util
+import importlib
 import json
 import os
 
 import numpy as np
 import pytest
 
-from crbp_d2.pathfinder.analysis import (
-    evaluate_at,
-    iou_over_steps,
+from crbp_d2.cli.pathfinder_args import parse_named_paths
+from crbp_d2.pathfinder.config import load_config
+from crbp_d2.pathfinder.evaluation.analysis import (
     load_trained,
     make_test_loader,
-    parse_named_paths,
     pca_fit,
     state_space,
 )
-from crbp_d2.pathfinder.config import load_config
-from crbp_d2.pathfinder.trainer import Trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from crbp_d2.pathfinder.evaluation.evaluator import evaluate_at, iou_over_steps
+from crbp_d2.pathfinder.train.loop import Trainer
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"crbp_d2.cli.{name}")
 
 
 def test_pca_fit_recovers_a_known_direction():
@@ -204,3 +198,21 @@ def test_analysis_commands_report_a_missing_checkpoint(tmp_path, capsys):
     )
     assert code == 2
     assert "checkpoint not found: /nonexistent/best.pth" in capsys.readouterr().err
+
+
+def test_eval_only_evaluates_the_weights_at_the_asked_steps(trained_checkpoint, capsys):
+    path, out = trained_checkpoint
+    config = str(out / "run" / "config.yaml")  # the trainer's dump of the run's config
+    code = load_tool("train_pathfinder").main(
+        ["--config-file", config, "--eval-only", "--eval-steps", "5", "--no-progress"]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.load(open(out / "run" / "eval_only.json"))
+    assert written["weights"] == path and written["results"] == printed
+    assert list(printed) == ["3", "5"]
+    model, cfg = load_trained(path)
+    loader = make_test_loader(cfg, batch_size=cfg.TEST.BATCH_SIZE)
+    for steps in (3, 5):
+        expected = evaluate_at(model, loader, steps)["iou"]
+        assert printed[str(steps)]["iou"] == pytest.approx(expected, abs=1e-12)

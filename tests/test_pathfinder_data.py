@@ -15,21 +15,13 @@ from PIL import Image
 
 from crbp_d2.contours.generator import generate_sample, preset
 from crbp_d2.contours.stats import pixel_invariant_violations
-from crbp_d2.pathfinder.baselines import (
-    dataset_pairs,
-    detect_marker,
-    evaluate_baselines,
-    flood_fill,
-    iou,
-    marker_only,
-)
-from crbp_d2.pathfinder.data import (
+from crbp_d2.pathfinder.data.datasets import (
     PathfinderOnTheFly,
     PathfinderStored,
     PathfinderTransform,
     random_flip_code,
 )
-from crbp_d2.pathfinder.storage import (
+from crbp_d2.pathfinder.data.storage import (
     StoredPathfinder,
     encode_png,
     generate_dataset,
@@ -38,9 +30,16 @@ from crbp_d2.pathfinder.storage import (
     read_png,
     split_test_indices,
 )
+from crbp_d2.pathfinder.evaluation.baselines import (
+    dataset_pairs,
+    detect_marker,
+    evaluate_baselines,
+    flood_fill,
+    iou,
+    marker_only,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "tools" / "generate_pathfinder.py"
+CLI = ["-m", "crbp_d2.cli.generate_pathfinder"]
 PF6 = preset(6)
 
 
@@ -243,7 +242,7 @@ def test_rerun_with_other_settings_is_refused_and_changes_nothing(tmp_path):
 # ------------------------------------------------------------------------------- CLI
 def _cli(*args, **kwargs):
     return subprocess.run(
-        [sys.executable, str(CLI), *map(str, args)],
+        [sys.executable, *CLI, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=kwargs.pop("timeout", 120),
@@ -269,7 +268,7 @@ def test_cli_resumes_after_a_killed_run(tmp_path):
         "--no-progress",
     ]
     process = subprocess.Popen(
-        [sys.executable, str(CLI), *map(str, args)],
+        [sys.executable, *CLI, *map(str, args)],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -305,7 +304,7 @@ def test_cli_resumes_after_a_killed_run(tmp_path):
         image_rel, label_rel = png_relpaths(index, 14, 25_000)
         assert (out / image_rel).read_bytes() == encode_png(sample.image), image_rel
         assert (out / label_rel).read_bytes() == encode_png(sample.label), label_rel
-        # The PF14 set made by the CLI passes the pixel-level invariants of section 6.1.
+        # The PF14 set made by the CLI passes the pixel-level invariants of the generator.
         image, label = read_png(out / image_rel), read_png(out / label_rel)
         assert pixel_invariant_violations(image, label, 14) == [], image_rel
     assert len((out / "test_images_14_SEG.txt").read_text().splitlines()) == 10

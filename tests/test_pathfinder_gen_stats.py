@@ -1,6 +1,6 @@
 """Distribution checks of the generator against the reference measurements (~15 s).
 
-Reference figures (pathfinder_reference.md sections 3-5, measured on the original generator):
+Reference figures (measured on the original generator):
 label 0.24 % of pixels at 300 and foreground 0.41 % at 150 (PF14); 15 distractors placed
 (PF14), 13 (PF25); PF25 end-to-end distance p5 84 px / p95 233 px; contacts with the label in
 8.3 % of PF14 images with the original's bugs; marker-only IoU@150 0.26 and flood fill (k = 2)
@@ -12,8 +12,8 @@ import numpy as np
 
 from crbp_d2.contours.generator import preset
 from crbp_d2.contours.stats import path_statistics
-from crbp_d2.pathfinder.baselines import dataset_pairs, evaluate_baselines
-from crbp_d2.pathfinder.data import PathfinderOnTheFly, PathfinderTransform
+from crbp_d2.pathfinder.data.datasets import PathfinderOnTheFly, PathfinderTransform
+from crbp_d2.pathfinder.evaluation.baselines import dataset_pairs, evaluate_baselines
 
 
 def test_pf14_statistics_match_the_reference():

@@ -1,4 +1,5 @@
-"""Invariants of the Pathfinder segmentation generator (pathfinder_reference.md, section 6.1)."""
+"""Invariants of the Pathfinder segmentation generator: the format, geometry and metadata that
+every image of the original generator has."""
 
 import math
 import time

@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from crbp_d2.pathfinder.config import load_config
-from crbp_d2.pathfinder.filters import center_filter, gabor_bank, gabor_filter
-from crbp_d2.pathfinder.models import (
+from crbp_d2.pathfinder.modeling import (
     FeedforwardCNN,
     RecurrentSegmenter,
     UnrolledHGRU,
     build_model,
+    center_filter,
     count_parameters,
+    gabor_bank,
+    gabor_filter,
 )
-from crbp_d2.pathfinder.trainer import compute_loss
+from crbp_d2.pathfinder.train.losses import compute_loss
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS
 
 
@@ -170,6 +172,21 @@ def test_logits_at_steps_match_the_forward_at_those_steps():
         per_step = model.logits_per_step(image, 3)
     assert len(per_step) == 4 and torch.allclose(per_step[2], by_step[2])
     assert math.isfinite(model.last_residual)
+
+
+def test_logits_at_steps_run_the_cell_only_up_to_the_largest_count():
+    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model.eval()
+    image, _ = batch()
+    calls = []
+    model.engine.cell.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        zero = model.logits_at_steps(image, [0])[0]
+        assert calls == [] and math.isnan(model.last_residual)
+        h0 = model.engine.cell.init_state(model.engine.cell.prepare(model.input_layer(image)))
+        assert torch.equal(zero, model.readout(model.engine.cell.output(h0)))
+        model.logits_at_steps(image, [3, 1])
+    assert len(calls) == 3
 
 
 def test_readout_bias_switches():

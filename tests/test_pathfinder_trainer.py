@@ -1,6 +1,5 @@
 """Pathfinder trainer: metrics, losses, configs, CLI errors, exact resume, DDP, a tiny run."""
 
-import importlib.util
 import math
 import os
 
@@ -9,18 +8,14 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
+from crbp_d2.cli import cuda_pathfinder_check, train_pathfinder
 from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
-from crbp_d2.pathfinder.metrics import SegmentationMeter, confusion_counts, f1_to_iou
-from crbp_d2.pathfinder.models import build_model
-from crbp_d2.pathfinder.trainer import (
-    NonFiniteLossError,
-    Trainer,
-    compute_loss,
-    segmentation_loss,
-)
+from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter, confusion_counts, f1_to_iou
+from crbp_d2.pathfinder.modeling import build_model
+from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer
+from crbp_d2.pathfinder.train.losses import compute_loss, segmentation_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = os.path.join(ROOT, "tools", "train_pathfinder.py")
 
 
 class LineDataset(Dataset):
@@ -181,13 +176,6 @@ def test_every_shipped_config_loads_and_builds():
 # -- CLI errors ------------------------------------------------------------------------------
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("train_pathfinder", CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -203,7 +191,7 @@ def load_cli():
 def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, message):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"OUTPUT_DIR: {tmp_path / 'out'}\n")
-    code = load_cli().main(["--config-file", str(cfg), "--no-progress", *overrides])
+    code = train_pathfinder.main(["--config-file", str(cfg), "--no-progress", *overrides])
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line]
@@ -389,14 +377,11 @@ def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method
 
 @pytest.mark.slow
 def test_cuda_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "cuda_pathfinder_check", os.path.join(ROOT, "tools", "cuda_pathfinder_check.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "cuda.json"
     assert (
-        module.main(["--device", "cpu", "--tiny", "--train-minutes", "0.05", "--out", str(out)])
+        cuda_pathfinder_check.main(
+            ["--device", "cpu", "--tiny", "--train-minutes", "0.05", "--out", str(out)]
+        )
         == 0
     )
     import json

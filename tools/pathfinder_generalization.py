@@ -1,68 +1,9 @@
 #!/usr/bin/env python
-"""Generalization matrix: models trained on one contour length, evaluated on 9/14/20/25.
+"""Pathfinder generalization matrix across contour lengths (see --help)."""
 
-    python tools/pathfinder_generalization.py \
-        --checkpoints bptt=output/pathfinder/pf14_bptt6/best.pth \
-        crbp=output/pathfinder/pf14_crbp20/best.pth --out docs/results/pathfinder_generalization \
-        [--lengths 9 14 20 25] [--test-size 1000] [--data DATA.SOURCE on_the_fly]
-
-Writes <out>.csv, <out>.json and <out>.png.
-"""
-
-from __future__ import annotations
-
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-from crbp_d2.pathfinder.analysis import (  # noqa: E402
-    PAPER_LENGTHS,
-    analysis_argument_parser,
-    apply_threads,
-    generalization_matrix,
-    parse_named_paths,
-    plot_generalization,
-    write_records,
-)
-
-
-def main(argv=None) -> int:
-    p = analysis_argument_parser(__doc__)
-    p.add_argument("--lengths", type=int, nargs="+", default=list(PAPER_LENGTHS))
-    p.add_argument(
-        "--test-size", type=int, default=None, help="images per length (default: config's)"
-    )
-    p.add_argument(
-        "--steps", type=int, default=None, help="inference steps (default: each model's)"
-    )
-    p.add_argument("--data", nargs="*", default=[], help="KEY VALUE overrides of the test data")
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    try:
-        records = generalization_matrix(
-            parse_named_paths(args.checkpoints),
-            args.lengths,
-            args.test_size,
-            args.steps,
-            args.batch_size,
-            args.device,
-            args.data,
-        )
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    csv_path, json_path = write_records(records, args.out)
-    plot_generalization(records, args.out + ".png")
-    for r in records:
-        print(
-            f"{r['model']:>16} train PF{r['train_length']} -> test PF{r['test_length']}: "
-            f"IoU {r['iou']:.4f}"
-        )
-    print(f"wrote {csv_path}, {json_path}, {args.out}.png")
-    return 0
-
+from crbp_d2.cli.pathfinder_generalization import main
 
 if __name__ == "__main__":
     sys.exit(main())

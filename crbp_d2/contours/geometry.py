@@ -42,14 +42,6 @@ def unit(theta: float) -> Tuple[float, float]:
     return math.sin(theta), math.cos(theta)
 
 
-def disk_offsets(radius: float) -> np.ndarray:
-    """Integer offsets ``(K, 2)`` with ``dr**2 + dc**2 <= radius**2``."""
-    r = int(math.floor(radius))
-    dr, dc = np.mgrid[-r : r + 1, -r : r + 1]
-    keep = dr**2 + dc**2 <= radius**2 + 1e-9
-    return np.stack([dr[keep], dc[keep]], axis=1)
-
-
 def disk_kernel(radius: float) -> np.ndarray:
     """A flat disk structuring element, uint8 ``(2r+1, 2r+1)``."""
     r = int(math.floor(radius))

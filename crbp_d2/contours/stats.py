@@ -27,17 +27,6 @@ def wrap_angle(angle: np.ndarray) -> np.ndarray:
     return np.where(np.isclose(wrapped, -math.pi), math.pi, wrapped)
 
 
-def turn_law_cdf(delta: np.ndarray, continuity: float) -> np.ndarray:
-    """CDF of the continuous law p(delta) ~ cos^2(c delta) on |delta| < pi / (2c)."""
-    cap = math.pi / (2 * continuity)
-    x = np.clip(np.asarray(delta, dtype=np.float64), -cap, cap)
-
-    def antiderivative(t):
-        return t / 2 + np.sin(2 * continuity * t) / (4 * continuity)
-
-    return (antiderivative(x) - antiderivative(-cap)) / (math.pi / (2 * continuity))
-
-
 def turn_law_moments(continuity: float) -> Tuple[float, float]:
     """(E|delta|, sd(delta)) in degrees of the continuous law (14.9, 18.1 for c = 1.8)."""
     cap = math.pi / (2 * continuity)
@@ -163,7 +152,7 @@ def pixel_invariant_violations(
     padding: int = 22,
     marker_radius: float = 5.0,
 ) -> List[str]:
-    """Section-6.1 invariants checkable from the pixels alone of one canvas-resolution sample
+    """The generator's invariants that the pixels alone of one canvas-resolution sample show
     (image, label (H, W) uint8). Returns the violated ones (empty list: all hold)."""
     problems = []
     if image.dtype != np.uint8 or label.dtype != np.uint8 or image.shape != label.shape:

@@ -1,65 +1,70 @@
-"""Pathfinder segmentation (C-RBP PF-9/14/20/25): generator, storage, datasets, baselines,
-models, trainer and analyses.
+"""Pathfinder segmentation (C-RBP PF-9/14/20/25), no Detectron2. One job per module:
 
-Light imports only (numpy, OpenCV, Pillow); everything that needs torch (datasets, models,
-trainer, analyses) is imported lazily from here. No Detectron2.
+- ``config``: the experiment configuration (every key commented there).
+- ``data.storage``: writing and reading generated datasets (numpy/OpenCV; no torch);
+  ``data.datasets``: the torch datasets and the C-RBP transform; ``data.benchmark``: the
+  generator's speed. The generator itself is :mod:`crbp_d2.contours`.
+- ``modeling``: the models and their input filter bank.
+- ``train``: the :class:`Trainer` loop, the loss, the device and process-group set-up.
+- ``evaluation``: metrics, evaluation at several step counts, baselines, analyses, figures.
+- ``experiments``: the CPU protocol and the CUDA check.
+
+The public names below are imported from their module on first use (PEP 562), so
+``import crbp_d2.pathfinder`` imports neither torch nor OpenCV; e.g. the dataset generator's
+worker processes import only :mod:`.data.storage`.
 """
 
 import importlib
 
-from crbp_d2.contours.generator import (
-    PRESET_LENGTHS,
-    GenerationError,
-    PathfinderGenerator,
-    PathfinderParams,
-    PathfinderSample,
-    generate_sample,
-    get_generator,
-    preset,
-)
-
-from .baselines import detect_marker, evaluate_baselines, flood_fill, iou, marker_only
-from .storage import StoredPathfinder, generate_dataset, write_preview
-
-# name -> the torch-dependent submodule that defines it (imported on first use)
-_LAZY_EXPORTS = {
-    "PathfinderTransform": "data",
-    "PathfinderOnTheFly": "data",
-    "PathfinderStored": "data",
-    "random_flip_code": "data",
-    "build_model": "models",
-    "RecurrentSegmenter": "models",
-    "gabor_bank": "filters",
-    "SegmentationMeter": "metrics",
-    "load_config": "config",
-    "ConfigError": "config",
-    "Trainer": "trainer",
-    "NonFiniteLossError": "trainer",
-    "load_trained": "analysis",
+# public name -> the module that defines it, relative to this package
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "PRESET_LENGTHS",
+            "GenerationError",
+            "PathfinderGenerator",
+            "PathfinderParams",
+            "PathfinderSample",
+            "generate_sample",
+            "get_generator",
+            "preset",
+        ),
+        "crbp_d2.contours.generator",
+    ),
+    **dict.fromkeys(("StoredPathfinder", "generate_dataset", "write_preview"), ".data.storage"),
+    **dict.fromkeys(
+        (
+            "PathfinderTransform",
+            "PathfinderOnTheFly",
+            "PathfinderStored",
+            "InMemoryPathfinder",
+            "build_dataset",
+            "random_flip_code",
+        ),
+        ".data.datasets",
+    ),
+    **dict.fromkeys(("build_model", "RecurrentSegmenter", "gabor_bank"), ".modeling"),
+    **dict.fromkeys(("load_config", "ConfigError"), ".config"),
+    **dict.fromkeys(("Trainer", "NonFiniteLossError"), ".train.loop"),
+    "SegmentationMeter": ".evaluation.metrics",
+    **dict.fromkeys(
+        ("detect_marker", "evaluate_baselines", "flood_fill", "iou", "marker_only"),
+        ".evaluation.baselines",
+    ),
+    **dict.fromkeys(("evaluate_model", "iou_over_steps"), ".evaluation.evaluator"),
+    "load_trained": ".evaluation.analysis",
 }
 
-__all__ = [
-    "PRESET_LENGTHS",
-    "GenerationError",
-    "PathfinderGenerator",
-    "PathfinderParams",
-    "PathfinderSample",
-    "generate_sample",
-    "get_generator",
-    "preset",
-    "StoredPathfinder",
-    "generate_dataset",
-    "write_preview",
-    "detect_marker",
-    "evaluate_baselines",
-    "flood_fill",
-    "iou",
-    "marker_only",
-    *_LAZY_EXPORTS,
-]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _LAZY_EXPORTS:
-        return getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

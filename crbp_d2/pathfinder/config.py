@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -22,6 +23,9 @@ from yacs.config import CfgNode as CN
 
 from crbp_d2.recurrent import engine_config_defaults, spec_from_node
 
+# the checkout this package runs from (an editable install): the shipped configs and results
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs" / "pathfinder"
 LOSSES = ("focal", "ce")
 DATA_SOURCES = ("disk", "on_the_fly", "memory")
 
@@ -33,28 +37,28 @@ class ConfigError(ValueError):
 def get_default_config() -> CN:
     """All keys with their defaults (the paper's values; the authors' code as switches)."""
     cfg = CN()
-    cfg.OUTPUT_DIR = "output/pathfinder/default"
-    cfg.SEED = 0
-    cfg.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+    cfg.OUTPUT_DIR = "output/pathfinder/default"  # checkpoints, logs, config.yaml, tb/
+    cfg.SEED = 0  # model init and training order (the data have DATA.SEED / DATA.TEST_SEED)
+    cfg.DEVICE = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     cfg.NUM_THREADS = 0  # torch.set_num_threads (0: leave as is)
 
     cfg.MODEL = CN()
     cfg.MODEL.ARCH = "hgru"  # hgru | convlstm | cnn | ff_hgru
-    cfg.MODEL.CHANNELS = 25
+    cfg.MODEL.CHANNELS = 25  # input filters = hidden channels
     cfg.MODEL.KERNEL_SIZE = 15  # hGRU / convLSTM / CNN kernel (3, 5, 9 in the kernel sweep)
-    cfg.MODEL.INPUT_KERNEL = 7
+    cfg.MODEL.INPUT_KERNEL = 7  # side of the input filter bank
     cfg.MODEL.INPUT_INIT = "gabor_dog"  # gabor_dog (paper) | gabor_disk (authors' npy) | random
-    cfg.MODEL.INPUT_SQUARE = True
-    cfg.MODEL.CELL_NORM = "BN"  # BN (batch stats always) | GN | IN | none
-    cfg.MODEL.CELL_NORM_GROUPS = 1
+    cfg.MODEL.INPUT_SQUARE = True  # square the input conv's output (the authors' code)
+    cfg.MODEL.CELL_NORM = "BN"  # BN (batch stats always, as the authors) | GN | IN | none
+    cfg.MODEL.CELL_NORM_GROUPS = 1  # groups of GN
     cfg.MODEL.READOUT_NORM = "BN"  # BN | GN | none
     cfg.MODEL.READOUT_BIAS = "zero"  # zero | authors (equal biases) | prior (p(contour)=0.01)
     cfg.MODEL.CHRONOS_LOG = True  # intended log(U(1, T-1)) gate biases; False = authors' code
     cfg.MODEL.GATE_TIMESCALE = 8.0  # T of the chronos init (authors: U(1, 7)); 0 = TIMESTEPS
-    cfg.MODEL.INHIBITION_SOFTPLUS = True
-    cfg.MODEL.OUTPUT_SOFTPLUS = True
-    cfg.MODEL.LSTM_IMPLICIT_STATE = "joint"  # joint | h_only (authors)
-    cfg.MODEL.CNN_LAYERS = 6
+    cfg.MODEL.INHIBITION_SOFTPLUS = True  # the Pathfinder cell's extra softplus on inhibition
+    cfg.MODEL.OUTPUT_SOFTPLUS = True  # ... and on the output
+    cfg.MODEL.LSTM_IMPLICIT_STATE = "joint"  # joint (h, c) | h_only (authors' convLSTM RBP/LCP)
+    cfg.MODEL.CNN_LAYERS = 6  # k x k conv layers of the CNN control
     # The recurrence: the same keys as the Detectron2 head's MODEL.ROI_MASK_HEAD.RECURRENT
     # (TIMESTEPS: N in training; TEST_TIMESTEPS: at evaluation, 0 = N; METHOD: bptt | tbptt |
     # rbp | cbptt | crbp; NEUMANN_STEPS: K; NORM_CAP: none (paper) | pathfinder (authors' code) |
@@ -65,38 +69,40 @@ def get_default_config() -> CN:
 
     cfg.SOLVER = CN()
     cfg.SOLVER.LOSS = "ce"  # ce (paper) | focal (authors' code, gamma FOCAL_GAMMA)
-    cfg.SOLVER.FOCAL_GAMMA = 2.0
+    cfg.SOLVER.FOCAL_GAMMA = 2.0  # gamma of the focal loss
     cfg.SOLVER.CONTOUR_WEIGHT = 1.0  # class weight of the contour class (background 1)
     cfg.SOLVER.LR = 3e-4  # paper; the authors' logs used 1e-3
-    cfg.SOLVER.WEIGHT_DECAY = 0.0
-    cfg.SOLVER.LR_SCHEDULE = "constant"  # constant | cosine
+    cfg.SOLVER.WEIGHT_DECAY = 0.0  # Adam's weight decay
+    cfg.SOLVER.LR_SCHEDULE = "constant"  # constant | cosine (to 0 over all iterations)
     cfg.SOLVER.GRAD_CLIP = 0.0  # max gradient norm (0: off; the authors do not clip)
     cfg.SOLVER.BATCH_SIZE = 32  # global batch (split over DDP processes)
-    cfg.SOLVER.EPOCHS = 20
+    cfg.SOLVER.EPOCHS = 20  # the unit of evaluation, checkpoints and --resume
     cfg.SOLVER.MAX_ITERS_PER_EPOCH = 0  # 0: the whole training set each epoch
     cfg.SOLVER.AMP = False  # autocast (CUDA only)
     cfg.SOLVER.AMP_DTYPE = "bfloat16"  # bfloat16 | float16
     cfg.SOLVER.LOG_PERIOD = 10  # iterations between CSV/TensorBoard rows
 
     cfg.DATA = CN()
-    cfg.DATA.SOURCE = "on_the_fly"  # disk | on_the_fly | memory
+    # on_the_fly (generated when read) | memory (generated once, kept) | disk (the
+    # generate_pathfinder output under ROOT)
+    cfg.DATA.SOURCE = "on_the_fly"
     cfg.DATA.ROOT = "datasets/pathfinder"  # root of generated files (SOURCE disk)
-    cfg.DATA.TRAIN_LENGTH = 14
-    cfg.DATA.TEST_LENGTH = 14
-    cfg.DATA.TRAIN_SIZE = 1000
-    cfg.DATA.TEST_SIZE = 256
+    cfg.DATA.TRAIN_LENGTH = 14  # contour length (dashes) of the training images
+    cfg.DATA.TEST_LENGTH = 14  # ... and of the test images
+    cfg.DATA.TRAIN_SIZE = 1000  # training images (disk: 0 = all of the split)
+    cfg.DATA.TEST_SIZE = 256  # test images (disk: 0 = all of the split)
     cfg.DATA.IMAGE_SIZE = 150  # network input side (the paper: 300 -> 150 bicubic)
     cfg.DATA.CANVAS_SIZE = 300  # generator canvas side
-    cfg.DATA.RANDOM_FLIP = True
-    cfg.DATA.NUM_WORKERS = 0
-    cfg.DATA.SEED = 0  # data seed (on-the-fly generation)
-    cfg.DATA.TEST_SEED = 1
-    cfg.DATA.GENERATOR = CN(new_allowed=True)  # extra generator keyword arguments
+    cfg.DATA.RANDOM_FLIP = True  # the same random flip of image and label, test images too
+    cfg.DATA.NUM_WORKERS = 0  # DataLoader worker processes
+    cfg.DATA.SEED = 0  # data seed of the training images (and of their flips)
+    cfg.DATA.TEST_SEED = 1  # data seed of the test images (and of flips)
+    cfg.DATA.GENERATOR = CN(new_allowed=True)  # any PathfinderParams field, e.g. num_distractors
 
     cfg.TEST = CN()
-    cfg.TEST.BATCH_SIZE = 32
-    cfg.TEST.EVAL_PERIOD = 1  # epochs
-    cfg.TEST.SPECTRAL_RADIUS_ITERS = 20  # 0: off
+    cfg.TEST.BATCH_SIZE = 32  # the hGRU's BN uses batch statistics: results depend on it
+    cfg.TEST.EVAL_PERIOD = 1  # epochs between evaluations
+    cfg.TEST.SPECTRAL_RADIUS_ITERS = 20  # power iterations of rho(dF/dh) per evaluation (0: off)
     cfg.TEST.EXTRA_STEPS = []  # also evaluate at these step counts each epoch (e.g. [60])
     return cfg
 

@@ -1,4 +1,4 @@
-"""The Pathfinder training loop as library code (the CLI is ``tools/train_pathfinder.py``).
+"""The Pathfinder training loop (the CLI is :mod:`crbp_d2.cli.train_pathfinder`).
 
 One :class:`Trainer` handles every model and every learning method: focal or cross-entropy loss
 (+ ``LCP_WEIGHT`` x LCP for cbptt/crbp), Adam, evaluation each ``EVAL_PERIOD`` epochs on the test
@@ -14,116 +14,34 @@ each process's share of the batch, as the authors' DataParallel did over each GP
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from .metrics import SegmentationMeter
-from .models import SegmenterOutput, build_model, count_parameters
+from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+
+from ..data.datasets import build_dataset
+from ..evaluation.evaluator import evaluate_model
+from ..modeling import build_model, count_parameters
+from .dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
+from .losses import compute_loss
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last diagnostics."""
 
 
-# --------------------------------------------------------------------------------------------
-# small pieces
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:local_rank when available, else cpu; otherwise the named device."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE {name!r} asked for but CUDA is not available")
-    return device
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(backend: Optional[str] = None) -> DistInfo:
-    """Join the process group set up by ``torchrun`` (env ``WORLD_SIZE`` > 1); else single."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    return DistInfo(rank, world, local_rank)
-
-
-def segmentation_loss(
-    logits: Tensor,
-    target: Tensor,
-    kind: str = "focal",
-    gamma: float = 2.0,
-    contour_weight: float = 1.0,
-) -> Tensor:
-    """Per-pixel loss averaged over pixels: (B, 2, H, W) logits, (B, H, W) int64 target -> 0-d.
-
-    ``focal``: -(1 - p_t)^gamma log p_t (the authors' code, gamma 2); ``ce``: -log p_t (paper).
-    With ``contour_weight`` != 1 contour pixels weigh that much and the mean is weighted.
-    """
-    log_p = F.log_softmax(logits.float(), dim=1)
-    log_pt = log_p.gather(1, target.unsqueeze(1)).squeeze(1)
-    if kind == "focal":
-        loss = -((1.0 - log_pt.exp()) ** gamma) * log_pt
-    elif kind == "ce":
-        loss = -log_pt
-    else:
-        raise ValueError(f"unknown loss {kind!r}; choose 'focal' or 'ce'")
-    if contour_weight == 1.0:
-        return loss.mean()
-    weight = torch.where(target > 0, contour_weight, 1.0).to(loss.dtype)
-    return (loss * weight).sum() / weight.sum()
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to ``path`` through a temporary file and os.replace (never a half file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+# -- logs and random state ------------------------------------------------------------------
 
 
 class CsvLog:
@@ -180,28 +98,6 @@ EVAL_FIELDS = (
 )
 
 
-def model_forward(model: nn.Module, image: Tensor, steps: Optional[int] = None) -> SegmenterOutput:
-    return model(image) if steps is None else model(image, steps=steps)
-
-
-def compute_loss(
-    model: nn.Module, image: Tensor, label: Tensor, cfg
-) -> Tuple[Tensor, Tensor, SegmenterOutput]:
-    """(total loss, task loss, model output) for one batch; total = task + LCP_WEIGHT x LCP."""
-    out = model(image)
-    task = segmentation_loss(
-        out.logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
-    )
-    total = task
-    if out.lcp is not None:  # the methods that train the LCP (cbptt, crbp)
-        total = task + cfg.MODEL.RECURRENT.LCP_WEIGHT * out.lcp.float()
-    return total, task, out
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def get_rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
@@ -227,78 +123,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device,
-    steps: Sequence[Optional[int]] = (None,),
-    loss_kind: str = "focal",
-    gamma: float = 2.0,
-    spectral_iters: int = 0,
-    amp_dtype: Optional[torch.dtype] = None,
-) -> Dict[Optional[int], Dict[str, float]]:
-    """Metrics of ``model`` on ``loader`` at each step count in ``steps`` (None: the model's test
-    steps). Recurrent models run once to the largest count and are read out at every requested
-    count. Returns {steps: {iou, mean_image_iou, f1, paper_f1, paper_iou, test_loss, ...}}."""
-    model = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    recurrent = getattr(model, "recurrent", False)
-    default_steps = model.engine.test_steps if recurrent else None
-    wanted = [default_steps if s is None else s for s in steps]
-    meters = {s: SegmentationMeter() for s in wanted}
-    losses: Dict[Optional[int], List[float]] = {s: [] for s in wanted}
-    residuals: List[float] = []
-    radius = float("nan")
-    for batch_index, (image, label) in enumerate(loader):
-        image, label = image.to(device), label.to(device)
-        with _autocast(device, amp_dtype):
-            if recurrent:
-                logits_by_step = model.logits_at_steps(image, [s for s in wanted])
-                residuals.append(model.last_residual)
-            else:
-                logits_by_step = {None: model(image).logits}
-        for s in wanted:
-            logits = logits_by_step[s]
-            meters[s].update(logits, label)
-            losses[s].append(float(segmentation_loss(logits, label, loss_kind, gamma)))
-        if batch_index == 0 and recurrent and spectral_iters > 0:
-            with _autocast(device, None):
-                radius = model.spectral_radius(image[:4], iterations=spectral_iters)
-    results: Dict[Optional[int], Dict[str, float]] = {}
-    for s in wanted:
-        summary = meters[s].summary()
-        summary["test_loss"] = sum(losses[s]) / max(len(losses[s]), 1)
-        summary["steps"] = float(s) if s is not None else float("nan")
-        if recurrent:
-            summary["test_residual"] = sum(residuals) / max(len(residuals), 1)
-            summary["spectral_radius"] = radius
-        results[s] = summary
-    model.train(was_training)
-    return results
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *args):
-        return False
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None or device.type != "cuda":
-        return _NullContext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# the trainer
+# -- the trainer -----------------------------------------------------------------------------
 
 
 class Trainer:
@@ -319,8 +144,6 @@ class Trainer:
         dist_info: Optional[DistInfo] = None,
         progress: bool = True,
     ) -> None:
-        from .training_data import build_dataset
-
         self.cfg = cfg
         self.dist = dist_info or setup_distributed()
         if cfg.NUM_THREADS > 0:
@@ -413,7 +236,7 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         return {
-            "model": _unwrap(self.model).state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -434,7 +257,7 @@ class Trainer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         state = torch.load(path, map_location=self.device, weights_only=False)
-        _unwrap(self.model).load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         if weights_only:
             return
         self.optimizer.load_state_dict(state["optimizer"])
@@ -461,7 +284,7 @@ class Trainer:
             group["lr"] = lr
         image, label = image.to(self.device), label.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             total, task, out = compute_loss(self.model, image, label, self.cfg)
         if not torch.isfinite(total.detach()):
             raise NonFiniteLossError(
@@ -491,8 +314,7 @@ class Trainer:
         writer = None
         train_log = eval_log = None
         if self.dist.is_main:
-            with open(os.path.join(self.output_dir, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
+            atomic_write_text(os.path.join(self.output_dir, "config.yaml"), cfg.dump())
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(os.path.join(self.output_dir, "tb"))
@@ -500,7 +322,7 @@ class Trainer:
             eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS)
             print(
                 f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.MODEL.RECURRENT.METHOD}, "
-                f"{count_parameters(_unwrap(self.model)):,} parameters, device {self.device}, "
+                f"{count_parameters(unwrap(self.model)):,} parameters, device {self.device}, "
                 f"{self.dist.world_size} process(es), {len(self.train_set)} train / "
                 f"{len(self.test_set)} test images",
                 flush=True,
@@ -558,7 +380,7 @@ class Trainer:
             return
         tic = time.time()
         steps: List[Optional[int]] = [None] + [int(s) for s in self.cfg.TEST.EXTRA_STEPS]
-        if not getattr(_unwrap(self.model), "recurrent", False):
+        if not getattr(unwrap(self.model), "recurrent", False):
             steps = [None]
         results = self.evaluate(steps)
         seconds = time.time() - tic
@@ -598,3 +420,21 @@ class Trainer:
             self.cfg.TEST.SPECTRAL_RADIUS_ITERS,
             self.amp_dtype,
         )
+
+    def evaluate_checkpoint(
+        self, weights: Optional[str] = None, extra_steps: Sequence[int] = ()
+    ) -> Dict[str, Dict[str, float]]:
+        """Evaluate the model weights of a checkpoint (default ``OUTPUT_DIR/best.pth``) at the
+        test steps and at ``extra_steps``; rank 0 writes ``OUTPUT_DIR/eval_only.json``
+        ({weights, results}). Returns {step count as text ("test_steps" for the controls):
+        metrics}."""
+        weights = weights or os.path.join(self.output_dir, "best.pth")
+        self.load_checkpoint(weights, weights_only=True)
+        results = self.evaluate([None] + [int(s) for s in extra_steps])
+        table = {str(k if k is not None else "test_steps"): v for k, v in results.items()}
+        if self.dist.is_main:
+            atomic_write_json(
+                {"weights": weights, "results": table},
+                os.path.join(self.output_dir, "eval_only.json"),
+            )
+        return table

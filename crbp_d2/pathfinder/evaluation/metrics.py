@@ -2,7 +2,8 @@
 
 The prediction is the arg-max over the two logits (contour probability > 0.5). The paper's number
 is the authors' metric: F1 = 2 TP / (#true + #predicted) pooled over each test batch, averaged
-over batches, converted with IoU = F1 / (2 - F1).
+over batches, converted with IoU = F1 / (2 - F1). The trainer, the analyses and the non-learned
+baselines all score with :class:`SegmentationMeter`.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from crbp_d2.contours.generator import PathfinderParams, get_generator
+from crbp_d2.utils.io import atomic_write, atomic_write_text
 
 FORMATS: Tuple[str, ...] = ("png", "npy")
 MANIFEST = "dataset.json"
@@ -159,9 +160,9 @@ def _write_png_shard(task: dict) -> int:
             task["batch_size"],
             made_dirs,
         )
-    marker = Path(task["done_path"])
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(marker, json.dumps({"start": task["start"], "stop": task["stop"]}))
+    atomic_write_text(
+        Path(task["done_path"]), json.dumps({"start": task["start"], "stop": task["stop"]})
+    )
     return task["stop"] - task["start"]
 
 
@@ -175,29 +176,8 @@ def _write_npy_shard(task: dict) -> int:
         sample = generator.sample(task["seed"], index)
         block[k, 0] = resize_uint8(sample.image, size)
         block[k, 1] = resize_uint8(sample.label, size)
-    final = Path(task["done_path"])
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(final, lambda stream: np.save(stream, block))
+    atomic_write(Path(task["done_path"]), lambda stream: np.save(stream, block))
     return count
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through ``write(binary stream)`` to a temporary file, fsync, rename onto ``path``:
-    ``path`` is either absent or complete."""
-    tmp_path = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp_path, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda stream: stream.write(text.encode()))
 
 
 def _shard_done_path(root: Path, fmt: str, shard: int) -> Path:
@@ -306,7 +286,7 @@ def generate_dataset(
         # Fail fast (one sample, bounded restarts) before creating anything.
         get_generator(params).sample(seed, 0)
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(manifest_path, json.dumps(wanted, indent=1))
+        atomic_write_text(manifest_path, json.dumps(wanted, indent=1))
     _remove_stale_temporaries(root)
 
     ranges = shard_ranges(num, shard_size)
@@ -358,7 +338,7 @@ def generate_dataset(
             ],
             "test_indices": test.tolist(),
         }
-        _atomic_write_text(root / "npy" / "index.json", json.dumps(index))
+        atomic_write_text(root / "npy" / "index.json", json.dumps(index))
     return root
 
 
@@ -417,8 +397,8 @@ def _write_lists(
         )
     train_path = out_dir / f"train_images_{contour_length}_SEG.txt"
     test_path = out_dir / f"test_images_{contour_length}_SEG.txt"
-    _atomic_write_text(train_path, "".join(lines[False]))
-    _atomic_write_text(test_path, "".join(lines[True]))
+    atomic_write_text(train_path, "".join(lines[False]))
+    atomic_write_text(test_path, "".join(lines[True]))
     return train_path, test_path
 
 

@@ -1,0 +1,77 @@
+"""Train or evaluate a Pathfinder model.
+
+python tools/train_pathfinder.py --config-file configs/pathfinder/pf14_crbp20.yaml [KEY VALUE]
+python tools/train_pathfinder.py --config-file ... --resume     # continue OUTPUT_DIR/last.pth
+python tools/train_pathfinder.py --config-file ... --eval-only [--weights W] [--eval-steps 20,60]
+torchrun --nproc_per_node 2 tools/train_pathfinder.py --config-file ...   # DDP (gloo on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from crbp_d2.pathfinder.config import ConfigError, load_config
+from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Options anywhere on the line; every other token is a KEY VALUE config override."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, help="YAML config (with optional _BASE_)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pth"
+    )
+    parser.add_argument("--resume-from", default="", help="continue from this checkpoint")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint and exit")
+    parser.add_argument(
+        "--weights", default="", help="checkpoint for --eval-only (default best.pth)"
+    )
+    parser.add_argument(
+        "--eval-steps",
+        default="",
+        help="--eval-only: also evaluate at these step counts, comma-separated (e.g. 20,60)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args, opts = parser.parse_known_args(argv)
+    unknown = [o for o in opts if o.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized option(s): {' '.join(unknown)}")
+    args.opts = opts
+    try:
+        args.eval_steps = [int(s) for s in args.eval_steps.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--eval-steps must be comma-separated integers, got {args.eval_steps!r}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        resume = (args.resume_from or args.resume) if not args.eval_only else False
+        trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
+        if args.eval_only:
+            table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
+            print(json.dumps(table, indent=2))
+            return 0
+        best = trainer.train()
+        if trainer.dist.is_main:
+            print(
+                f"[pathfinder] done; best IoU {best.get('iou', float('nan')):.4f} at epoch "
+                f"{best.get('epoch')}; outputs in {cfg.OUTPUT_DIR}"
+            )
+        return 0
+    except NonFiniteLossError as err:
+        print(f"error: training stopped: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
