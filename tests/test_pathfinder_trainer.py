@@ -195,7 +195,7 @@ def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, messag
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert len(lines) == 1 and lines[0].startswith("train_pathfinder.py: error:"), err
     assert message in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
 

@@ -281,7 +281,7 @@ def test_chronos_log_switch():
 
 
 def test_d2_cell_parameter_count_matches_the_paper_head():
-    """hGRU (GALA, 2 GN) + a 256-channel BN readout = 1,576,768 (crbp_reference.md 1b)."""
+    """hGRU (GALA, 2 GN) + a 256-channel BN readout = 1,576,768 (the authors' R-FPN head)."""
     cell = MaskHeadHGRUCell(256, 3, timesteps=20)
     readout_norm = 2 * 256
     assert sum(p.numel() for p in cell.parameters()) + readout_norm == 1_576_768

@@ -126,8 +126,6 @@ def test_every_console_script_resolves_to_a_callable_main():
         name = module_name.rsplit(".", 1)[1]
         assert module_name == f"crbp_d2.cli.{name}" and function == "main", target
         assert script == "crbp-" + name.replace("_", "-"), (script, target)
-        if name in PATHFINDER_PROGRAMS and importlib.util.find_spec(module_name) is None:
-            continue
         if name in {"train_net", "timestep_sweep", "demo", "benchmark_rfpn"}:
             pytest.importorskip("detectron2")
         assert callable(getattr(importlib.import_module(module_name), "main")), target
@@ -139,8 +137,6 @@ def test_every_python_tool_is_a_shim_with_a_console_script():
     for tool in sorted((ROOT / "tools").glob("*.py")):
         name = tool.stem
         assert f"crbp-{name.replace('_', '-')}" in scripts, f"{tool.name}: no console script"
-        if name in PATHFINDER_PROGRAMS:
-            continue  # moved by the Pathfinder change
         tree = ast.parse(tool.read_text())
         imports = sorted(
             (getattr(n, "module", None) or n.names[0].name, [a.name for a in n.names])

@@ -19,6 +19,8 @@ import sys
 from crbp_d2.contours.generator import DISTRACTOR_RULES, GenerationError, PathfinderParams, preset
 from crbp_d2.pathfinder.data.storage import FORMATS, dataset_dir, generate_dataset, write_preview
 
+from ._common import report_input_error
+
 
 def _parse_override(text: str):
     """``KEY=VALUE`` of a ``PathfinderParams`` field -> (key, value of the field's type)."""
@@ -138,8 +140,7 @@ def main(argv=None) -> int:
             )
             print(f"preview: {path}")
     except (ValueError, GenerationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_input_error("generate_pathfinder.py", error)
     except KeyboardInterrupt:
         print(
             "interrupted: finished shards are kept; re-run the same command to resume",

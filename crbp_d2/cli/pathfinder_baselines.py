@@ -19,6 +19,8 @@ from crbp_d2.contours.generator import GenerationError
 from crbp_d2.pathfinder.evaluation.baselines import baselines_report, baselines_table
 from crbp_d2.utils.io import atomic_write_json
 
+from ._common import report_input_error
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,8 +66,7 @@ def main(argv=None) -> int:
             args.stats,
         )
     except (ValueError, FileNotFoundError, GenerationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_input_error("pathfinder_baselines.py", error)
     print(baselines_table(report))
     for key, value in report.get("path_statistics", {}).items():
         print(f"{key}: {value:.4g}")

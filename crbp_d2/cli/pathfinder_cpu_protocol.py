@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     try:
         run_protocol(args.out_dir, args.results, args.skip_training, args.eval_threads, args.opts)
     except TrainingFailed as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"pathfinder_cpu_protocol.py: error: {err}", file=sys.stderr)
         return 1
     return 0
 

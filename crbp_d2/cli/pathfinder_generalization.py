@@ -16,6 +16,8 @@ from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads,
 from crbp_d2.pathfinder.evaluation.analysis import PAPER_LENGTHS
 from crbp_d2.pathfinder.evaluation.reports import generalization_report
 
+from ._common import report_input_error
+
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
@@ -41,8 +43,7 @@ def main(argv=None) -> int:
             args.data,
         )
     except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error("pathfinder_generalization.py", err)
     return 0
 
 

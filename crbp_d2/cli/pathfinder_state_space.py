@@ -16,6 +16,8 @@ import sys
 from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads, parse_named_paths
 from crbp_d2.pathfinder.evaluation.reports import state_space_report
 
+from ._common import report_input_error
+
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
@@ -47,8 +49,7 @@ def main(argv=None) -> int:
             args.device,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error("pathfinder_state_space.py", err)
     return 0
 
 

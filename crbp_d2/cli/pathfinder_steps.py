@@ -15,6 +15,8 @@ import sys
 from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads, parse_named_paths
 from crbp_d2.pathfinder.evaluation.reports import steps_report
 
+from ._common import report_input_error
+
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
@@ -36,8 +38,7 @@ def main(argv=None) -> int:
             args.device,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error("pathfinder_steps.py", err)
     return 0
 
 

@@ -14,6 +14,8 @@ import sys
 
 from crbp_d2.pathfinder.evaluation.reports import timecourse_report
 
+from ._common import report_input_error
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -36,8 +38,7 @@ def main(argv=None) -> int:
             args.device,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error("pathfinder_timecourse.py", err)
     return 0
 
 

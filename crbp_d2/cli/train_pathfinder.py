@@ -15,6 +15,8 @@ import sys
 from crbp_d2.pathfinder.config import ConfigError, load_config
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer
 
+from ._common import report_input_error
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Options anywhere on the line; every other token is a KEY VALUE config override."""
@@ -66,11 +68,10 @@ def main(argv=None) -> int:
             )
         return 0
     except NonFiniteLossError as err:
-        print(f"error: training stopped: {err}", file=sys.stderr)
+        print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)
         return 1
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error("train_pathfinder.py", err)
 
 
 if __name__ == "__main__":
