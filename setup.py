@@ -45,6 +45,7 @@ setup(
             "crbp-benchmark-memory = crbp_d2.cli.benchmark_memory:main",
             "crbp-benchmark-rfpn = crbp_d2.cli.benchmark_rfpn:main",
             "crbp-update-readme = crbp_d2.cli.update_readme:main",
+            "crbp-rfpn-cpu-protocol = crbp_d2.cli.rfpn_cpu_protocol:main",
             # Pathfinder
             "crbp-generate-pathfinder = crbp_d2.cli.generate_pathfinder:main",
             "crbp-train-pathfinder = crbp_d2.cli.train_pathfinder:main",
