@@ -67,16 +67,16 @@ def add_crbp_config(cfg: CN) -> CN:
     node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT = CN(
         engine_config_defaults(LCP_WEIGHT=1e-3, LCP_REDUCTION="sum")
     )
-    # The engine keys (the same sub-keys as the Pathfinder config's MODEL.RECURRENT; validated by
-    # crbp_d2.recurrent.spec): TIMESTEPS (authors: TIMESTEPS; 20 for C-RBP, 1/3/5 for BPTT),
-    # TEST_TIMESTEPS (0 = TIMESTEPS; tools/timestep_sweep.py varies it), METHOD bptt | tbptt | rbp
-    # | cbptt | crbp (authors: GRAD = bptt | rbp | cbp), TBPTT_STEPS (0 = half of TIMESTEPS),
-    # NEUMANN_STEPS (K, hard-coded 15 in the authors' code), NORM_CAP none (the paper) |
-    # detectron2 (authors' D2 code) | pathfinder, CAP_THRESHOLD (the cap's absolute bound, 1.0),
-    # LCP_WEIGHT (authors: XI = 0.001 with the sum reduction), LCP_LAMBDA in [0, 1) (authors: TAU;
-    # the paper's 0.9; the fork's default 0.95 was in effect for its COCO runs), LCP_REDUCTION sum
-    # (authors' D2 code) | mean, MONITOR_LCP (also compute the LCP, detached, under bptt/tbptt/rbp),
-    # HALT_TOLERANCE (inference: stop once every RoI's relative residual is below it; 0 = off).
+    # The engine keys, the same sub-keys as the Pathfinder config's MODEL.RECURRENT, each
+    # documented on its field of EngineSpec in crbp_d2/recurrent/spec.py (CONFIG_KEYS maps key ->
+    # field; 0 means "unset" for TEST_TIMESTEPS, TBPTT_STEPS and the tolerances): TIMESTEPS
+    # (authors: TIMESTEPS), TEST_TIMESTEPS (tools/timestep_sweep.py varies it), METHOD (authors:
+    # GRAD = bptt | rbp | cbp), NEUMANN_STEPS (K, hard-coded 15 in the authors' code), NORM_CAP /
+    # CAP_THRESHOLD / CAP_RELATIVE, LCP_WEIGHT (authors: XI = 0.001 with the sum reduction),
+    # LCP_LAMBDA (authors: TAU; their fork's default 0.95 was in effect for its COCO runs),
+    # LCP_REDUCTION, MONITOR_LCP, HALT_TOLERANCE, NEUMANN_TOL, PHANTOM_STEPS / PHANTOM_DAMPING,
+    # SOLVER / SOLVER_TOL / ANDERSON_WINDOW / ANDERSON_DAMPING, FIDELITY_PERIOD. Defaults: the
+    # paper's R-FPN C-RBP-20 (the Detectron2 code's summed LCP with weight 1e-3).
 
     # Cell run on the 14x14 RoI features: "hgru" (the paper's mask-head hGRU) | "convlstm"
     # (GALA, NONLINEARITY, LESS_SOFTPLUS, CHRONOS_LOG and CELL_NORM* apply to the hGRU only).

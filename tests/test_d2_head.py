@@ -103,6 +103,20 @@ def test_every_method_trains(method):
     assert ("crbp/lcp" in scalars) == (method in LCP_METHODS)
 
 
+def test_gradient_fidelity_is_logged_every_fidelity_period():
+    head = build_head(small_cfg(METHOD="jfb", FIDELITY_PERIOD=2))
+    for iteration, logged in ((0, True), (1, False), (2, True)):
+        with EventStorage(iteration) as storage:
+            head(features(5), training_instances())
+            latest = storage.latest()
+            history = storage.history("mask_rcnn/accuracy").values()
+        assert ("crbp/grad_cosine" in latest) == logged
+        assert len(history) == 1  # the fidelity run's own mask loss is not logged
+        if logged:
+            cosine = latest["crbp/grad_cosine"][0]
+            assert -1 <= cosine <= 1 and latest["crbp/grad_relative_error"][0] >= 0
+
+
 def test_loss_lcp_is_weighted_and_differentiable():
     cfg = small_cfg(METHOD="crbp", LCP_LAMBDA=0.0, LCP_WEIGHT=0.5)
     head = build_head(cfg)

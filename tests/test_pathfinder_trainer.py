@@ -1,5 +1,6 @@
 """Pathfinder trainer: metrics, losses, configs, CLI errors, exact resume, DDP, a tiny run."""
 
+import csv
 import math
 import os
 
@@ -201,6 +202,27 @@ def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, messag
 
 
 # -- training --------------------------------------------------------------------------------
+
+
+def test_gradient_fidelity_rows_every_fidelity_period(tmp_path):
+    cfg = tiny_cfg(
+        tmp_path,
+        "MODEL.RECURRENT.METHOD",
+        "jfb",
+        "MODEL.RECURRENT.FIDELITY_PERIOD",
+        3,
+        "SOLVER.LOG_PERIOD",
+        100,
+        "SOLVER.EPOCHS",
+        1,
+    )
+    Trainer(cfg, LineDataset(16), LineDataset(8, seed=1), progress=False).train()
+    with open(os.path.join(cfg.OUTPUT_DIR, "train_log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    with_fidelity = [r for r in rows if r["grad_cosine"]]
+    assert [int(r["iteration"]) for r in with_fidelity] == [3]
+    assert -1 <= float(with_fidelity[0]["grad_cosine"]) <= 1
+    assert float(with_fidelity[0]["grad_relative_error"]) >= 0
 
 
 def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):

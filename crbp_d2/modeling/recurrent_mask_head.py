@@ -28,7 +28,7 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_loss,
 )
 from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
+from detectron2.utils.events import EventStorage, get_event_storage
 from torch import Tensor, nn
 
 from ..config import validate_crbp_config
@@ -203,9 +203,28 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
             losses["loss_lcp"] = self.lcp_weight * out.lcp
         scalars = out.diagnostics.scalars()
         scalars["rois"] = float(x.shape[0])
+        scalars.update(self._gradient_fidelity(x, instances))
         self.last_diagnostics = scalars
         _put_scalars(scalars)
         return losses
+
+    def _gradient_fidelity(self, x: Tensor, instances: List[Instances]) -> Dict[str, float]:
+        """Every ``FIDELITY_PERIOD`` iterations: the configured method's gradient of the mask loss
+        against the exact one (:meth:`RecurrentEngine.gradient_fidelity`), else nothing."""
+        period = self.engine.spec.fidelity_period
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # no training loop around
+            return {}
+        if period <= 0 or iteration % period or x.shape[0] == 0:
+            return {}
+
+        def mask_loss(state: Tensor) -> Tensor:
+            return mask_rcnn_loss(self.readout(self.engine.cell.output(state)), instances, 0)
+
+        with EventStorage(iteration):  # mask_rcnn_loss's own scalars stay out of the real log
+            fidelity = self.engine.gradient_fidelity(x, mask_loss)
+        return {k: v for k, v in fidelity.items() if k.startswith("grad_")}
 
     def _forward_inference(self, x: Tensor, instances: List[Instances]) -> List[Instances]:
         out = self.engine(x, record_states=self.return_timecourse)

@@ -34,7 +34,7 @@ from ..data.datasets import build_dataset
 from ..evaluation.evaluator import evaluate_model
 from ..modeling import build_model, count_parameters
 from .dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
-from .losses import compute_loss
+from .losses import compute_loss, gradient_fidelity
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +79,9 @@ TRAIN_FIELDS = (
     "residual",
     "neumann_terms",
     "neumann_cap_fired",
+    "forward_evaluations",
+    "grad_cosine",
+    "grad_relative_error",
     "lr",
     "seconds_per_iter",
 )
@@ -304,6 +307,10 @@ class Trainer:
         scalars = {"loss": float(total.detach()), "task_loss": float(task.detach()), "lr": lr}
         if out.diagnostics is not None:
             scalars.update(out.diagnostics.scalars())
+        period = self.cfg.MODEL.RECURRENT.FIDELITY_PERIOD
+        if period > 0 and self.iteration % period == 0:
+            with autocast(self.device, self.amp_dtype):
+                scalars.update(gradient_fidelity(self.model, image, label, self.cfg))
         self.last_diagnostics = scalars
         return scalars
 
@@ -347,7 +354,9 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
                     if self.dist.is_main and (
-                        self.iteration % cfg.SOLVER.LOG_PERIOD == 0 or i == iters - 1
+                        self.iteration % cfg.SOLVER.LOG_PERIOD == 0
+                        or i == iters - 1
+                        or "grad_cosine" in scalars  # a gradient-fidelity step
                     ):
                         row = dict(scalars, epoch=self.epoch + 1, iteration=self.iteration)
                         row["seconds_per_iter"] = (time.time() - tic) / (i + 1)

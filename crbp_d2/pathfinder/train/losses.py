@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,3 +50,23 @@ def compute_loss(
     if out.lcp is not None:  # the methods that train the LCP (cbptt, crbp)
         total = task + cfg.MODEL.RECURRENT.LCP_WEIGHT * out.lcp.float()
     return total, task, out
+
+
+def gradient_fidelity(model: nn.Module, image: Tensor, label: Tensor, cfg) -> Dict[str, float]:
+    """The engine's :meth:`~crbp_d2.recurrent.RecurrentEngine.gradient_fidelity` on one batch:
+    the configured method's gradient of the task loss against the exact one (cell parameters).
+    Empty for models without a recurrent engine."""
+    model = getattr(model, "module", model)
+    if not getattr(model, "recurrent", False):
+        return {}
+
+    def task_loss(state) -> Tensor:
+        logits = model.readout(model.engine.cell.output(state))
+        return segmentation_loss(
+            logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
+        )
+
+    with torch.no_grad():
+        drive = model.input_layer(image)
+    fidelity = model.engine.gradient_fidelity(drive, task_loss)
+    return {k: v for k, v in fidelity.items() if k.startswith("grad_")}
