@@ -46,6 +46,7 @@ setup(
             "crbp-benchmark-rfpn = crbp_d2.cli.benchmark_rfpn:main",
             "crbp-update-readme = crbp_d2.cli.update_readme:main",
             "crbp-rfpn-cpu-protocol = crbp_d2.cli.rfpn_cpu_protocol:main",
+            "crbp-benchmark-methods = crbp_d2.cli.benchmark_methods:main",
             # Pathfinder
             "crbp-generate-pathfinder = crbp_d2.cli.generate_pathfinder:main",
             "crbp-train-pathfinder = crbp_d2.cli.train_pathfinder:main",

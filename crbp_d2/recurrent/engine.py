@@ -35,7 +35,13 @@ from .neumann import NeumannStats, rbp_attach
 from .solvers import SolverStats, solve
 from .spec import METHODS, EngineSpec
 
-__all__ = ["METHODS", "RecurrenceOutput", "RecurrentEngine", "check_steps"]
+__all__ = [
+    "METHODS",
+    "RecurrenceOutput",
+    "RecurrentEngine",
+    "check_steps",
+    "gradient_agreement",
+]
 
 AfterBackward = Callable[[RecurrenceDiagnostics], None]
 _SPEC_FIELDS = frozenset(f.name for f in fields(EngineSpec))
@@ -368,6 +374,24 @@ class RecurrentEngine(nn.Module):
 
     # -- gradient fidelity ---------------------------------------------------------------------
 
+    def parameter_gradient(
+        self, x: Tensor, loss_fn: Callable[[State], Tensor]
+    ) -> Tuple[Tensor, RecurrenceDiagnostics]:
+        """The configured method's gradient of ``loss_fn(state)`` with respect to the cell's
+        parameters (flattened, float64; unused parameters give zeros), without touching
+        ``.grad``, for input ``x`` (B, C_in, H, W) at the training steps; and the diagnostics
+        of that run (Neumann statistics filled)."""
+        params = [p for p in self.cell.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the cell has no parameters that require a gradient")
+        with torch.enable_grad():
+            out = self(x.detach(), steps=self.steps)
+            grads = torch.autograd.grad(loss_fn(out.state), params, allow_unused=True)
+        flat = [
+            (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)
+        ]
+        return torch.cat(flat).double(), out.diagnostics
+
     def gradient_fidelity(
         self,
         x: Tensor,
@@ -388,46 +412,28 @@ class RecurrentEngine(nn.Module):
 
         Returns:
             {"grad_cosine", "grad_relative_error", "reference_residual"}: the cosine and
-            ||g - g_ref|| / ||g_ref|| of the flattened parameter gradients, and the relative
-            residual of the reference's state (how converged it was).
+            ||g - g_ref|| / ||g_ref|| of the flattened parameter gradients (see
+            :func:`gradient_agreement`), and the relative residual of the reference's state
+            (how converged it was).
         """
         if reference not in ("rbp", "bptt"):
             raise ValueError(f"reference must be 'rbp' or 'bptt', got {reference!r}")
-        params = [p for p in self.cell.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the cell has no parameters that require a gradient")
-        x = x.detach()
-        steps = reference_steps or max(4 * self.steps, 100)
-        reference_spec = self.spec.replace(
-            method=reference,
-            steps=steps,
-            neumann_steps=reference_terms,
-            neumann_tol=reference_tol,
-            norm_cap="none",
-            solver="iterate",
-            solver_tol=None,
-            monitor_lcp=False,
+        reference_engine = RecurrentEngine.from_spec(
+            self.cell,
+            self.spec.replace(
+                method=reference,
+                steps=reference_steps or max(4 * self.steps, 100),
+                neumann_steps=reference_terms,
+                neumann_tol=reference_tol,
+                norm_cap="none",
+                solver="iterate",
+                solver_tol=None,
+                monitor_lcp=False,
+            ),
         )
-
-        def gradient(spec: EngineSpec) -> Tuple[Tensor, float]:
-            engine = RecurrentEngine.from_spec(self.cell, spec)
-            with torch.enable_grad():
-                out = engine(x, steps=spec.steps)
-                grads = torch.autograd.grad(loss_fn(out.state), params, allow_unused=True)
-            flat = torch.cat(
-                [
-                    (torch.zeros_like(p) if g is None else g).reshape(-1)
-                    for p, g in zip(params, grads)
-                ]
-            )
-            return flat.double(), out.diagnostics.residual
-
-        configured, _ = gradient(self.spec)
-        exact, residual = gradient(reference_spec)
-        norm = exact.norm() * configured.norm()
-        cosine = float(configured @ exact / norm) if norm > 0 else float("nan")
-        error = float((configured - exact).norm() / exact.norm().clamp_min(1e-300))
-        return {"grad_cosine": cosine, "grad_relative_error": error, "reference_residual": residual}
+        configured, _ = self.parameter_gradient(x, loss_fn)
+        exact, diagnostics = reference_engine.parameter_gradient(x, loss_fn)
+        return {**gradient_agreement(configured, exact), "reference_residual": diagnostics.residual}
 
     # -- monitoring ----------------------------------------------------------------------------
 
@@ -449,6 +455,15 @@ class RecurrentEngine(nn.Module):
         if state is None:
             state = self._iterate(drive, steps or self.test_steps, None, None).state
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)
+
+
+def gradient_agreement(gradient: Tensor, reference: Tensor) -> Dict[str, float]:
+    """{"grad_cosine", "grad_relative_error"} of two flattened gradients: the cosine of their
+    angle and ||gradient - reference|| / ||reference||."""
+    norm = reference.norm() * gradient.norm()
+    cosine = float(gradient @ reference / norm) if norm > 0 else float("nan")
+    error = float((gradient - reference).norm() / reference.norm().clamp_min(1e-300))
+    return {"grad_cosine": cosine, "grad_relative_error": error}
 
 
 def check_steps(value: int, name: str) -> None:

@@ -1,0 +1,42 @@
+"""The methods benchmark on tiny models (the benchmark itself runs at full size, not here)."""
+
+import json
+
+import pytest
+
+from crbp_d2.benchmarks import methods
+from crbp_d2.benchmarks.methods import MethodsBenchmark, run_methods_benchmark
+
+TINY = MethodsBenchmark(size=12, channels=3, kernel=3, rois=3, width=8, neumann_steps=60)
+
+
+def test_records_fidelity_and_costs_of_each_variant(tmp_path):
+    variants = ["bptt", "rbp", "crbp-tol", "jfb", "crbp-anderson"]
+    records = run_methods_benchmark(TINY, ["pathfinder"], variants, [2, 40], progress=False)
+    assert [(r["variant"], r["steps"]) for r in records] == [
+        (v, n) for v in variants for n in (2, 40)
+    ]
+    by = {(r["variant"], r["steps"]): r for r in records}
+    for record in records:
+        assert -1 <= record["grad_cosine"] <= 1 and record["saved_bytes"] > 0
+    # RBP with many terms from a nearly converged state is the exact implicit gradient ...
+    assert by["rbp", 40]["grad_cosine"] > 0.999
+    # ... and stopping the series at 1e-3 of g0 keeps it, with fewer terms than K
+    assert by["crbp-tol", 40]["cosine_vs_k15"] > 0.999
+    assert by["crbp-tol", 40]["neumann_terms"] < TINY.neumann_steps
+    # memory: BPTT grows with the steps, the one-step methods do not
+    assert by["bptt", 40]["saved_bytes"] > 10 * by["bptt", 2]["saved_bytes"]
+    assert by["jfb", 40]["saved_bytes"] == by["jfb", 2]["saved_bytes"]
+    assert by["crbp-anderson", 40]["forward_evaluations"] < 40
+    paths = methods.write_methods_results(records, str(tmp_path / "methods"))
+    assert json.loads(open(paths["json"]).read())[0]["model"] == "pathfinder"
+    assert "| pathfinder | crbp-tol | 40 |" in open(paths["md"]).read()
+
+
+def test_a_configuration_too_big_for_memory_is_recorded_not_run(monkeypatch):
+    monkeypatch.setattr(methods, "_total_memory", lambda: 10 * 2**20)  # 10 MiB of RAM
+    records = run_methods_benchmark(TINY, ["pathfinder"], ["bptt"], [2, 400], progress=False)
+    assert "seconds" in records[0] and "error" not in records[0]
+    assert records[1]["error"].startswith("not run: would save")
+    with pytest.raises(ValueError, match="unknown model"):
+        run_methods_benchmark(TINY, ["coco"], ["bptt"], [2])
