@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
@@ -20,22 +20,22 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Instances
-from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .config import check_weights_file, get_crbp_cfg
 from .data import check_dataset_name, prepare_dataset_files
-from .modeling import instances_at_step, recurrent_mask_head
+from .modeling import recurrent_mask_head
+from .utils import pyplot
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "expand_inputs",
-    "grid",
-    "label_panel",
     "render_panoptic",
     "render_timecourse",
     "run_demo",
+    "timecourse_layout",
 ]
 
 logger = logging.getLogger("crbp_d2.demo")
@@ -65,27 +65,6 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     return paths
 
 
-def label_panel(panel: np.ndarray, text: str) -> np.ndarray:
-    """(H, W, 3) ``panel`` with ``text`` written in its top-left corner, sized to the panel."""
-    panel = np.ascontiguousarray(panel)
-    size = max(panel.shape[1] / 600.0, 0.4)
-    origin = (int(6 * size) + 2, int(24 * size) + 4)
-    for color, width in (((255, 255, 255), 3), ((0, 0, 0), 1)):
-        thickness = max(int(width * size), width)
-        cv2.putText(
-            panel, text, origin, cv2.FONT_HERSHEY_SIMPLEX, size, color, thickness, cv2.LINE_AA
-        )
-    return panel
-
-
-def grid(panels: List[np.ndarray], columns: int = 5) -> np.ndarray:
-    """Tile equally sized (H, W, 3) panels row by row (blank panels fill the last row)."""
-    rows = [panels[i : i + columns] for i in range(0, len(panels), columns)]
-    blank = np.full_like(panels[0], 255)
-    rows[-1] = rows[-1] + [blank] * (len(rows[0]) - len(rows[-1]))
-    return np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
-
-
 def render_panoptic(rgb: np.ndarray, outputs: dict, metadata, scale: float) -> np.ndarray:
     """The (H * scale, W * scale, 3) RGB drawing of ``outputs["panoptic_seg"]`` on ``rgb``."""
     panoptic, segments = outputs["panoptic_seg"]
@@ -93,42 +72,79 @@ def render_panoptic(rgb: np.ndarray, outputs: dict, metadata, scale: float) -> n
     return visualizer.draw_panoptic_seg(panoptic.to("cpu"), segments).get_image()
 
 
+def timecourse_layout(
+    instances: Instances, threshold: float, max_instances: int = 6, max_steps: int = 8
+) -> Tuple[Instances, List[int]]:
+    """The rows and columns of :func:`render_timecourse`: the detections with score >=
+    ``threshold``, highest first (at most ``max_instances``), and up to ``max_steps`` steps
+    evenly spaced from 1 to the last recorded step (both ends included)."""
+    confident = instances[instances.scores >= threshold]
+    confident = confident[confident.scores.argsort(descending=True)[:max_instances]]
+    total = instances.pred_masks_steps.shape[1]
+    shown = sorted({int(round(t)) for t in np.linspace(1, total, min(max_steps, total))})
+    return confident, shown
+
+
 def render_timecourse(
     rgb: np.ndarray,
     instances: Instances,
     metadata,
     threshold: float,
-    steps: int,
-    scale: float,
+    max_instances: int = 6,
+    max_steps: int = 8,
 ) -> np.ndarray:
-    """One panel per step t = 1..steps: the detections with their masks after t steps (each
-    instance keeps its colour across panels), tiled 5 per row.
+    """The recurrent mask head at work: one row per confident detection (score >= ``threshold``,
+    highest first, at most ``max_instances``), one panel per shown step (up to ``max_steps``,
+    evenly spaced from 1 to the last), each the detection's box region with its mask probability
+    after that step; one colour bar. Returns the (H, W, 3) uint8 RGB figure.
 
     Args:
         rgb: (H, W, 3) uint8 image.
         instances: predictions on CPU with ``pred_masks_steps`` (R, T, 28, 28).
-        threshold: detections with a lower score are not drawn.
     """
-    instances = instances[instances.scores >= threshold]
+    plt = pyplot()
+    confident, shown = timecourse_layout(instances, threshold, max_instances, max_steps)
     names = metadata.get("thing_classes", None)
-    labels = [
-        f"{names[c] if names else c} {s:.0%}"
-        for c, s in zip(instances.pred_classes.tolist(), instances.scores.tolist())
-    ]
-    palette = colormap(rgb=True, maximum=1)
-    colors = [palette[i % len(palette)] for i in range(len(instances))]
-    panels = []
-    for t in range(1, steps + 1):
-        at_t = instances_at_step(instances, t)
-        visualizer = Visualizer(rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
-        drawn = visualizer.overlay_instances(
-            masks=at_t.pred_masks.numpy() if len(at_t) else None,
-            boxes=at_t.pred_boxes if len(at_t) else None,
-            labels=labels or None,
-            assigned_colors=colors or None,
-        )
-        panels.append(label_panel(drawn.get_image(), f"t={t}"))
-    return grid(panels)
+    rows = max(len(confident), 1)
+    fig, axes = plt.subplots(
+        rows, len(shown) + 1, figsize=(1.7 * (len(shown) + 1) + 0.9, 1.8 * rows), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not len(confident):
+        axes[0][0].set_title(f"no detection with score >= {threshold:.2f}", fontsize=8, loc="left")
+    height, width = rgb.shape[:2]
+    image = None
+    for row in range(len(confident)):
+        one = confident[row : row + 1]
+        x0, y0, x1, y1 = one.pred_boxes.tensor[0].tolist()
+        margin = 0.2 * max(x1 - x0, y1 - y0)
+        top, bottom = int(max(y0 - margin, 0)), int(min(y1 + margin, height))
+        left, right = int(max(x0 - margin, 0)), int(min(x1 + margin, width))
+        crop = rgb[top:bottom, left:right]
+        name = names[int(one.pred_classes[0])] if names else int(one.pred_classes[0])
+        axes[row][0].imshow(crop)
+        axes[row][0].set_title(f"{name} {float(one.scores[0]):.0%}", fontsize=8)
+        for column, step in enumerate(shown, start=1):
+            probability = (
+                paste_masks_in_image(
+                    one.pred_masks_steps[:, step - 1], one.pred_boxes, (height, width), threshold=-1
+                )[0].float()
+                / 255.0
+            )
+            axes[row][column].imshow(crop)
+            image = axes[row][column].imshow(
+                probability[top:bottom, left:right].numpy(), cmap="magma", vmin=0, vmax=1, alpha=0.7
+            )
+            if row == 0:
+                axes[row][column].set_title(f"step {step}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="mask probability")
+    fig.suptitle("mask of each confident detection after each recurrent step", fontsize=9)
+    fig.canvas.draw()
+    drawn = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return drawn
 
 
 def run_demo(
@@ -144,7 +160,8 @@ def run_demo(
 ) -> List[str]:
     """Predict on every image of ``inputs`` (files, folders, globs) with the model of
     ``config_file`` + ``opts`` and write ``output/<stem>_panoptic.png`` and, with
-    ``timecourse``, ``output/<stem>_timecourse.png`` (one panel per test step, or per ``steps``).
+    ``timecourse``, ``output/<stem>_timecourse.png`` (:func:`render_timecourse`: each confident
+    detection's mask step by step, up to the test steps or ``steps``).
     The class names come from ``DATASETS.TEST[0]``; ``scale`` default: panels >= 400 px.
 
     Returns the written files. Bad input raises ``KeyError`` / ``FileNotFoundError`` /
@@ -181,14 +198,7 @@ def run_demo(
         written.append(stem + "_panoptic.png")
         if timecourse:
             instances = outputs["instances"].to("cpu")
-            tiles = render_timecourse(
-                rgb,
-                instances,
-                metadata,
-                confidence_threshold,
-                instances.pred_masks_steps.shape[1],
-                image_scale,
-            )
+            tiles = render_timecourse(rgb, instances, metadata, confidence_threshold)
             cv2.imwrite(stem + "_timecourse.png", tiles[:, :, ::-1])
             written.append(stem + "_timecourse.png")
         segments = outputs["panoptic_seg"][1]

@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
@@ -14,7 +15,7 @@ pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
-from crbp_d2 import training  # noqa: E402
+from crbp_d2 import training, visualization  # noqa: E402
 from crbp_d2.cli import demo, train_net  # noqa: E402
 from crbp_d2.cli import timestep_sweep as sweep_cli  # noqa: E402
 from crbp_d2.evaluation import timestep_sweep  # noqa: E402
@@ -107,11 +108,30 @@ def test_demo_writes_panoptic_and_timecourse_images(trained):
     )  # fmt: skip
     written = demo.run(args)
     assert len(written) == 4 and all(os.path.getsize(p) > 1000 for p in written)
-    panoptic = cv2.imread(written[0])
-    timecourse = cv2.imread(written[1])
-    assert written[1].endswith("_timecourse.png")
-    # one panel per test step (3), side by side, each the size of the input image
-    assert timecourse.shape[0] == panoptic.shape[0] and timecourse.shape[1] == 3 * panoptic.shape[1]
+    assert written[1].endswith("_timecourse.png") and cv2.imread(written[1]).shape[2] == 3
+
+
+def test_timecourse_shows_each_confident_detection_in_its_own_row():
+    from detectron2.data import MetadataCatalog
+    from detectron2.structures import Boxes, Instances
+
+    instances = Instances(
+        (64, 64),
+        pred_boxes=Boxes(torch.tensor([[4.0, 4, 30, 30], [10, 10, 50, 40], [0, 0, 20, 20]])),
+        scores=torch.tensor([0.9, 0.2, 0.7]),
+        pred_classes=torch.tensor([0, 1, 2]),
+        pred_masks_steps=torch.rand(3, 12, 28, 28),
+    )
+    confident, steps = visualization.timecourse_layout(instances, 0.5, max_steps=8)
+    assert confident.scores.tolist() == pytest.approx([0.9, 0.7])  # rows, highest first
+    assert steps[0] == 1 and steps[-1] == 12 and len(steps) == 8
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    metadata = MetadataCatalog.get("synthetic_panoptic_val_separated")
+    two_rows = visualization.render_timecourse(rgb, instances, metadata, 0.5)
+    one_row = visualization.render_timecourse(rgb, instances, metadata, 0.8)
+    assert two_rows.shape[1] == one_row.shape[1] and two_rows.shape[0] > 1.5 * one_row.shape[0]
+    none = visualization.render_timecourse(rgb, instances, metadata, 0.95)  # says so, no crash
+    assert none.ndim == 3
 
 
 def test_missing_weights_file_is_one_clear_error(tmp_path, capsys):

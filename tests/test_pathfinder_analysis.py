@@ -151,7 +151,11 @@ def test_every_analysis_command_writes_its_files(trained_checkpoint):
         )
         == 0
     )
-    assert len(json.load(open(stem + ".json"))) == 7 and os.path.isfile(stem + ".png")
+    records = json.load(open(stem + ".json"))
+    assert len([r for r in records if r["model"] == "m"]) == 7 and os.path.isfile(stem + ".png")
+    baselines = {r["model"]: r["iou"] for r in records if r["method"] == "baseline"}
+    assert set(baselines) == {"marker only", "flood fill"}
+    assert all(0 <= v <= 1 for v in baselines.values())
 
     stem = str(out / "space")
     assert (

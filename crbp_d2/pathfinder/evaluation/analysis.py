@@ -207,7 +207,8 @@ def timecourse(
 
     The batch (B, 1, H, W) is run together because the hGRU's BatchNorm uses batch statistics.
     Returns {"probability": (T, H, W) array, "iou": [T floats], "colored": (H, W) sum over t of
-    (prediction_t) * t (the authors' coloured timecourse)}.
+    (prediction_t) * t (the authors' coloured timecourse), "onset": (H, W) the first step t at
+    which the pixel is predicted contour (0: never)}.
     """
     by_step = model.logits_at_steps(image, list(range(1, max_steps + 1)))
     probs, ious = [], []
@@ -218,5 +219,7 @@ def timecourse(
         meter.update(logits, label[index : index + 1])
         ious.append(meter.summary()["iou"])
     prob = np.stack(probs)
-    colored = ((prob > 0.5) * np.arange(1, max_steps + 1)[:, None, None]).sum(0)
-    return {"probability": prob, "iou": ious, "colored": colored}
+    contour = prob > 0.5
+    colored = (contour * np.arange(1, max_steps + 1)[:, None, None]).sum(0)
+    onset = np.where(contour.any(0), contour.argmax(0) + 1, 0)
+    return {"probability": prob, "iou": ious, "colored": colored, "onset": onset}

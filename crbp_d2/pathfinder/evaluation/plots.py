@@ -97,27 +97,36 @@ def _kde_contour(ax, points: np.ndarray, cmap: str) -> None:
 def plot_timecourse(
     image: np.ndarray, label: np.ndarray, course: Dict[str, object], path: str, max_panels: int = 12
 ) -> None:
-    """The (H, W) image and label, the contour probability at up to ``max_panels`` steps and the
-    coloured timecourse (``course`` from :func:`~.analysis.timecourse`)."""
+    """A grid: the (H, W) input image, its label, the predicted contour probability after up to
+    ``max_panels`` steps (one colour bar for all) and the step at which each pixel first became
+    contour (``course`` from :func:`~.analysis.timecourse`)."""
     plt = pyplot()
     prob = course["probability"]
     steps = prob.shape[0]
     shown = sorted(set(np.linspace(1, steps, min(max_panels, steps)).round().astype(int)))
-    cols = len(shown) + 3
-    fig, axes = plt.subplots(1, cols, figsize=(1.8 * cols, 2.2))
+    panels = len(shown) + 3
+    columns = min(panels, 5)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns + 0.8, 2.5 * rows))
+    axes = np.atleast_1d(axes).ravel()
     axes[0].imshow(image, cmap="gray")
-    axes[0].set_title("image", fontsize=8)
+    axes[0].set_title("input image", fontsize=8)
     axes[1].imshow(label, cmap="gray")
-    axes[1].set_title("label", fontsize=8)
+    axes[1].set_title("target: marked contour", fontsize=8)
+    probability = None
     for ax, t in zip(axes[2:], shown):
-        ax.imshow(prob[t - 1], cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"t={t} IoU {course['iou'][t - 1]:.2f}", fontsize=7)
-    axes[-1].imshow(course["colored"], cmap="viridis")
-    axes[-1].set_title("sum_t t*pred_t", fontsize=8)
+        probability = ax.imshow(prob[t - 1], cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"p(contour) after step {t}\nIoU {course['iou'][t - 1]:.2f}", fontsize=8)
+    first = np.where(course["onset"] > 0, course["onset"], np.nan)
+    onset = axes[len(shown) + 2].imshow(first, cmap="viridis", vmin=1, vmax=steps)
+    axes[len(shown) + 2].set_title("step at which a pixel\nbecomes contour", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if probability is not None:
+        fig.colorbar(probability, ax=list(axes[2 : len(shown) + 2]), shrink=0.8, label="p(contour)")
+    fig.colorbar(onset, ax=axes[len(shown) + 2], shrink=0.8, label="step")
+    fig.suptitle("Pathfinder timecourse: the segmentation step by step", fontsize=10)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

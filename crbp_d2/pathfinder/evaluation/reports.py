@@ -13,6 +13,7 @@ import numpy as np
 
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 
+from ..data.datasets import marker_radius_at_input
 from ..modeling import RecurrentSegmenter
 from .analysis import (
     PAPER_LENGTHS,
@@ -23,6 +24,7 @@ from .analysis import (
     state_space,
     timecourse,
 )
+from .baselines import dataset_pairs, evaluate_baselines
 from .evaluator import iou_over_steps
 from .plots import plot_generalization, plot_iou_over_steps, plot_state_space, plot_timecourse
 
@@ -82,12 +84,26 @@ def steps_report(
     log: Log = print,
 ) -> List[Record]:
     """IoU after t = 0..max_steps for every model -> ``out.{csv,json,png}`` (one record per model
-    and step); returns the records."""
+    and step, and one per baseline: marker only and the best flood fill, on the first model's
+    test images); returns the records."""
     records: List[Record] = []
     curves, train_steps = {}, {}
+    baselines: Dict[str, float] = {}
     for name, path in checkpoints.items():
         model, cfg = load_trained(path, device)
         loader = make_test_loader(cfg, test_length, test_size, batch_size)
+        if not baselines:
+            scores = evaluate_baselines(
+                dataset_pairs(loader.dataset), marker_radius_at_input(cfg), best_by="iou"
+            )
+            baselines = {
+                "marker only": scores["marker_only"]["iou"],
+                "flood fill": scores["flood_fill_best"]["iou"],
+            }
+            records += [
+                {"model": label, "method": "baseline", "steps": None, "iou": iou}
+                for label, iou in baselines.items()
+            ]
         rows = iou_over_steps(model, loader, max_steps, device)
         n = cfg.MODEL.RECURRENT.TIMESTEPS
         curves[name], train_steps[name] = rows, n
@@ -107,7 +123,7 @@ def steps_report(
             f"best {max(r['iou'] for r in rows):.4f}, IoU@{max_steps} {rows[-1]['iou']:.4f}"
         )
     write_records(records, out)
-    plot_iou_over_steps(curves, train_steps, out + ".png")
+    plot_iou_over_steps(curves, train_steps, out + ".png", baselines)
     log(f"wrote {out}.csv/.json/.png")
     return records
 
