@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all demo demo-memory demo-pathfinder demo-d2 lint benchmark-memory
+.PHONY: setup test test-all demo demo-memory demo-pathfinder demo-d2 demo-summary lint \
+	benchmark-memory benchmark-methods rfpn-cpu-protocol
 
 setup:
 	bash tools/setup_env.sh $(VENV)
@@ -17,50 +18,87 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow" --durations=15
 
-# The main job on built-in data, small enough for a laptop CPU (see README "make demo").
-demo: setup demo-memory demo-pathfinder demo-d2
-	@echo "demo outputs are in $(OUT)"
+# The main job on built-in data, small enough for a laptop CPU (see README "make demo"). Each
+# step prints one line; its output goes to $(OUT)/logs/<step>.log (the end of it is shown if the
+# step fails); the summary at the end is also in $(OUT)/summary.md. Seeds are fixed, so two runs
+# print the same summary.
+LOGS = $(OUT)/logs
+# $(call step,DESCRIPTION,LOG NAME,COMMAND)
+define step
+	@mkdir -p $(LOGS); printf '  %-62s' '$(1)'; start=$$(date +%s); \
+	if $(3) > $(LOGS)/$(2).log 2>&1; then echo ok; \
+	else echo "FAILED; the end of $(LOGS)/$(2).log:"; tail -n 30 $(LOGS)/$(2).log; exit 1; fi; \
+	echo "$(2) $$(( $$(date +%s) - start )) s" >> $(LOGS)/seconds.txt
+endef
+
+demo: setup
+	@rm -f $(LOGS)/seconds.txt
+	@echo "make demo: outputs in $(OUT), logs in $(LOGS)"
+	@$(MAKE) --no-print-directory demo-memory demo-pathfinder demo-d2 demo-summary
 
 demo-memory:
-	$(PY) tools/benchmark_memory.py --steps 5 10 20 --methods bptt rbp crbp --kernel 5 --size 100 \
-		--json $(OUT)/memory.json
+	$(call step,memory vs steps of BPTT / RBP / C-RBP (hGRU core),memory,\
+		$(PY) tools/benchmark_memory.py --steps 5 10 20 --methods bptt rbp crbp --kernel 5 \
+		--size 100 --json $(OUT)/memory.json)
 
 # Pathfinder: generate a small PF9 set, train a small C-RBP hGRU briefly, evaluate it past its
-# training steps, plot IoU vs steps and the step-by-step segmentation of one image.
+# training steps, plot IoU vs steps (with the marker-only and flood-fill baselines) and the
+# step-by-step segmentation of one image.
 PF := $(OUT)/pathfinder
 demo-pathfinder:
-	$(PY) tools/generate_pathfinder.py --length 9 --num 400 --num-test 64 --seed 0 --format npy \
-		--store-size 64 --set canvas_size=128 --set padding=10 --set num_distractors=3 \
-		--out $(PF)/data --no-progress
-	$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --no-progress \
-		OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data DATA.TRAIN_SIZE 0 DATA.TEST_SIZE 0
-	$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --eval-only \
-		--eval-steps 30 OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data DATA.TEST_SIZE 0
-	$(PY) tools/pathfinder_steps.py --checkpoints crbp=$(PF)/run/last.pth --max-steps 30 \
-		--out $(PF)/steps
-	$(PY) tools/pathfinder_timecourse.py --checkpoint $(PF)/run/last.pth --max-steps 30 \
-		--out $(PF)/timecourse
+	$(call step,Pathfinder: generate 400 PF9 images,pf_generate,\
+		$(PY) tools/generate_pathfinder.py --length 9 --num 400 --num-test 64 --seed 0 \
+		--format npy --store-size 64 --set canvas_size=128 --set padding=10 \
+		--set num_distractors=3 --out $(PF)/data --no-progress)
+	$(call step,Pathfinder: train a C-RBP hGRU,pf_train,\
+		$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --no-progress \
+		--overwrite OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data \
+		DATA.TRAIN_SIZE 0 DATA.TEST_SIZE 0)
+	$(call step,Pathfinder: evaluate at N and at 30 steps,pf_eval,\
+		$(PY) tools/train_pathfinder.py --config-file configs/pathfinder/demo.yaml --eval-only \
+		--eval-steps 30 OUTPUT_DIR $(PF)/run DATA.SOURCE disk DATA.ROOT $(PF)/data \
+		DATA.TEST_SIZE 0)
+	$(call step,Pathfinder: IoU vs steps + baselines,pf_steps,\
+		$(PY) tools/pathfinder_steps.py --checkpoints crbp=$(PF)/run/last.pth --max-steps 30 \
+		--out $(PF)/steps)
+	$(call step,Pathfinder: timecourse of one image,pf_timecourse,\
+		$(PY) tools/pathfinder_timecourse.py --checkpoint $(PF)/run/last.pth --max-steps 30 \
+		--out $(PF)/timecourse)
 
-# Detectron2: the synthetic COCO-format panoptic set (made on first use), the quick R-FPN C-RBP
-# config (trains from scratch on CPU, writes model_final.pth, evaluates PQ), a PQ-vs-steps sweep,
-# and Visualizer images with the mask at every recurrent step.
-D2_CFG := configs/quick/R-FPN-R50-CRBP-synthetic.yaml
+# Detectron2: the quick R-FPN C-RBP recipe (trains from random init on the synthetic shapes set,
+# generated on first use), its evaluation (PQ, mask AP, the mask head on ground-truth boxes), a
+# sweep of the test steps and Visualizer images with each detection's mask at every step.
+D2_CFG := configs/quick/R-FPN-CRBP-synthetic.yaml
 D2_OUT := $(OUT)/rfpn
+D2_VAL := datasets/synthetic_panoptic_large/val
 demo-d2:
-	$(PY) -c "import crbp_d2.data as d; print('synthetic data:', d.ensure_synthetic_panoptic())"
-	$(PY) tools/train_net.py --config-file $(D2_CFG) OUTPUT_DIR $(D2_OUT)
-	$(PY) tools/train_net.py --config-file $(D2_CFG) --eval-only \
-		MODEL.WEIGHTS $(D2_OUT)/model_final.pth OUTPUT_DIR $(D2_OUT)/eval
-	$(PY) tools/timestep_sweep.py --config-file $(D2_CFG) --output $(D2_OUT)/sweep --steps 1-20 \
-		--segm-ap MODEL.WEIGHTS $(D2_OUT)/model_final.pth
-	$(PY) tools/demo.py --config-file $(D2_CFG) --input datasets/synthetic_panoptic/val \
-		--max-images 4 --confidence-threshold 0.2 --timecourse --output $(D2_OUT)/images \
-		--opts MODEL.WEIGHTS $(D2_OUT)/model_final.pth
+	$(call step,R-FPN: train the quick C-RBP recipe from random init,rfpn_train,\
+		$(PY) tools/train_net.py --config-file $(D2_CFG) OUTPUT_DIR $(D2_OUT) TEST.EVAL_PERIOD 0 \
+		DATASETS.TEST "()")
+	$(call step,R-FPN: evaluate (PQ / mask AP / masks on GT boxes),rfpn_eval,\
+		$(PY) tools/train_net.py --config-file $(D2_CFG) --eval-only \
+		MODEL.WEIGHTS $(D2_OUT)/model_final.pth OUTPUT_DIR $(D2_OUT)/eval TEST.GT_BOX_MASKS True)
+	$(call step,R-FPN: PQ and mask IoU vs test steps,rfpn_sweep,\
+		$(PY) tools/timestep_sweep.py --config-file $(D2_CFG) --output $(D2_OUT)/sweep \
+		--steps 1-12 --gt-box MODEL.WEIGHTS $(D2_OUT)/model_final.pth)
+	$(call step,R-FPN: panoptic and per-step images,rfpn_images,\
+		$(PY) tools/demo.py --config-file $(D2_CFG) --input $(D2_VAL) --max-images 4 \
+		--timecourse --output $(D2_OUT)/images --opts MODEL.WEIGHTS $(D2_OUT)/model_final.pth)
 
-# The benchmark in the README (Pathfinder hGRU core at 150x150, kernel 15).
+demo-summary:
+	@$(PY) -m crbp_d2.cli.demo_summary $(OUT)
+
+# The benchmarks whose tables are in the README (each writes docs/results/NAME.{json,md,png};
+# `python tools/update_readme.py` then copies the tables into the README).
 benchmark-memory: setup
 	$(PY) tools/benchmark_memory.py --steps 5 20 80 --methods bptt tbptt rbp crbp \
 		--json docs/results/memory_cpu.json
+
+benchmark-methods: setup
+	OMP_NUM_THREADS=1 $(PY) tools/benchmark_methods.py --steps 5 20 80 --out docs/results/methods_cpu
+
+rfpn-cpu-protocol: setup
+	$(PY) tools/rfpn_cpu_protocol.py --steps 6 --seeds 0 1
 
 lint: setup
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets \

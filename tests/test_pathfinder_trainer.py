@@ -13,7 +13,7 @@ from crbp_d2.cli import cuda_pathfinder_check, train_pathfinder
 from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
 from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter, confusion_counts, f1_to_iou
 from crbp_d2.pathfinder.modeling import build_model
-from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer
+from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
 from crbp_d2.pathfinder.train.losses import compute_loss, segmentation_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,6 +199,26 @@ def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, messag
     assert len(lines) == 1 and lines[0].startswith("train_pathfinder.py: error:"), err
     assert message in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_without_asking(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pth").write_bytes(b"the best model so far")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"OUTPUT_DIR: {run}\n")
+    assert train_pathfinder.main(["--config-file", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "holds a run (best.pth): continue it with --resume, or start again with --overwrite" in err
+    )
+    assert (run / "best.pth").read_bytes() == b"the best model so far"  # nothing lost
+    prepare_output_dir(str(run), overwrite=True)
+    assert not (run / "best.pth").exists()
+    prepare_output_dir(str(run), resume=True)  # continuing a run is always allowed
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="OUTPUT_DIR .*file' is a file"):
+        prepare_output_dir(str(tmp_path / "file"))
 
 
 # -- training --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 python tools/train_pathfinder.py --config-file configs/pathfinder/pf14_crbp20.yaml [KEY VALUE]
 python tools/train_pathfinder.py --config-file ... --resume     # continue OUTPUT_DIR/last.pth
+python tools/train_pathfinder.py --config-file ... --overwrite  # start again in OUTPUT_DIR
 python tools/train_pathfinder.py --config-file ... --eval-only [--weights W] [--eval-steps 20,60]
 torchrun --nproc_per_node 2 tools/train_pathfinder.py --config-file ...   # DDP (gloo on CPU)
 """
@@ -13,7 +14,7 @@ import json
 import sys
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
-from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer
+from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
 
 from ._common import report_input_error
 
@@ -28,6 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last.pth"
     )
     parser.add_argument("--resume-from", default="", help="continue from this checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an OUTPUT_DIR that holds a run (its files are replaced)",
+    )
     parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint and exit")
     parser.add_argument(
         "--weights", default="", help="checkpoint for --eval-only (default best.pth)"
@@ -55,6 +61,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config_file, args.opts)
         resume = (args.resume_from or args.resume) if not args.eval_only else False
+        if not args.eval_only:
+            prepare_output_dir(cfg.OUTPUT_DIR, bool(resume), args.overwrite)
         trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
         if args.eval_only:
             table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
@@ -70,7 +78,7 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, OSError, ValueError) as err:
         return report_input_error("train_pathfinder.py", err)
 
 

@@ -129,6 +129,31 @@ def seed_everything(seed: int) -> None:
 # -- the trainer -----------------------------------------------------------------------------
 
 
+RUN_FILES = ("last.pth", "best.pth", "train_log.csv", "eval_log.csv", "metrics.json")
+
+
+def prepare_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """Check ``output_dir`` before anything is built: it must be a folder (or not exist yet),
+    and a folder holding a run (finished or partial) is continued only with ``resume`` or
+    started again only with ``overwrite`` (which removes the old run's files)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"OUTPUT_DIR {output_dir!r} is a file, not a folder")
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
+    if found and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"OUTPUT_DIR {output_dir!r} holds a run ({', '.join(found)}): continue it with "
+                "--resume, or start again with --overwrite (its files are replaced)"
+            )
+        for name in found:
+            os.remove(os.path.join(output_dir, name))
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):  # nothing is created here: the nearest existing folder
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise PermissionError(f"OUTPUT_DIR {output_dir!r} cannot be written ({existing})")
+
+
 class Trainer:
     """Train and evaluate one Pathfinder model from a config.
 
