@@ -27,7 +27,7 @@ from crbp_d2.data import (  # noqa: E402
     register_synthetic_panoptic,
 )
 from crbp_d2.data.panoptic_utils import id2rgb  # noqa: E402
-from crbp_d2.evaluation import HotcocoPanopticEvaluator, build_evaluator  # noqa: E402
+from crbp_d2.evaluation import HotcocoPanopticEvaluator, build_evaluator, pq_compute  # noqa: E402
 
 SIZE = 20
 # things a (1), b (2); stuff s (3), t (4)
@@ -447,3 +447,29 @@ def test_build_evaluator_rejects_unknown_names_and_types():
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_a_category_absent_from_ground_truth_and_prediction_scores_zero(tmp_path):
+    """As panopticapi's pq_average: pq = sq = rq = 0 for a class with no TP, FP or FN."""
+    ids = np.zeros((8, 8), np.uint32)
+    ids[:4], ids[4:] = 1, 2
+    Image.fromarray(id2rgb(ids)).save(tmp_path / "1.png")
+    categories = [
+        {"id": 1, "name": "a", "isthing": 1},
+        {"id": 2, "name": "b", "isthing": 0},
+        {"id": 3, "name": "absent", "isthing": 1},
+    ]
+    segments = [
+        {"id": 1, "category_id": 1, "iscrowd": 0, "area": 32},
+        {"id": 2, "category_id": 2, "iscrowd": 0, "area": 32},
+    ]
+    annotations = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 8, "width": 8}],
+        "annotations": [{"image_id": 1, "file_name": "1.png", "segments_info": segments}],
+        "categories": categories,
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(annotations))
+    results = pq_compute(str(tmp_path / "gt.json"), annotations, str(tmp_path), str(tmp_path))
+    absent = results["per_class"][3]
+    assert (absent["pq"], absent["sq"], absent["rq"]) == (0.0, 0.0, 0.0)
+    assert results["per_class"][1]["pq"] == 1.0 and results["Things"]["pq"] == 1.0

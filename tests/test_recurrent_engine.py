@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from crbp_d2.recurrent import (
     ConvLSTMCell,
     HGRUCell,
     MaskHeadHGRUCell,
+    NonFiniteStateError,
     RecurrentEngine,
     lipschitz_penalty,
 )
@@ -330,3 +332,56 @@ def test_core_does_not_import_detectron2_or_pathfinder():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _BlowsUpAtStep(torch.nn.Module):
+    """h_t = t (a number per step) until step ``at``, where it becomes inf."""
+
+    hidden_channels = 2
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def prepare(self, x):
+        return x
+
+    def init_state(self, drive):
+        return torch.zeros_like(drive)
+
+    def output(self, state):
+        return state
+
+    def forward(self, drive, state):
+        new = state + self.scale * torch.ones_like(state)
+        return torch.where(new >= self.at, torch.full_like(new, float("inf")), new)
+
+
+def test_a_non_finite_state_stops_with_the_step_and_the_method():
+    x = torch.zeros(1, 2, 3, 3)
+    with pytest.raises(
+        NonFiniteStateError, match="crbp: the recurrent state became non-finite at step 4 of 6"
+    ):
+        RecurrentEngine(_BlowsUpAtStep(4), 6, "crbp")(x)
+    with pytest.raises(NonFiniteStateError, match="at step 4 of 6"), torch.no_grad():
+        RecurrentEngine(_BlowsUpAtStep(4), 6, "bptt").eval()(x)
+    with pytest.warns(
+        RuntimeWarning, match="bptt: the recurrent state became non-finite at step 4"
+    ):
+        out = RecurrentEngine(_BlowsUpAtStep(4), 6, "bptt", nonfinite="warn")(x)
+    assert out.diagnostics.nonfinite_step == 4
+
+
+def test_an_unconverged_state_is_flagged_and_warned_about_once():
+    cell = HGRUCell(channels=3, kernel_size=3)
+    x = torch.rand(1, 3, 6, 6)
+    engine = RecurrentEngine(cell, 2, "rbp", convergence_tol=1e-9)
+    with pytest.warns(RuntimeWarning, match="rbp: the state has not converged after 2 steps"):
+        out = engine(x)
+    assert out.diagnostics.converged is False and out.diagnostics.scalars()["converged"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per engine
+        engine(x)
+        RecurrentEngine(cell, 2, "bptt", convergence_tol=1e-9)(x)  # BPTT needs no fixed point
+    assert RecurrentEngine(cell, 2, "rbp", convergence_tol=10.0)(x).diagnostics.converged

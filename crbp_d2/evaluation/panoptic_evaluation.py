@@ -39,7 +39,8 @@ def pq_compute(gt_json: str, pred: Mapping, gt_folder: str, pred_folder: str) ->
     ``per_class``). ``pred`` is the prediction json content; its PNGs are in ``pred_folder``.
 
     A group without any category to average (e.g. ``Stuff`` for a dataset without stuff) gets
-    NaN scores, where panopticapi raises ZeroDivisionError.
+    NaN scores, where panopticapi raises ZeroDivisionError. A category with no ground truth and
+    no prediction gets 0 per-class scores, as in panopticapi (hotcoco reports -1).
     """
     from hotcoco import panoptic
 
@@ -51,6 +52,9 @@ def pq_compute(gt_json: str, pred: Mapping, gt_folder: str, pred_folder: str) ->
     for group, _ in _GROUPS:
         if results[group]["n"] == 0:
             results[group].update(pq=math.nan, sq=math.nan, rq=math.nan)
+    for scores in results["per_class"].values():
+        if scores.get("tp", 0) + scores.get("fp", 0) + scores.get("fn", 0) == 0:
+            scores.update(pq=0.0, sq=0.0, rq=0.0)
     return results
 
 

@@ -6,7 +6,7 @@ Pure PyTorch: nothing here imports Detectron2 or the Pathfinder module.
 from .base import RecurrentCell, State, make_norm
 from .convlstm import ConvLSTMCell
 from .diagnostics import RecurrenceDiagnostics, relative_residual, spectral_radius
-from .engine import RecurrenceOutput, RecurrentEngine
+from .engine import NonFiniteStateError, RecurrenceOutput, RecurrentEngine
 from .hgru import HGRUCell, MaskHeadHGRUCell
 from .lcp import LCP_REDUCTIONS, lipschitz_penalty
 from .neumann import NORM_CAPS, NeumannStats, neumann_series, rbp_attach
@@ -32,6 +32,7 @@ __all__ = [
     "METHODS",
     "MaskHeadHGRUCell",
     "NEUMANN_METHODS",
+    "NonFiniteStateError",
     "SOLVERS",
     "SolverStats",
     "NORM_CAPS",

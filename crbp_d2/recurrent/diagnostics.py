@@ -26,6 +26,8 @@ class RecurrenceDiagnostics:
     forward_evaluations: Optional[int] = None  # cell evaluations (without and with a graph)
     solver_residual: Optional[float] = None  # relative residual where the solver stopped
     solver_fell_back: Optional[bool] = None  # Anderson fell back to plain iteration
+    converged: Optional[bool] = None  # residual at most the spec's convergence_tol
+    nonfinite_step: Optional[int] = None  # first step with a non-finite state (warn mode)
 
     @property
     def neumann_terms(self) -> Optional[int]:
@@ -43,6 +45,7 @@ class RecurrenceDiagnostics:
             "lcp": self.lcp,
             "lcp_fraction_above": self.lcp_fraction_above,
             "forward_evaluations": self.forward_evaluations,
+            "converged": None if self.converged is None else float(self.converged),
             "solver_residual": self.solver_residual,
             "solver_fell_back": None
             if self.solver_fell_back is None

@@ -17,6 +17,7 @@ must run once backward has gone through the recurrence (e.g. logging the Neumann
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -37,6 +38,7 @@ from .spec import METHODS, EngineSpec
 
 __all__ = [
     "METHODS",
+    "NonFiniteStateError",
     "RecurrenceOutput",
     "RecurrentEngine",
     "check_steps",
@@ -44,6 +46,12 @@ __all__ = [
 ]
 
 AfterBackward = Callable[[RecurrenceDiagnostics], None]
+
+
+class NonFiniteStateError(RuntimeError):
+    """The recurrent state became NaN or infinite; the message names the step and the method."""
+
+
 _SPEC_FIELDS = frozenset(f.name for f in fields(EngineSpec))
 
 
@@ -200,7 +208,8 @@ class RecurrentEngine(nn.Module):
         recorder: Optional[List[State]] = [] if record_states else None
         if not torch.is_grad_enabled():
             tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
-            return self._iterate(self.cell.prepare(x), n, tol, recorder)
+            drive = self.cell.prepare(x)
+            return self._checked(self._iterate(drive, n, tol, recorder), drive)
         result = RecurrenceOutput(x, None, RecurrenceDiagnostics(self.method, n, float("nan")))
         # the probe sits on the input, so its backward runs after the whole recurrence's
         x = _BackwardProbe.apply(result, x if x.requires_grad else x.detach().requires_grad_())
@@ -216,7 +225,43 @@ class RecurrentEngine(nn.Module):
             out = self._one_step(drive, n, recorder)
         result.state, result.lcp, result.diagnostics = out.state, out.lcp, out.diagnostics
         result.states = out.states
-        return result
+        return self._checked(result, drive)
+
+    def _checked(self, out: RecurrenceOutput, drive: Tensor) -> RecurrenceOutput:
+        """Stop (or warn) on a non-finite state, naming its first step and the method; flag a
+        state that has not converged (and warn once for the fixed-point methods)."""
+        spec, diag = self.spec, out.diagnostics
+        if not all(bool(torch.isfinite(p).all()) for p in state_parts(out.state)):
+            step = self._first_nonfinite_step(drive, diag.steps)
+            message = (
+                f"{spec.method}: the recurrent state became non-finite at step {step} of "
+                f"{diag.steps} (the cell diverges: lower the learning rate, raise the LCP weight "
+                "or run fewer steps; NONFINITE warn only warns)"
+            )
+            if spec.nonfinite == "error":
+                raise NonFiniteStateError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            diag.nonfinite_step = step
+        diag.converged = bool(diag.residual <= spec.convergence_tol)
+        if not diag.converged and spec.assumes_fixed_point and self.training:
+            if not self.__dict__.get("_warned_unconverged", False):
+                self.__dict__["_warned_unconverged"] = True
+                warnings.warn(
+                    f"{spec.method}: the state has not converged after {diag.steps} steps "
+                    f"(relative residual {diag.residual:.3g} > CONVERGENCE_TOL "
+                    f"{spec.convergence_tol}); the {spec.method} gradient assumes a fixed point "
+                    "(run more steps, or use the LCP); warned once",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return out
+
+    @torch.no_grad()
+    def _first_nonfinite_step(self, drive: Tensor, steps: int) -> int:
+        for t, state in enumerate(self._states(drive.detach(), self.cell.init_state(drive), steps)):
+            if not all(bool(torch.isfinite(p).all()) for p in state_parts(state)):
+                return t
+        return steps
 
     def _steps_for_call(self, steps: Optional[int]) -> int:
         n = steps if steps is not None else (self.steps if self.training else self.test_steps)

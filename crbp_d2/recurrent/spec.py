@@ -24,6 +24,8 @@ from .solvers import SOLVERS
 METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp", "jfb", "cjfb", "phantom", "cphantom")
 LCP_METHODS = ("cbptt", "crbp", "cjfb", "cphantom")  # the methods that train the LCP
 NEUMANN_METHODS = ("rbp", "crbp")  # the methods whose backward runs the Neumann series
+FIXED_POINT_METHODS = ("rbp", "crbp", "jfb", "cjfb")  # gradients that assume h_N is a fixed point
+NONFINITE_ACTIONS = ("error", "warn")
 
 # config key -> EngineSpec field; the config value "0" means "unset" for the keys in _ZERO_IS_UNSET
 CONFIG_KEYS: Dict[str, str] = {
@@ -48,6 +50,8 @@ CONFIG_KEYS: Dict[str, str] = {
     "ANDERSON_WINDOW": "anderson_window",
     "ANDERSON_DAMPING": "anderson_damping",
     "FIDELITY_PERIOD": "fidelity_period",
+    "NONFINITE": "nonfinite",
+    "CONVERGENCE_TOL": "convergence_tol",
 }
 _ZERO_IS_UNSET = ("TEST_TIMESTEPS", "TBPTT_STEPS", "HALT_TOLERANCE", "NEUMANN_TOL", "SOLVER_TOL")
 _FLOAT_KEYS = (
@@ -59,6 +63,7 @@ _FLOAT_KEYS = (
     "PHANTOM_DAMPING",
     "SOLVER_TOL",
     "ANDERSON_DAMPING",
+    "CONVERGENCE_TOL",
 )
 
 
@@ -113,6 +118,11 @@ class EngineSpec:
         anderson_damping: beta in (0, 1] of the Anderson update.
         fidelity_period: log the gradient fidelity every this many training iterations (0: off;
             read by the trainers).
+        nonfinite: what a non-finite state does: ``error`` (raise, naming the step and the
+            method) or ``warn`` (warn and go on).
+        convergence_tol: a state whose relative residual at N is above this is flagged as not
+            converged in the diagnostics; the fixed-point methods (rbp, crbp, jfb, cjfb) also
+            warn once, since their gradient assumes a fixed point.
     """
 
     steps: int = 20
@@ -136,6 +146,8 @@ class EngineSpec:
     anderson_window: int = 5
     anderson_damping: float = 1.0
     fidelity_period: int = 0
+    nonfinite: str = "error"
+    convergence_tol: float = 0.05
 
     def __post_init__(self) -> None:
         _check_positive_int("steps", self.steps)
@@ -172,6 +184,9 @@ class EngineSpec:
             if not _is_number(value) or not 0.0 < value <= 1.0:
                 raise SpecError(name, value, "must be in (0, 1]")
         _check_choice("solver", self.solver, SOLVERS)
+        _check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
+        if not _is_number(self.convergence_tol) or self.convergence_tol <= 0:
+            raise SpecError("convergence_tol", self.convergence_tol, "must be a number > 0")
         if not _is_int(self.fidelity_period) or self.fidelity_period < 0:
             raise SpecError("fidelity_period", self.fidelity_period, "must be an integer >= 0")
 
@@ -184,6 +199,11 @@ class EngineSpec:
     def uses_neumann(self) -> bool:
         """True for the methods whose backward runs the Neumann series (rbp, crbp)."""
         return self.method in NEUMANN_METHODS
+
+    @property
+    def assumes_fixed_point(self) -> bool:
+        """True for the methods whose gradient assumes h_N is a fixed point."""
+        return self.method in FIXED_POINT_METHODS
 
     @property
     def eval_steps(self) -> int:
