@@ -321,3 +321,11 @@ def test_head_from_explicit_arguments_without_a_config():
         head(torch.randn(2, WIDTH, 14, 14), instances)
     assert instances[0].pred_masks.shape == (2, 1, 28, 28)
     assert head.last_diagnostics["steps"] == 2
+
+
+def test_a_non_finite_state_stops_training_naming_the_iteration_and_method():
+    head = build_head(small_cfg(METHOD="crbp"))
+    x = features(5).detach()
+    x[0, 0, 0, 0] = float("nan")
+    with EventStorage(7), pytest.raises(FloatingPointError, match="mask head at iteration 7: crbp"):
+        head(x, training_instances())

@@ -15,7 +15,7 @@ also returns the mask probabilities of every step as ``pred_masks_steps``.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -35,6 +35,7 @@ from ..config import validate_crbp_config
 from ..recurrent import (
     ConvLSTMCell,
     MaskHeadHGRUCell,
+    NonFiniteStateError,
     RecurrenceDiagnostics,
     RecurrentEngine,
 )
@@ -88,6 +89,13 @@ def _put_scalars(values: Dict[str, float]) -> None:
     except AssertionError:  # no EventStorage active (e.g. a bare backward in a script)
         return
     storage.put_scalars(**{SCALAR_PREFIX + k: v for k, v in values.items()}, smoothing_hint=True)
+
+
+def _iteration() -> Optional[int]:
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        return None
 
 
 def _put_backward_scalars(diagnostics: RecurrenceDiagnostics) -> None:
@@ -193,7 +201,10 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
         return self._forward_inference(x, instances)
 
     def _forward_train(self, x: Tensor, instances: List[Instances]) -> Dict[str, Tensor]:
-        out = self.engine(x)
+        try:
+            out = self.engine(x)
+        except NonFiniteStateError as error:  # as Detectron2 reports a non-finite loss
+            raise FloatingPointError(f"mask head at iteration {_iteration()}: {error}") from None
         out.after_backward(_put_backward_scalars)  # Neumann stats are known only after backward
         logits = self.readout(self.engine.cell.output(out.state))
         losses = {

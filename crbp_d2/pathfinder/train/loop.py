@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
+from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 from ..data.datasets import build_dataset
@@ -312,8 +313,15 @@ class Trainer:
             group["lr"] = lr
         image, label = image.to(self.device), label.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp_dtype):
-            total, task, out = compute_loss(self.model, image, label, self.cfg)
+        try:
+            with autocast(self.device, self.amp_dtype):
+                total, task, out = compute_loss(self.model, image, label, self.cfg)
+        except NonFiniteStateError as error:
+            raise NonFiniteLossError(
+                f"{error} at epoch {self.epoch + 1}, iteration {self.iteration + 1}; last "
+                f"diagnostics: {self.last_diagnostics}. Checkpoints in {self.output_dir} are from "
+                "before this step."
+            ) from None
         if not torch.isfinite(total.detach()):
             raise NonFiniteLossError(
                 f"non-finite loss {float(total.detach())} (task {float(task.detach())}) "
