@@ -13,7 +13,6 @@ Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in t
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ from detectron2.config import CfgNode as CN
 
 from .recurrent import EngineSpec, engine_config_defaults, spec_from_node
 from .recurrent.base import NONLINEARITIES
+from .utils.configs import has_key, unknown_key_message
 
 __all__ = [
     "CELLS",
@@ -197,52 +197,19 @@ def get_crbp_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
         try:
             cfg.merge_from_file(config_file)
         except KeyError as error:
-            raise _unknown_key_error(
-                cfg, str(error.args[0]), f"config file {config_file}"
-            ) from None
+            message = unknown_key_message(cfg, str(error.args[0]), f"config file {config_file}")
+            raise KeyError(message) from None
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {opts}")
     for key in opts[0::2]:
         if cfg.key_is_deprecated(key) or cfg.key_is_renamed(key):
             continue  # yacs ignores the first and explains the second
-        if not _has_key(cfg, key):
-            raise _unknown_key_error(cfg, key, "the command-line overrides")
+        if not has_key(cfg, key):
+            raise KeyError(unknown_key_message(cfg, key, "the command-line overrides"))
     cfg.merge_from_list(opts)
     validate_crbp_config(cfg)
     return cfg
-
-
-def _has_key(cfg: CN, dotted: str) -> bool:
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, CN) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _unknown_key_error(cfg: CN, message: str, source: str) -> KeyError:
-    """One KeyError naming the unknown key, where it came from, and close existing keys."""
-    key = message.split(":", 1)[1].strip() if message.startswith("Non-existent") else message
-    parts = key.split(".")
-    node, known = cfg, []
-    for part in parts[:-1]:  # walk to the deepest existing node
-        if isinstance(node, CN) and part in node:
-            node, known = node[part], known + [part]
-        else:
-            break
-    hint = ""
-    if isinstance(node, CN):
-        close = difflib.get_close_matches(parts[len(known)], list(node.keys()), n=3, cutoff=0.5)
-        if close:
-            prefix = ".".join(known)
-            hint = (
-                " Did you mean "
-                + ", ".join(f"{prefix + '.' if prefix else ''}{c}" for c in close)
-                + "?"
-            )
-    return KeyError(f"Non-existent config key: {key} (in {source}).{hint}")
 
 
 def _is_remote(path: str) -> bool:

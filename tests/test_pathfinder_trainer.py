@@ -155,6 +155,13 @@ def test_config_errors_name_the_bad_thing(tmp_path):
         load_config(str(tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="MODEL.NOPE"):
         load_config(overrides=["MODEL.NOPE", "1"])
+    with pytest.raises(ConfigError, match=r"MODEL.RECURRENT.TIMESTEP .*Did you mean .*TIMESTEPS"):
+        load_config(overrides=["MODEL.RECURRENT.TIMESTEP", "4"])
+    (tmp_path / "typo.yaml").write_text("SOLVER: {LRR: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"SOLVER.LRR .*typo.yaml.*Did you mean SOLVER.LR"):
+        load_config(str(tmp_path / "typo.yaml"))
+    with pytest.raises(ConfigError, match="SOLVER.MAX_ITERS_PER_EPOCH must be >= 0"):
+        load_config(overrides=["SOLVER.MAX_ITERS_PER_EPOCH", "-1"])
     with pytest.raises(ConfigError, match="MODEL.RECURRENT.METHOD = 'magic': unknown value"):
         load_config(overrides=["MODEL.RECURRENT.METHOD", "magic"])
     with pytest.raises(ConfigError, match="not found: .*missing.yaml"):

@@ -22,6 +22,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from crbp_d2.recurrent import engine_config_defaults, spec_from_node
+from crbp_d2.utils.configs import has_key, unknown_key_message
 
 # the checkout this package runs from (an editable install): the shipped configs and results
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +200,11 @@ def _check_values(cfg: CN) -> None:
     for key in ("BATCH_SIZE", "EPOCHS"):
         if getattr(cfg.SOLVER, key) < 1:
             raise ConfigError(f"SOLVER.{key} must be >= 1, got {getattr(cfg.SOLVER, key)}")
+    if cfg.SOLVER.MAX_ITERS_PER_EPOCH < 0:
+        raise ConfigError(
+            f"SOLVER.MAX_ITERS_PER_EPOCH must be >= 0 (0: every batch), got "
+            f"{cfg.SOLVER.MAX_ITERS_PER_EPOCH}"
+        )
 
 
 def _merge(cfg: CN, other: CN, where: str) -> None:
@@ -206,7 +212,7 @@ def _merge(cfg: CN, other: CN, where: str) -> None:
         cfg.merge_from_other_cfg(other)
     except KeyError as err:
         message = str(err.args[0]) if err.args else str(err)
-        raise ConfigError(f"{message} (in {where})") from None
+        raise ConfigError(unknown_key_message(cfg, message, where)) from None
     except ValueError as err:
         raise ConfigError(f"{err} (in {where})") from None
 
@@ -223,8 +229,12 @@ def load_config(
             raise ConfigError(
                 f"overrides must be KEY VALUE pairs, got an odd list: {list(overrides)}"
             )
+        renamed = _rename_in_overrides(overrides)
+        for key in renamed[0::2]:
+            if not has_key(cfg, key):
+                raise ConfigError(unknown_key_message(cfg, key, "the command-line overrides"))
         try:
-            cfg.merge_from_list(_rename_in_overrides(overrides))
+            cfg.merge_from_list(renamed)
         except KeyError as err:
             message = str(err.args[0]) if err.args else str(err)
             raise ConfigError(f"{message} (in the command-line overrides)") from None
