@@ -29,7 +29,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .config import check_weights_file, get_crbp_cfg
-from .data import check_num_classes
+from .data import check_mask_format, check_num_classes
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .utils import atomic_write_text
@@ -87,6 +87,7 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     dataset names, class counts that do not match the datasets, a missing weights file."""
     cfg = get_crbp_cfg(args.config_file, args.opts)
     check_num_classes(cfg)  # checks the dataset names first
+    check_mask_format(cfg)
     check_weights_file(cfg, resume=args.resume)
     cfg.freeze()
     return cfg

@@ -148,3 +148,19 @@ def test_registered_names_generate_on_first_use(tmp_path, contours_root):
         ensure_synthetic_dataset(SHAPES_SCENE, contours_root)
     with pytest.raises(UnknownDatasetError, match="did you mean 'synthetic_contours_val"):
         check_dataset_name("synthetic_contour_val_separated")
+
+
+def test_training_on_contours_needs_the_bitmask_mask_format():
+    from detectron2.config import get_cfg
+
+    from crbp_d2.data import check_mask_format
+
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = ("synthetic_contours_train_separated",)
+    with pytest.raises(ValueError, match="stores its instance masks as RLE: set INPUT.MASK_FORMAT"):
+        check_mask_format(cfg)
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    check_mask_format(cfg)
+    cfg.INPUT.MASK_FORMAT = "polygon"
+    cfg.DATASETS.TRAIN = ("synthetic_panoptic_train_separated",)
+    check_mask_format(cfg)

@@ -54,6 +54,7 @@ __all__ = [
     "UnknownDatasetError",
     "check_dataset_name",
     "check_dataset_names",
+    "check_mask_format",
     "check_num_classes",
 ]
 
@@ -153,7 +154,9 @@ def register_synthetic_panoptic(
         load = DatasetCatalog[dataset_name]  # Detectron2's loader, wrapped to generate first
         DatasetCatalog.remove(dataset_name)
         DatasetCatalog.register(dataset_name, _generate_then_load(prepare_files, load))
-        MetadataCatalog.get(dataset_name).set(synthetic_root=os.fspath(root))
+        MetadataCatalog.get(dataset_name).set(
+            synthetic_root=os.fspath(root), instance_masks=scene.instance_masks
+        )
         _FILE_PREPARERS[dataset_name] = prepare_files
     return registered
 
@@ -246,6 +249,20 @@ def check_dataset_names(cfg: CfgNode) -> None:
         unknown = [name for name in names if name not in DatasetCatalog]
         if unknown:
             raise UnknownDatasetError(_unknown_dataset_message(unknown, f"cfg.DATASETS.{field}"))
+
+
+def check_mask_format(cfg: CfgNode) -> None:
+    """Raise ``ValueError`` if a training dataset stores its instance masks as RLE (the contours
+    set: exact thin masks) while ``INPUT.MASK_FORMAT`` is ``polygon`` (Detectron2 would fail in
+    its data loader)."""
+    if cfg.INPUT.MASK_FORMAT == "bitmask":
+        return
+    for dataset_name in cfg.DATASETS.TRAIN:
+        if MetadataCatalog.get(dataset_name).get("instance_masks") == "rle":
+            raise ValueError(
+                f"dataset {dataset_name!r} stores its instance masks as RLE: set "
+                "INPUT.MASK_FORMAT bitmask (the configs/quick/*contours*.yaml configs do)"
+            )
 
 
 def check_num_classes(cfg: CfgNode) -> None:
