@@ -193,7 +193,8 @@ def run_one(
         top = 3 * run.train_steps
         _run_logged(
             python + ["crbp_d2.cli.timestep_sweep", "--config-file", config, "--output", sweep_dir]
-            + ["--steps", f"1-{top}", "--segm-ap", "--gt-box", "MODEL.WEIGHTS", weights, *opts],
+            + ["--steps", f"1-{top}", "--segm-ap", "--gt-box", "MODEL.WEIGHTS", weights, *opts]
+            + list(schedule_opts),
             os.path.join(folder, "sweep.log"),
         )  # fmt: skip
         records = []
