@@ -97,3 +97,12 @@ def test_cpu_protocol_checks_and_table(tmp_path):
     assert lines[5].startswith("| flood fill (baseline) |") and "0.620" in lines[5]
     assert "8 test images" in lines[-1] and "training 1.0 min" in lines[-1]
     assert open(stem + ".md").read().splitlines() == lines
+
+
+def test_cpu_protocol_jobs_for_other_methods():
+    assert cpu_protocol.slots_for(["crbp", "bptt", "rbp"]) == cpu_protocol.SLOTS
+    assert cpu_protocol.slots_for(["crbp", "cjfb"]) == (("crbp",), ("cjfb",))
+    with pytest.raises(ValueError, match=r"no CPU-protocol config for \['magic'\]"):
+        cpu_protocol.slots_for(["crbp", "magic"])
+    for method in cpu_protocol.LABELS:  # every method has its config
+        assert (cpu_protocol.PROTOCOL_CONFIGS / f"{method}.yaml").is_file(), method

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,7 +41,14 @@ STEM = "pathfinder_cpu_protocol"
 METHODS = ("crbp", "bptt", "rbp")
 SLOTS = (("crbp",), ("bptt", "rbp"))  # the methods each 1-thread job trains, in order
 FLOOD_RADII = (1, 2, 3, 4)
-LABELS = {"crbp": "C-RBP", "bptt": "BPTT", "rbp": "RBP"}
+# method -> its config under configs/pathfinder/cpu_protocol/ and its label
+LABELS = {
+    "crbp": "C-RBP",
+    "rbp": "RBP (no LCP)",
+    "bptt": "BPTT",
+    "cjfb": "C-JFB (JFB + LCP)",
+    "cphantom": "C-phantom (phantom + LCP)",
+}
 
 Record = Dict[str, object]
 Log = Callable[[str], None]
@@ -90,14 +97,27 @@ def train_slot(
             timings[f"{method}_failed"] = float(code)
 
 
-def train_all(out_dir: str, overrides: Sequence[str] = ()) -> Dict[str, float]:
-    """Run the :data:`SLOTS` side by side; returns the seconds per job. Raises
-    :class:`TrainingFailed` naming the failed methods."""
+def slots_for(methods: Sequence[str]) -> Tuple[Tuple[str, ...], ...]:
+    """Two 1-thread jobs for ``methods``: the protocol's own split for its three methods, else
+    alternately (the first method in the first job)."""
+    unknown = [m for m in methods if m not in LABELS]
+    if unknown:
+        raise ValueError(f"no CPU-protocol config for {unknown}; choose from {list(LABELS)}")
+    if tuple(methods) == METHODS:
+        return SLOTS
+    return tuple(tuple(methods[i::2]) for i in range(min(2, len(methods))))
+
+
+def train_all(
+    out_dir: str, overrides: Sequence[str] = (), slots: Sequence[Sequence[str]] = SLOTS
+) -> Dict[str, float]:
+    """Run the ``slots`` (sequences of methods) side by side; returns the seconds per job.
+    Raises :class:`TrainingFailed` naming the failed methods."""
     os.makedirs(out_dir, exist_ok=True)
     timings: Dict[str, float] = {}
     threads = [
         threading.Thread(target=train_slot, args=(slot, out_dir, timings, overrides))
-        for slot in SLOTS
+        for slot in slots
     ]
     for thread in threads:
         thread.start()
@@ -138,7 +158,9 @@ def _read_csv(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def evaluate_all(out_dir: str, timings: Dict[str, float]) -> Dict[str, object]:
+def evaluate_all(
+    out_dir: str, timings: Dict[str, float], methods: Sequence[str] = METHODS
+) -> Dict[str, object]:
     """Evaluate every method's ``out_dir/METHOD/last.pth`` at every step 0..3N on the test set of
     its config, and the baselines on the same images. Returns {records, curves, train_steps,
     diagnostics, test_images}."""
@@ -147,7 +169,7 @@ def evaluate_all(out_dir: str, timings: Dict[str, float]) -> Dict[str, object]:
     train_steps: Dict[str, int] = {}
     diagnostics: Dict[str, dict] = {}
     dataset = None
-    for method in METHODS:
+    for method in methods:
         model, cfg = load_trained(os.path.join(out_dir, method, "last.pth"))
         n = cfg.MODEL.RECURRENT.TIMESTEPS
         if dataset is None:
@@ -199,7 +221,10 @@ def _iou(records: List[Record], method: str, steps=None) -> float:
 
 def protocol_checks(records: List[Record], train_steps: Dict[str, int]) -> Dict[str, object]:
     """What the protocol asks of the run: C-RBP learns (>= +0.10 IoU over marker-only at N),
-    beats flood fill, stays within 0.02 from N to 3N, and BPTT loses >= 0.05 from N to 3N."""
+    beats flood fill, stays within 0.02 from N to 3N, and BPTT loses >= 0.05 from N to 3N.
+    Empty unless both C-RBP and BPTT were run."""
+    if "C-RBP" not in train_steps or "BPTT" not in train_steps:
+        return {}
     n_c, n_b = train_steps["C-RBP"], train_steps["BPTT"]
     crbp_n, crbp_3n = _iou(records, "crbp", n_c), _iou(records, "crbp", 3 * n_c)
     bptt_n, bptt_3n = _iou(records, "bptt", n_b), _iou(records, "bptt", 3 * n_b)
@@ -223,23 +248,26 @@ def run_protocol(
     eval_threads: int = 2,
     overrides: Sequence[str] = (),
     log: Log = print,
+    methods: Sequence[str] = METHODS,
+    stem_name: str = STEM,
 ) -> Dict[str, object]:
-    """Train (unless ``skip_training``) and evaluate the protocol; writes
-    ``results_dir/pathfinder_cpu_protocol{.json,_summary.json,.md,_steps.png,_training.png}``
-    and returns the summary. Raises :class:`TrainingFailed`."""
+    """Train (unless ``skip_training``) and evaluate ``methods`` (two 1-thread jobs, see
+    :func:`slots_for`); writes ``results_dir/STEM{.json,_summary.json,.md,_steps.png,
+    _training.png}`` and returns the summary. Raises :class:`TrainingFailed`."""
+    slots = slots_for(methods)
     os.makedirs(out_dir, exist_ok=True)
     tic = time.time()
-    timings = {} if skip_training else train_all(out_dir, overrides)
+    timings = {} if skip_training else train_all(out_dir, overrides, slots)
     train_seconds = time.time() - tic
 
     torch.set_num_threads(eval_threads)
     eval_tic = time.time()
-    evaluation = evaluate_all(out_dir, timings)
+    evaluation = evaluate_all(out_dir, timings, methods)
     eval_seconds = time.time() - eval_tic
     records, train_steps = evaluation["records"], evaluation["train_steps"]
     checks = protocol_checks(records, train_steps)
 
-    stem = os.path.join(results_dir, STEM)
+    stem = os.path.join(results_dir, stem_name)
     atomic_write_json(records, stem + ".json")
     summary = {
         "machine": machine(),
@@ -249,7 +277,7 @@ def run_protocol(
         "test_images": evaluation["test_images"],
         "checks": checks,
         "diagnostics": evaluation["diagnostics"],
-        "configs": {m: f"configs/pathfinder/cpu_protocol/{m}.yaml" for m in METHODS},
+        "configs": {m: f"configs/pathfinder/cpu_protocol/{m}.yaml" for m in methods},
         "overrides": list(overrides),
     }
     atomic_write_json(summary, stem + "_summary.json")
@@ -282,7 +310,7 @@ def write_markdown(stem: str) -> str:
     by = {(r["method"], r["eval_steps"]): r for r in records}
     header = ["method", "N", "IoU at N", "IoU at 3N", "change", "mean per-image IoU at N"]
     rows = []
-    for method, label in (("crbp", "C-RBP"), ("rbp", "RBP (no LCP)"), ("bptt", "BPTT")):
+    for method, label in LABELS.items():
         runs = sorted((r for r in records if r["method"] == method), key=lambda r: r["eval_steps"])
         if len(runs) < 2:
             continue
