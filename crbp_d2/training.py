@@ -86,6 +86,12 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     that can fail before training starts: unknown keys, invalid recurrent settings, unknown
     dataset names, class counts that do not match the datasets, a missing weights file."""
     cfg = get_crbp_cfg(args.config_file, args.opts)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not getattr(args, "random_weights", False):
+        raise ValueError(
+            "--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model: set "
+            "MODEL.WEIGHTS to a checkpoint (e.g. OUTPUT_DIR/model_final.pth), or pass "
+            "--random-weights to do it anyway"
+        )
     check_num_classes(cfg)  # checks the dataset names first
     check_mask_format(cfg)
     check_weights_file(cfg, resume=args.resume)

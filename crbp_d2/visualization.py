@@ -157,12 +157,15 @@ def run_demo(
     steps: Optional[int] = None,
     max_images: Optional[int] = None,
     scale: Optional[float] = None,
+    random_weights: bool = False,
 ) -> List[str]:
     """Predict on every image of ``inputs`` (files, folders, globs) with the model of
     ``config_file`` + ``opts`` and write ``output/<stem>_panoptic.png`` and, with
     ``timecourse``, ``output/<stem>_timecourse.png`` (:func:`render_timecourse`: each confident
     detection's mask step by step, up to the test steps or ``steps``).
-    The class names come from ``DATASETS.TEST[0]``; ``scale`` default: panels >= 400 px.
+    The class names come from ``DATASETS.TEST[0]``; ``scale`` default: panels >= 400 px. Without
+    ``MODEL.WEIGHTS`` it refuses to draw a randomly initialised model unless ``random_weights``.
+    An input that is not a readable image is skipped with a warning.
 
     Returns the written files. Bad input raises ``KeyError`` / ``FileNotFoundError`` /
     ``ValueError`` before the model is built.
@@ -171,6 +174,11 @@ def run_demo(
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
     check_weights_file(cfg)
+    if not cfg.MODEL.WEIGHTS and not random_weights:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: the demo would draw a randomly initialised model; pass "
+            "--opts MODEL.WEIGHTS CHECKPOINT, or --random-weights to do it anyway"
+        )
     if not cfg.DATASETS.TEST:
         raise ValueError("DATASETS.TEST is empty: the demo takes class names from DATASETS.TEST[0]")
     check_dataset_name(cfg.DATASETS.TEST[0], "DATASETS.TEST[0]")
@@ -188,7 +196,11 @@ def run_demo(
         head.return_timecourse = True
     written = []
     for path in paths:
-        image = read_image(path, format="BGR")
+        try:
+            image = read_image(path, format="BGR")
+        except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises for bad files
+            logger.warning(f"skipped {path}: not a readable image ({error})")
+            continue
         outputs = predictor(image)
         rgb = image[:, :, ::-1]
         image_scale = scale or max(1.0, 400.0 / max(image.shape[:2]))

@@ -99,16 +99,33 @@ def test_demo_writes_panoptic_and_timecourse_images(trained):
     import cv2
     from detectron2.data import MetadataCatalog
 
-    images = MetadataCatalog.get("synthetic_panoptic_val_separated").image_root
+    images = sorted(
+        Path(MetadataCatalog.get("synthetic_panoptic_val_separated").image_root).glob("*.jpg")
+    )
+    inputs = trained / "inputs"
+    inputs.mkdir()
+    for image in images[:2]:
+        (inputs / image.name).write_bytes(image.read_bytes())
+    (inputs / "notes.png").write_text("not an image")  # skipped with a warning
+    (inputs / "cut.jpg").write_bytes(images[2].read_bytes()[:200])  # truncated: skipped too
     out = trained / "demo"
     weights = str(trained / "model_final.pth")
     args = demo.parse_args(
-        ["--config-file", CONFIG, "--input", images, "--output", str(out), "--max-images", "2",
+        ["--config-file", CONFIG, "--input", str(inputs), "--output", str(out),
          "--confidence-threshold", "0.0", "--timecourse", "--opts", "MODEL.WEIGHTS", weights]
     )  # fmt: skip
     written = demo.run(args)
     assert len(written) == 4 and all(os.path.getsize(p) > 1000 for p in written)
     assert written[1].endswith("_timecourse.png") and cv2.imread(written[1]).shape[2] == 3
+
+
+def test_a_randomly_initialised_model_is_not_evaluated_unless_asked(tmp_path):
+    with pytest.raises(ValueError, match="--eval-only without MODEL.WEIGHTS would evaluate"):
+        training.build_config(train_args(tmp_path, "--eval-only"))
+    assert training.build_config(train_args(tmp_path, "--eval-only", "--random-weights"))
+    args = demo.parse_args(["--config-file", CONFIG, "--input", str(tmp_path), "--output", "x"])
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty: the demo would draw"):
+        demo.run(args)
 
 
 def test_timecourse_shows_each_confident_detection_in_its_own_row():
@@ -192,3 +209,10 @@ def test_timestep_sweep_step_lists():
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, exit status 2
         sweep_cli.parse_args(["--config-file", CONFIG, "--output", "out", "--steps", "0-2"])
     assert exit_info.value.code == 2
+
+
+def test_resume_and_eval_only_may_follow_the_overrides():
+    args = train_net.parse_args(["--config-file", CONFIG, "SOLVER.MAX_ITER", "3", "--resume"])
+    assert args.resume and args.opts == ["SOLVER.MAX_ITER", "3"]
+    args = train_net.parse_args(["--config-file", CONFIG, "MODEL.WEIGHTS", "w.pth", "--eval-only"])
+    assert args.eval_only and not args.resume and args.opts == ["MODEL.WEIGHTS", "w.pth"]

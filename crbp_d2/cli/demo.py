@@ -37,6 +37,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--scale", type=float, default=None, help="drawing scale (default: panels >= 400 px)"
     )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="draw the randomly initialised model when MODEL.WEIGHTS is empty",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     return parser.parse_args(argv)
 
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> List[str]:
         steps=args.steps,
         max_images=args.max_images,
         scale=args.scale,
+        random_weights=args.random_weights,
     )
 
 

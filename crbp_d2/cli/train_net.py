@@ -2,10 +2,10 @@
 
 Examples::
 
-    # train (and evaluate at the end) the CPU quick config on the synthetic dataset
-    python tools/train_net.py --config-file configs/quick/R-FPN-R50-CRBP-synthetic.yaml
-    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
-    python tools/train_net.py --config-file ... --resume
+    # train (and evaluate at the end) the quick recipe on the synthetic shapes set
+    python tools/train_net.py --config-file configs/quick/R-FPN-CRBP-synthetic.yaml
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint (the same command + --resume)
+    python tools/train_net.py --config-file ... [KEY VALUE ...] --resume
     # evaluate a checkpoint (PQ / COCO AP / mIoU; prints the copypaste lines)
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
     # the paper's model on 8 GPUs
@@ -28,9 +28,23 @@ from detectron2.engine import default_argument_parser, launch
 
 from ._common import INPUT_ERRORS, one_line_errors
 
+# Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
+# flags when they come after an override; they are moved to the front first.
+_FLAGS = ("--resume", "--eval-only", "--random-weights")
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return default_argument_parser().parse_args(argv)
+    """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
+    anywhere on the line (also after the ``KEY VALUE`` overrides)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a in _FLAGS]
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
+    )
+    return parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
