@@ -21,10 +21,12 @@ def test_variant_names():
     assert parse_variant("FPN") == ("feedforward", 0)
     assert parse_variant("CRBP-20") == ("crbp", 20)
     assert parse_variant("TBPTT-3") == ("tbptt", 3)
-    for bad in ("CRBP", "crbp-20", "FPN-3x", "LSTM-5"):
+    for bad in ("CRBP", "crbp", "FPN-3x", "LSTM-5", "CRBP-"):
         with pytest.raises(ValueError, match="unknown variant"):
             parse_variant(bad)
     assert variant_opts("FPN") == ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
+    assert variant_opts("fpn") == variant_opts("FPN")
+    assert parse_variant("bptt-5") == ("bptt", 5) and parse_variant("CJFB-20") == ("cjfb", 20)
     opts = dict(zip(*[iter(variant_opts("BPTT-3"))] * 2))
     assert opts == {
         "MODEL.ROI_MASK_HEAD.NAME": "RecurrentMaskHead",

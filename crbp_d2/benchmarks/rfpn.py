@@ -49,19 +49,21 @@ __all__ = [
 Record = Dict[str, object]
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "R-FPN-R50-CRBP.yaml")
 DEFAULT_VARIANTS = ("FPN", "BPTT-1", "BPTT-3", "BPTT-5", "CRBP-5", "CRBP-10", "CRBP-20")
-_VARIANT = re.compile(r"^(FPN|BPTT|TBPTT|RBP|CBPTT|CRBP)(?:-(\d+))?$")
+_VARIANT = re.compile(
+    r"^(FPN|BPTT|TBPTT|RBP|CBPTT|CRBP|JFB|CJFB|PHANTOM|CPHANTOM)(?:-(\d+))?$", re.IGNORECASE
+)
 
 
 def parse_variant(variant: str) -> Tuple[str, int]:
-    """``"CRBP-20"`` -> ``("crbp", 20)``, ``"FPN"`` -> ``("feedforward", 0)``; ``ValueError``
-    for anything else."""
+    """``"CRBP-20"`` (any case) -> ``("crbp", 20)``, ``"FPN"`` -> ``("feedforward", 0)``;
+    ``ValueError`` for anything else."""
     match = _VARIANT.match(variant)
-    if match is None or (match.group(1) != "FPN" and match.group(2) is None):
+    if match is None or (match.group(1).upper() != "FPN" and match.group(2) is None):
         raise ValueError(
             f"unknown variant {variant!r}: use FPN or METHOD-STEPS with METHOD one of "
-            "BPTT, TBPTT, RBP, CBPTT, CRBP (e.g. CRBP-20)"
+            "BPTT, TBPTT, RBP, CBPTT, CRBP, JFB, CJFB, PHANTOM, CPHANTOM (e.g. CRBP-20)"
         )
-    if match.group(1) == "FPN":
+    if match.group(1).upper() == "FPN":
         return "feedforward", 0
     return match.group(1).lower(), int(match.group(2))
 
