@@ -14,6 +14,7 @@ Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in t
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Optional, Sequence
 
 from . import _compat  # noqa: F401  (before detectron2)
@@ -30,6 +31,7 @@ __all__ = [
     "CELL_NORMS",
     "READOUT_NORMS",
     "add_crbp_config",
+    "check_device",
     "check_weights_file",
     "get_crbp_cfg",
     "validate_crbp_config",
@@ -228,4 +230,37 @@ def check_weights_file(cfg: CN, resume: bool = False) -> None:
         raise FileNotFoundError(
             f"MODEL.WEIGHTS file not found: {path!r} (set MODEL.WEIGHTS to a checkpoint such as "
             "<OUTPUT_DIR>/model_final.pth, to a detectron2:// URL, or to '' for random init)"
+        )
+    problem = _checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"MODEL.WEIGHTS {path!r} is not a readable checkpoint: {problem}")
+
+
+def _checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint (torch.save's zip or a pickle, e.g. Detectron2's
+    model-zoo ``.pkl``), from its first and last bytes, or None. Catches empty, truncated and
+    unrelated files without loading them."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):  # torch.save's zip format: a complete zip ends with its directory
+        return None if zipfile.is_zipfile(path) else "a truncated zip (torch.save) file"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+        return None if last == b"." else "a truncated pickle file"  # "." ends every pickle
+    return "neither a torch.save file nor a pickle (.pkl)"
+
+
+def check_device(cfg: CN) -> None:
+    """Raise ``ValueError`` naming ``MODEL.DEVICE`` if it asks for CUDA on a machine without it."""
+    import torch
+
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is available here: add "
+            "MODEL.DEVICE cpu to the command line"
         )

@@ -28,8 +28,8 @@ from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_re
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from .config import check_weights_file, get_crbp_cfg
-from .data import check_mask_format, check_num_classes
+from .config import check_device, check_weights_file, get_crbp_cfg
+from .data import check_dataset_files, check_mask_format, check_num_classes
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .utils import atomic_write_text
@@ -92,7 +92,9 @@ def build_config(args: argparse.Namespace) -> CfgNode:
             "MODEL.WEIGHTS to a checkpoint (e.g. OUTPUT_DIR/model_final.pth), or pass "
             "--random-weights to do it anyway"
         )
+    check_device(cfg)
     check_num_classes(cfg)  # checks the dataset names first
+    check_dataset_files(cfg)
     check_mask_format(cfg)
     check_weights_file(cfg, resume=args.resume)
     cfg.freeze()

@@ -24,7 +24,7 @@ from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .config import check_weights_file, get_crbp_cfg
+from .config import check_device, check_weights_file, get_crbp_cfg
 from .data import check_dataset_name, prepare_dataset_files
 from .modeling import recurrent_mask_head
 from .utils import pyplot
@@ -173,6 +173,7 @@ def run_demo(
     cfg = get_crbp_cfg(config_file, opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
+    check_device(cfg)
     check_weights_file(cfg)
     if not cfg.MODEL.WEIGHTS and not random_weights:
         raise ValueError(

@@ -5,7 +5,7 @@ For each split, reads ``coco/annotations/panoptic_<split>.json`` and ``coco/pano
 and writes ``coco/panoptic_stuff_<split>/``: stuff categories become labels 1..53 (in category-id
 order), all thing categories become 0 and unlabelled pixels 255 -- the format of Detectron2's
 ``coco_2017_{train,val}_panoptic_separated`` datasets. ``coco`` is ``$DETECTRON2_DATASETS/coco``
-(default: this repository's ``datasets/coco``).
+(default ``./datasets/coco``, as Detectron2 finds it).
 
     python datasets/prepare_panoptic_fpn.py [--root DIR] [--splits val2017 train2017] [--workers N]
 """
@@ -45,8 +45,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         panoptic_root = root / f"panoptic_{split}"
         for path in (panoptic_json, panoptic_root):
             if not path.exists():
+                others = [s for s in args.splits if s != split]
+                hint = f"; to prepare only the splits you have, e.g. --splits {' '.join(others)}"
                 print(
-                    f"error: {path} not found; see datasets/README.md for the COCO layout",
+                    f"prepare_panoptic_fpn.py: error: {path} not found (split {split})"
+                    + (hint if others else "")
+                    + "; see datasets/README.md for the COCO layout",
                     file=sys.stderr,
                 )
                 return 2

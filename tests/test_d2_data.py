@@ -16,6 +16,7 @@ pytest.importorskip("detectron2")
 import pycocotools.mask as mask_util  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
+from detectron2.data.datasets import register_coco_panoptic_separated  # noqa: E402
 from detectron2.data.datasets.builtin_meta import (  # noqa: E402
     COCO_CATEGORIES,
     _get_builtin_metadata,
@@ -320,7 +321,7 @@ def test_num_classes_check():
 # Scripts under datasets/
 
 
-def test_prepare_panoptic_fpn_script_reproduces_the_semantic_pngs(tmp_path, small_root):
+def test_prepare_panoptic_fpn_script_reproduces_the_semantic_pngs(tmp_path, small_root, capsys):
     """Laid out as COCO, the synthetic val split gives the same PNGs as the generator wrote."""
     coco = tmp_path / "coco"
     (coco / "annotations").mkdir(parents=True)
@@ -334,6 +335,12 @@ def test_prepare_panoptic_fpn_script_reproduces_the_semantic_pngs(tmp_path, smal
     written = _tree_digest(coco / "panoptic_stuff_val2017")
     assert written and written == _tree_digest(Path(paths.sem_seg_root))
     assert script.main(["--root", str(coco), "--splits", "train2017"]) == 2  # missing: error
+    # a val-only download prepared with the default splits: the error names --splits
+    capsys.readouterr()
+    assert script.main(["--root", str(coco), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "panoptic_train2017.json not found (split train2017)" in err
+    assert "--splits val2017" in err
 
 
 def test_make_synthetic_panoptic_script(tmp_path, capsys):
@@ -347,3 +354,34 @@ def test_make_synthetic_panoptic_script(tmp_path, capsys):
     assert json.loads((out / "generation.json").read_text())["seed"] == 3
     assert script.main(["--out", str(tmp_path / "bad"), "--size", "10"]) == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_missing_coco_files_name_what_to_do(tmp_path, monkeypatch):
+    from crbp_d2.data import check_dataset_files
+
+    coco = tmp_path / "coco"
+    for folder in ("val2017", "panoptic_val2017", "annotations"):
+        (coco / folder).mkdir(parents=True)
+    for name in ("panoptic_val2017.json", "instances_val2017.json"):
+        (coco / "annotations" / name).write_text("{}")
+    name = "test_coco_val_panoptic"
+    register_coco_panoptic_separated(
+        name,
+        {},
+        str(coco / "val2017"),
+        str(coco / "panoptic_val2017"),
+        str(coco / "annotations" / "panoptic_val2017.json"),
+        str(coco / "panoptic_stuff_val2017"),
+        str(coco / "annotations" / "instances_val2017.json"),
+    )
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), (name + "_separated",)
+    with pytest.raises(FileNotFoundError, match="prepare_panoptic_fpn.py --splits val2017"):
+        check_dataset_files(cfg)
+    (coco / "panoptic_stuff_val2017").mkdir()
+    check_dataset_files(cfg)
+    (coco / "val2017").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"val2017 not found: .*\(image_root\)"):
+        check_dataset_files(cfg)
+    cfg.DATASETS.TEST = ("synthetic_panoptic_val_separated",)  # generated on first use: fine
+    check_dataset_files(cfg)

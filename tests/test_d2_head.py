@@ -329,3 +329,33 @@ def test_a_non_finite_state_stops_training_naming_the_iteration_and_method():
     x[0, 0, 0, 0] = float("nan")
     with EventStorage(7), pytest.raises(FloatingPointError, match="mask head at iteration 7: crbp"):
         head(x, training_instances())
+
+
+def test_weights_and_device_problems_are_one_clear_error(tmp_path):
+    from crbp_d2.config import check_device, check_weights_file
+
+    cfg = small_cfg()
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.ones(3)}}, good)
+    pickled = tmp_path / "model_zoo.pkl"
+    pickled.write_bytes(__import__("pickle").dumps({"model": {}, "__author__": "me"}))
+    cases = {
+        "empty.pth": (b"", "the file is empty"),
+        "notes.pth": (b"these are my notes", "neither a torch.save file nor a pickle"),
+        "cut.pth": (good.read_bytes()[:-40], "a truncated zip"),
+        "cut.pkl": (pickled.read_bytes()[:-1], "a truncated pickle"),
+    }
+    for name, (content, why) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        cfg.MODEL.WEIGHTS = str(tmp_path / name)
+        with pytest.raises(
+            ValueError, match=f"MODEL.WEIGHTS .*{name}' is not a readable checkpoint: {why}"
+        ):
+            check_weights_file(cfg)
+    for path in (good, pickled):
+        cfg.MODEL.WEIGHTS = str(path)
+        check_weights_file(cfg)
+    cfg.MODEL.DEVICE = "cuda"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available here: add MODEL.DEVICE cpu"):
+            check_device(cfg)

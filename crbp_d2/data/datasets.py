@@ -54,6 +54,7 @@ __all__ = [
     "UnknownDatasetError",
     "check_dataset_name",
     "check_dataset_names",
+    "check_dataset_files",
     "check_mask_format",
     "check_num_classes",
 ]
@@ -249,6 +250,33 @@ def check_dataset_names(cfg: CfgNode) -> None:
         unknown = [name for name in names if name not in DatasetCatalog]
         if unknown:
             raise UnknownDatasetError(_unknown_dataset_message(unknown, f"cfg.DATASETS.{field}"))
+
+
+def check_dataset_files(cfg: CfgNode) -> None:
+    """Raise ``FileNotFoundError`` (one line saying what to do) if a dataset of
+    ``cfg.DATASETS.TRAIN``/``TEST`` misses its files: COCO's separated semantic PNGs (made by
+    ``datasets/prepare_panoptic_fpn.py``), its images or annotations. The synthetic sets are
+    skipped (they are generated on first use)."""
+    for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+        if name in _FILE_PREPARERS:
+            continue
+        metadata = MetadataCatalog.get(name)
+        for field in ("image_root", "panoptic_json", "json_file", "panoptic_root"):
+            path = metadata.get(field, None)
+            if path and not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{path} not found: dataset {name!r} needs it ({field}); the datasets are "
+                    f"under {os.path.abspath(os.environ.get('DETECTRON2_DATASETS', 'datasets'))} "
+                    "($DETECTRON2_DATASETS, default ./datasets; layout: datasets/README.md)"
+                )
+        semantic = metadata.get("sem_seg_root", None)
+        if semantic and metadata.get("panoptic_root", None) and not os.path.isdir(semantic):
+            split = os.path.basename(semantic).replace("panoptic_stuff_", "")
+            raise FileNotFoundError(
+                f"{semantic} not found: dataset {name!r} needs the separated semantic PNGs; "
+                f"make them with `python datasets/prepare_panoptic_fpn.py --splits {split}` "
+                "(datasets/README.md)"
+            )
 
 
 def check_mask_format(cfg: CfgNode) -> None:

@@ -101,12 +101,9 @@ def split_paths(root: PathLike, split: str) -> SplitPaths:
 
 
 def datasets_root() -> Path:
-    """``$DETECTRON2_DATASETS`` if set, else the repository's ``datasets/`` (or ``./datasets``)."""
-    from_env = os.environ.get("DETECTRON2_DATASETS")
-    if from_env:
-        return Path(from_env).expanduser()
-    repo_datasets = Path(__file__).resolve().parents[2] / "datasets"
-    return repo_datasets if repo_datasets.is_dir() else Path("datasets")
+    """Where every dataset lives, by Detectron2's own rule: ``$DETECTRON2_DATASETS``, else
+    ``./datasets`` (relative to the working directory), for COCO and the synthetic sets alike."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
 
 
 def default_synthetic_root() -> Path:

@@ -38,7 +38,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from ..config import check_weights_file, get_crbp_cfg
+from ..config import check_device, check_weights_file, get_crbp_cfg
 from ..data import check_dataset_name
 from ..modeling import panoptic_at_step, recurrent_mask_head
 from ..utils import atomic_write_text, pyplot, write_plot
@@ -250,6 +250,7 @@ def run_timestep_sweep(
     if dataset is None:
         raise ValueError("no dataset: pass --dataset or set DATASETS.TEST in the config")
     check_dataset_name(dataset, "--dataset / DATASETS.TEST[0]")
+    check_device(cfg)
     check_weights_file(cfg)
     other_curves = [parse_overlay(item) for item in overlays]
     for _, other in other_curves:
