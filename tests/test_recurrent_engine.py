@@ -385,3 +385,18 @@ def test_an_unconverged_state_is_flagged_and_warned_about_once():
         engine(x)
         RecurrentEngine(cell, 2, "bptt", convergence_tol=1e-9)(x)  # BPTT needs no fixed point
     assert RecurrentEngine(cell, 2, "rbp", convergence_tol=10.0)(x).diagnostics.converged
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nothing_of_a_step_outlives_its_backward(method):
+    """The after-backward hook holds no reference back to the output: once the output is gone,
+    its state is freed (a cycle through the autograd graph leaked every training step)."""
+    import weakref
+
+    cell = MaskHeadHGRUCell(channels=4, kernel_size=3, timesteps=3, norm_groups=2)
+    out = RecurrentEngine(cell, 3, method, neumann_steps=2)(torch.rand(2, 4, 5, 5))
+    out.after_backward(lambda diagnostics: None)
+    state = weakref.ref(out.state)
+    (out.state.sum() + (out.lcp if out.lcp is not None else 0)).backward()
+    del out
+    assert state() is None

@@ -72,12 +72,23 @@ class RecurrenceOutput:
     lcp: Optional[Tensor]
     diagnostics: RecurrenceDiagnostics
     states: Optional[List[State]] = None
-    _after_backward: List[AfterBackward] = field(default_factory=list, repr=False)
+    _hooks: "_AfterBackwardHooks" = field(default=None, repr=False)
 
     def after_backward(self, callback: AfterBackward) -> None:
         """Call ``callback(diagnostics)`` once backward has gone through the whole recurrence
         (the Neumann statistics are filled by then). Never called if no backward runs."""
-        self._after_backward.append(callback)
+        if self._hooks is None:
+            raise RuntimeError("after_backward needs an output computed with autograd on")
+        self._hooks.callbacks.append(callback)
+
+
+@dataclass
+class _AfterBackwardHooks:
+    """What the probe calls back. Holds no tensor: the autograd graph keeps it alive, and a
+    reference from it back to the output's state would make a cycle autograd never frees."""
+
+    diagnostics: Optional[RecurrenceDiagnostics] = None
+    callbacks: List[AfterBackward] = field(default_factory=list)
 
 
 class _BackwardProbe(torch.autograd.Function):
@@ -85,15 +96,15 @@ class _BackwardProbe(torch.autograd.Function):
     gradient has reached the input, i.e. after the whole recurrence was back-propagated."""
 
     @staticmethod
-    def forward(ctx, output: "RecurrenceOutput", x: Tensor) -> Tensor:
-        ctx.output = output
+    def forward(ctx, hooks: _AfterBackwardHooks, x: Tensor) -> Tensor:
+        ctx.hooks = hooks
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        output = ctx.output
-        for callback in output._after_backward:
-            callback(output.diagnostics)
+        hooks = ctx.hooks
+        for callback in hooks.callbacks:
+            callback(hooks.diagnostics)
         return None, grad
 
 
@@ -210,9 +221,9 @@ class RecurrentEngine(nn.Module):
             tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
             drive = self.cell.prepare(x)
             return self._checked(self._iterate(drive, n, tol, recorder), drive)
-        result = RecurrenceOutput(x, None, RecurrenceDiagnostics(self.method, n, float("nan")))
+        hooks = _AfterBackwardHooks()
         # the probe sits on the input, so its backward runs after the whole recurrence's
-        x = _BackwardProbe.apply(result, x if x.requires_grad else x.detach().requires_grad_())
+        x = _BackwardProbe.apply(hooks, x if x.requires_grad else x.detach().requires_grad_())
         drive = self.cell.prepare(x)
         if self.method in ("bptt", "cbptt"):
             out = self._unrolled(drive, n, n, recorder)
@@ -223,9 +234,9 @@ class RecurrentEngine(nn.Module):
             out = self._unrolled(drive, n, min(self.spec.phantom_steps, n), recorder, damped=True)
         else:  # rbp, crbp, jfb, cjfb: one tracked step
             out = self._one_step(drive, n, recorder)
-        result.state, result.lcp, result.diagnostics = out.state, out.lcp, out.diagnostics
-        result.states = out.states
-        return self._checked(result, drive)
+        hooks.diagnostics = out.diagnostics
+        out._hooks = hooks
+        return self._checked(out, drive)
 
     def _checked(self, out: RecurrenceOutput, drive: Tensor) -> RecurrenceOutput:
         """Stop (or warn) on a non-finite state, naming its first step and the method; flag a
