@@ -256,11 +256,19 @@ def _checkpoint_problem(path: str) -> Optional[str]:
 
 
 def check_device(cfg: CN) -> None:
-    """Raise ``ValueError`` naming ``MODEL.DEVICE`` if it asks for CUDA on a machine without it."""
+    """Raise ``ValueError`` naming the key if ``MODEL.DEVICE`` asks for CUDA on a machine without
+    it, or ``SOLVER.AMP.ENABLED`` is set for a CPU run (Detectron2 v0.6's AMPTrainer is CUDA
+    only: float16 autocast with a gradient scaler)."""
     import torch
 
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+    cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise ValueError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is available here: add "
             "MODEL.DEVICE cpu to the command line"
+        )
+    if cfg.SOLVER.AMP.ENABLED and not cuda:
+        raise ValueError(
+            "SOLVER.AMP.ENABLED True needs MODEL.DEVICE cuda: Detectron2 v0.6's AMPTrainer is "
+            "CUDA only (set SOLVER.AMP.ENABLED False on a CPU)"
         )

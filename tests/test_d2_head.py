@@ -359,3 +359,28 @@ def test_weights_and_device_problems_are_one_clear_error(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available here: add MODEL.DEVICE cpu"):
             check_device(cfg)
+
+
+@pytest.mark.parametrize("method", ["crbp", "bptt"])
+def test_head_trains_under_bfloat16_autocast(method):
+    """Mixed precision on the CPU (bfloat16 autocast): finite losses and gradients, the LCP's
+    double backward included; float16 + GradScaler is the CUDA path (tools/cuda_check.sh)."""
+    head = build_head(small_cfg(METHOD=method, LCP_LAMBDA=0.0))
+    x = features(5)
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = head(x, training_instances())
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert head.engine.cell.w_inh.grad.abs().sum() > 0
+
+
+def test_amp_on_a_cpu_is_refused_when_the_config_is_built():
+    from crbp_d2.config import check_device
+
+    cfg = small_cfg()
+    cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED = "cpu", True
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED True needs MODEL.DEVICE cuda"):
+        check_device(cfg)
