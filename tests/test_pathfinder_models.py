@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from crbp_d2.pathfinder.config import load_config
+from crbp_d2.pathfinder.evaluation.evaluator import evaluate_model
 from crbp_d2.pathfinder.modeling import (
     FeedforwardCNN,
     RecurrentSegmenter,
@@ -18,6 +19,7 @@ from crbp_d2.pathfinder.modeling import (
 )
 from crbp_d2.pathfinder.train.losses import compute_loss
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS
+from crbp_d2.recurrent.diagnostics import relative_residual
 
 
 def small_cfg(*overrides):
@@ -187,6 +189,34 @@ def test_logits_at_steps_run_the_cell_only_up_to_the_largest_count():
         assert torch.equal(zero, model.readout(model.engine.cell.output(h0)))
         model.logits_at_steps(image, [3, 1])
     assert len(calls) == 3
+
+
+def test_each_step_count_reports_its_own_residual():
+    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model.eval()
+    image, _ = batch()
+    with torch.no_grad():
+        model.logits_at_steps(image, [0, 1, 3, 6])
+        states = list(model.engine.iterate(model.input_layer(image), 6))
+    expected = {t: relative_residual(states[t], states[t - 1]) for t in (1, 3, 6)}
+    assert math.isnan(model.last_residuals[0])
+    for t, value in expected.items():
+        assert model.last_residuals[t] == pytest.approx(value, rel=1e-6)
+    assert model.last_residual == pytest.approx(expected[6], rel=1e-6)
+    assert len(set(expected.values())) == 3  # distinct per count, not one shared number
+
+
+def test_evaluation_reports_the_residual_of_each_count():
+    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    image, label = batch()
+    results = evaluate_model(model, [(image, label)], "cpu", steps=[1, 4])
+    with torch.no_grad():
+        model.eval()
+        states = list(model.engine.iterate(model.input_layer(image), 4))
+    for t in (1, 4):
+        assert results[t]["test_residual"] == pytest.approx(
+            relative_residual(states[t], states[t - 1]), rel=1e-6
+        )
 
 
 def test_readout_bias_switches():

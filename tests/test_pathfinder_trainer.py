@@ -15,6 +15,7 @@ from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter, confusion_c
 from crbp_d2.pathfinder.modeling import build_model
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
 from crbp_d2.pathfinder.train.losses import compute_loss, segmentation_loss
+from crbp_d2.recurrent import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,7 +178,7 @@ def test_every_shipped_config_loads_and_builds():
     assert len(files) >= 15
     for path in files:
         cfg = load_config(path)
-        assert cfg.MODEL.RECURRENT.METHOD in ("bptt", "tbptt", "rbp", "cbptt", "crbp"), path
+        assert cfg.MODEL.RECURRENT.METHOD in METHODS, path
         build_model(cfg)
 
 

@@ -216,6 +216,7 @@ class RecurrentSegmenter(nn.Module):
         self.engine = engine
         self.readout = readout
         self.last_residual = float("nan")
+        self.last_residuals: Dict[Optional[int], float] = {}
 
     @property
     def recurrent(self) -> bool:
@@ -237,25 +238,29 @@ class RecurrentSegmenter(nn.Module):
         self, image: Tensor, steps: Sequence[Optional[int]]
     ) -> Dict[Optional[int], Tensor]:
         """Readouts after each step count in ``steps`` (0 = the zero state; None = test steps),
-        from one run to the largest count: {count: (B, 2, H, W) logits}. Stores the relative
-        residual of the last step in ``self.last_residual``."""
+        from one run to the largest count: {count: (B, 2, H, W) logits}. Stores each count's own
+        relative residual ||h_t - h_{t-1}|| / ||h_t|| in ``self.last_residuals`` (nan for 0) and
+        that of the largest count in ``self.last_residual``."""
         wanted = {s: (self.engine.test_steps if s is None else int(s)) for s in steps}
         if any(n < 0 for n in wanted.values()):
             raise ValueError(f"step counts must be >= 0, got {list(steps)}")
         counts = set(wanted.values())
         last = max(counts)
         by_count: Dict[int, Tensor] = {}
+        residual_at: Dict[int, float] = {}
         previous = None
         # iterate() runs at least one step; stopping at ``last`` never computes the one after it
         for t, state in enumerate(self.engine.iterate(self.input_layer(image), max(last, 1))):
             if t in counts:
                 by_count[t] = self.readout(self.engine.cell.output(state))
+                residual_at[t] = (
+                    relative_residual(state, previous) if previous is not None else float("nan")
+                )
             if t == last:
                 break
             previous = state
-        self.last_residual = (
-            relative_residual(state, previous) if previous is not None else float("nan")
-        )
+        self.last_residuals = {s: residual_at[n] for s, n in wanted.items()}
+        self.last_residual = residual_at[last]
         return {s: by_count[n] for s, n in wanted.items()}
 
     @torch.no_grad()

@@ -34,9 +34,10 @@ def evaluate_model(
 ) -> Dict[Optional[int], Dict[str, float]]:
     """Metrics of ``model`` on ``loader`` ((B, 1, H, W) images, (B, H, W) labels) at each step
     count in ``steps`` (None: the model's test steps). Returns {steps: {iou, mean_image_iou, f1,
-    paper_f1, paper_iou, images, test_loss, steps, and for recurrent models test_residual (of
-    the last step) and spectral_radius (of dF/dh on 4 images of the first batch; nan when
-    ``spectral_iters`` is 0)}}, keyed by the counts as given except None -> the test steps."""
+    paper_f1, paper_iou, images, test_loss, steps, and for recurrent models test_residual
+    (||h_t - h_{t-1}|| / ||h_t|| at that count t; nan at 0) and spectral_radius (of dF/dh on
+    4 images of the first batch; nan when ``spectral_iters`` is 0)}}, keyed by the counts as
+    given except None -> the test steps."""
     device = torch.device(device)
     model = unwrap(model)
     was_training = model.training
@@ -46,14 +47,15 @@ def evaluate_model(
     wanted = [default_steps if s is None else s for s in steps]
     meters = {s: SegmentationMeter() for s in wanted}
     losses: Dict[Optional[int], List[float]] = {s: [] for s in wanted}
-    residuals: List[float] = []
+    residuals: Dict[Optional[int], List[float]] = {s: [] for s in wanted}
     radius = float("nan")
     for batch_index, (image, label) in enumerate(loader):
         image, label = image.to(device), label.to(device)
         with autocast(device, amp_dtype):
             if recurrent:
                 logits_by_step = model.logits_at_steps(image, wanted)
-                residuals.append(model.last_residual)
+                for s in wanted:
+                    residuals[s].append(model.last_residuals[s])
             else:
                 logits_by_step = {None: model(image).logits}
         for s in wanted:
@@ -68,7 +70,7 @@ def evaluate_model(
         summary["test_loss"] = sum(losses[s]) / max(len(losses[s]), 1)
         summary["steps"] = float(s) if s is not None else float("nan")
         if recurrent:
-            summary["test_residual"] = sum(residuals) / max(len(residuals), 1)
+            summary["test_residual"] = sum(residuals[s]) / max(len(residuals[s]), 1)
             summary["spectral_radius"] = radius
         results[s] = summary
     model.train(was_training)
