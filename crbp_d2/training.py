@@ -30,6 +30,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from .config import check_device, check_weights_file, get_crbp_cfg
 from .data import check_dataset_files, check_mask_format, check_num_classes
+from .engine_launch import ddp_on_any_device
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .utils import atomic_write_text
@@ -39,7 +40,12 @@ __all__ = ["Trainer", "build_config", "setup", "train_or_evaluate"]
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU) and the
-    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW)."""
+    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW); multi-process on CPU too (gloo, no device ids for
+    DDP: :mod:`crbp_d2.engine_launch`)."""
+
+    def __init__(self, cfg: CfgNode):
+        with ddp_on_any_device():
+            super().__init__(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
