@@ -64,7 +64,7 @@ class Trainer(DefaultTrainer):
         node = cfg.MODEL.ROI_MASK_HEAD.get("RECURRENT")
         if node is not None and node.get("TRAIN_ONLY_HEAD", False):
             counts = freeze_all_but_mask_head(model)
-            logging.getLogger(__name__).info(
+            logging.getLogger("detectron2").info(
                 "TRAIN_ONLY_HEAD: training the mask head only (%s trainable parameters; %s "
                 "frozen; %d BatchNorm layers made FrozenBN)",
                 f"{counts['trainable']:,}",
