@@ -115,8 +115,8 @@ def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     cfg = LazyConfig.load(path)
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
-        raise KeyError(f"config file {path} defines no {', '.join(missing)} (needs all of "
-                       f"{', '.join(REQUIRED_KEYS)})")  # fmt: skip
+        needed = ", ".join(REQUIRED_KEYS)
+        raise KeyError(f"config file {path} defines no {', '.join(missing)} (needs {needed})")
     check_lazy_overrides(cfg, args.opts)
     try:
         cfg = LazyConfig.apply_overrides(cfg, args.opts)
