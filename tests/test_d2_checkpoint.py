@@ -140,7 +140,9 @@ def test_missing_or_unreadable_checkpoint_is_one_line_naming_it(tmp_path, capsys
         )  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("train_net.py: error: cannot read checkpoint ")
+    # refused when the config is built, before any model is made: one line naming the file
+    assert err[-1].startswith("train_net.py: error: MODEL.WEIGHTS ")
+    assert "garbage.pth" in err[-1] and "not a readable checkpoint" in err[-1]
 
 
 def test_format_keys_groups_long_lists():
