@@ -30,7 +30,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .checkpoint import RFPNCheckpointer
-from .config import check_device, check_weights_file, get_crbp_cfg
+from .config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
 from .data import check_dataset_files, check_mask_format, check_num_classes
 from .engine_launch import ddp_on_any_device
 from .evaluation import build_evaluator
@@ -119,7 +119,8 @@ class Trainer(DefaultTrainer):
 def build_config(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``args`` (``config_file``, ``opts``, ``resume``) after every check
     that can fail before training starts: unknown keys, invalid recurrent settings, unknown
-    dataset names, class counts that do not match the datasets, a missing weights file."""
+    dataset names, class counts that do not match the datasets, a missing weights file, a
+    synchronised BatchNorm that cannot run on the processes and device asked for."""
     cfg = get_crbp_cfg(args.config_file, args.opts)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not getattr(args, "random_weights", False):
         raise ValueError(
@@ -128,6 +129,8 @@ def build_config(args: argparse.Namespace) -> CfgNode:
             "--random-weights to do it anyway"
         )
     check_device(cfg)
+    if not args.eval_only:  # synchronised norms synchronise in training only
+        check_sync_norms(cfg, getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1))
     check_num_classes(cfg)  # checks the dataset names first
     check_dataset_files(cfg)
     check_mask_format(cfg)

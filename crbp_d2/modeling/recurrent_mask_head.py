@@ -64,7 +64,7 @@ GLOO_SYNC_NORM = "naiveSyncBN_N"
 # Readout norms whose training forward is a collective (every process must call it alike).
 SYNC_NORMS = CUDA_ONLY_SYNC_NORMS + ("naiveSyncBN", GLOO_SYNC_NORM)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2")  # into the run's log.txt
 
 
 def readout_norm_for_device(norm: str, device) -> str:
@@ -81,7 +81,7 @@ def readout_norm_for_device(norm: str, device) -> str:
         return norm
     if comm.get_world_size() > 1:
         if comm.is_main_process():
-            logger.warning(
+            logger.info(
                 "READOUT_NORM %r is torch.nn.SyncBatchNorm, which synchronises CUDA tensors only; "
                 "on this %s multi-process run the readout uses %r instead (Detectron2's "
                 "NaiveSyncBatchNorm, stats_mode 'N': the same statistics over all processes)",
