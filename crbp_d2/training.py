@@ -129,8 +129,14 @@ def build_config(args: argparse.Namespace) -> CfgNode:
             "--random-weights to do it anyway"
         )
     check_device(cfg)
+    processes = getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
     if not args.eval_only:  # synchronised norms synchronise in training only
-        check_sync_norms(cfg, getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1))
+        check_sync_norms(cfg, processes)
+        if cfg.SOLVER.IMS_PER_BATCH % max(processes, 1):  # else Detectron2 asserts in each worker
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the "
+                f"number of processes ({processes}: --num-gpus x --num-machines)"
+            )
     check_num_classes(cfg)  # checks the dataset names first
     check_dataset_files(cfg)
     check_mask_format(cfg)

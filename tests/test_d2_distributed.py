@@ -224,9 +224,10 @@ def test_train_net_runs_two_cpu_processes(tmp_path):
     assert "NaiveSyncBatchNorm" in log  # the model as printed
 
 
-def test_sync_norms_that_cannot_run_are_one_clear_error(capsys):
+def test_settings_that_cannot_run_on_several_processes_are_one_clear_error(capsys):
     """Before any process starts: torch's SyncBatchNorm in a Detectron2 module of a multi-process
-    CPU run, and the readout's naiveSyncBN (asserts on a process with 0 RoIs) on any device."""
+    CPU run, the readout's naiveSyncBN (asserts on a process with 0 RoIs) on any device, a batch
+    that does not split over the processes."""
     from crbp_d2.cli import train_net
     from crbp_d2.config import check_sync_norms
 
@@ -248,6 +249,11 @@ def test_sync_norms_that_cannot_run_are_one_clear_error(capsys):
             ]
         )
     assert "READOUT_NORM 'naiveSyncBN' fails on a process" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the quick test config has 1 image per batch
+        train_net.main(["--num-gpus", "2", "--config-file", config, "MODEL.DEVICE", "cpu"])
+    assert "SOLVER.IMS_PER_BATCH (1) must be divisible by the number of processes (2" in (
+        capsys.readouterr().err
+    )
     cfg = head_cfg("crbp", "SyncBN")  # the readout's SyncBN is mapped, not refused
     cfg.MODEL.FPN.NORM = "naiveSyncBN_N"
     check_sync_norms(cfg, 2)
