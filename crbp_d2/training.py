@@ -2,11 +2,15 @@
 the ``setup`` / ``main`` pair of a Detectron2 ``train_net.py``.
 
 :func:`train_or_evaluate` takes the arguments of Detectron2's ``default_argument_parser`` and is
-what ``launch`` runs in every worker process (``crbp_d2.cli.train_net``)::
+what ``launch`` runs in every worker process, as ``crbp_d2.cli.train_net`` does (skipped as a
+doctest: it trains; ``tests/test_d2_train_net.py`` runs it on tiny synthetic data):
 
-    args = default_argument_parser().parse_args(argv)
-    launch(train_or_evaluate, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+>>> from crbp_d2.training import train_or_evaluate  # first (Detectron2 compatibility)
+>>> from detectron2.engine import default_argument_parser, launch
+>>> argv = ["--config-file", "configs/quick/R-FPN-R50-CRBP-synthetic.yaml"]
+>>> args = default_argument_parser().parse_args(argv)
+>>> launch(train_or_evaluate, args.num_gpus, num_machines=args.num_machines,  # doctest: +SKIP
+...        machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 """
 
 from __future__ import annotations
