@@ -55,6 +55,7 @@ def die_with_parent(expected_parent: Optional[int] = None, poll_s: float = 0.2) 
     # The parent may have died before the death signal was armed: check once now.
     if expected_parent is not None and parent != expected_parent:
         os._exit(ORPHAN_EXIT_STATUS)
+        return  # reached only where os._exit is replaced (tests)
     threading.Thread(
         target=_watch_parent, args=(parent, poll_s), name="die-with-parent", daemon=True
     ).start()
