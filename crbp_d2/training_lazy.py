@@ -46,7 +46,7 @@ from .checkpoint import RFPNCheckpointer
 from .data import check_dataset_name
 from .lazy import check_lazy_overrides
 from .modeling.freeze import freeze_all_but_mask_head
-from .training import _append_metrics
+from .training import _append_metrics, stop_on_non_finite_loss
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -175,6 +175,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
+    stop_on_non_finite_loss(trainer, cfg.train.output_dir)
     checkpointer = RFPNCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     trainer.register_hooks(

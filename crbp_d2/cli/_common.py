@@ -10,6 +10,7 @@ from typing import Iterator, Tuple, Type
 # an invalid value. Anything else is a bug and keeps its traceback.
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError)
 INPUT_ERROR_STATUS = 2  # as argparse exits for bad arguments
+TRAINING_STOPPED_STATUS = 1  # training ran and stopped (a non-finite loss or state)
 
 
 def report_input_error(prog: str, error: BaseException) -> int:
@@ -30,3 +31,16 @@ def one_line_errors(
         yield
     except errors as error:
         raise SystemExit(report_input_error(prog, error)) from None
+
+
+@contextmanager
+def training_stops_in_one_line(prog: str) -> Iterator[None]:
+    """A non-finite loss or recurrent state (``FloatingPointError``, which names the loss term
+    and the iteration) ends the program with ``PROG: error: training stopped: MESSAGE`` (one line,
+    stderr; the traceback is in the training log) and exit status 1."""
+    try:
+        yield
+    except FloatingPointError as error:
+        message = " ".join(str(error).split())  # Detectron2's own message has two lines
+        print(f"{prog}: error: training stopped: {message}", file=sys.stderr)
+        raise SystemExit(TRAINING_STOPPED_STATUS) from None
