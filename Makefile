@@ -7,7 +7,7 @@ OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup test test-all demo demo-memory demo-pathfinder demo-d2 demo-summary lint \
-	benchmark-memory benchmark-methods rfpn-cpu-protocol
+	benchmark-memory benchmark-methods rfpn-cpu-protocol rfpn-finetune-vs-scratch
 
 setup:
 	bash tools/setup_env.sh $(VENV)
@@ -100,6 +100,12 @@ benchmark-methods: setup
 rfpn-cpu-protocol: setup
 	$(PY) tools/rfpn_cpu_protocol.py --steps 6 --seeds 0 1
 
+# A fresh recurrent head fine-tuned on the trained FPN quick twin (the rest frozen) against R-FPN
+# trained from scratch on the same budget (500 and 1750 steps), one run at a time with 2 threads:
+# about 20 min on 2 idle cores; docs/results/rfpn_finetune.{json,md}.
+rfpn-finetune-vs-scratch: setup
+	$(PY) -m crbp_d2.benchmarks.rfpn_finetune --budgets 500 1750 --seeds 0 --threads 2
+
 lint: setup
-	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets \
-		&& $(VENV)/bin/ruff format --check crbp_d2 tools tests datasets setup.py
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets configs \
+		&& $(VENV)/bin/ruff format --check crbp_d2 tools tests datasets configs setup.py

@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             # Detectron2 side (needs the d2 extra) and benchmarks
             "crbp-train-net = crbp_d2.cli.train_net:main",
+            "crbp-lazyconfig-train-net = crbp_d2.cli.lazyconfig_train_net:main",
             "crbp-timestep-sweep = crbp_d2.cli.timestep_sweep:main",
             "crbp-demo = crbp_d2.cli.demo:main",
             "crbp-benchmark-memory = crbp_d2.cli.benchmark_memory:main",

@@ -100,6 +100,11 @@ def add_crbp_config(cfg: CN) -> CN:
     # Norm on the final state before the deconv, any detectron2 get_norm name (authors: OUTPUTNORM
     # = "SyncBN"; use "GN" on CPU / single-image batches).
     node.READOUT_NORM = "SyncBN"
+    # Train the mask head only: every other parameter gets requires_grad False (so Detectron2's
+    # optimizer leaves it out) and BatchNorm outside the head becomes FrozenBN (its statistics stop
+    # moving). For fine-tuning a fresh recurrent head on a feedforward Panoptic FPN checkpoint
+    # (crbp_d2.modeling.freeze_all_but_mask_head; the lazy configs' train.train_only_head).
+    node.TRAIN_ONLY_HEAD = False
 
     # Also score the mask head alone after each evaluation: its masks on the ground-truth boxes
     # and classes, mask IoU and boundary F-score per class (task "gt_box" of the results, in

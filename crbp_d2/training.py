@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import weakref
 from typing import Optional
 
 from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
@@ -21,25 +23,55 @@ from . import config as _config  # noqa: F401  (first: Detectron2 compatibility 
 # isort: split
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from .checkpoint import RFPNCheckpointer
 from .config import check_device, check_weights_file, get_crbp_cfg
 from .data import check_dataset_files, check_mask_format, check_num_classes
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
+from .modeling.freeze import freeze_all_but_mask_head
 from .utils import atomic_write_text
 
 __all__ = ["Trainer", "build_config", "setup", "train_or_evaluate"]
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU) and the
-    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW)."""
+    """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU), the
+    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``
+    and :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
+    ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys)."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__(cfg)
+        # DefaultTrainer builds a plain DetectionCheckpointer; swap in ours, in the periodic
+        # checkpointer hook too (it saves through the same object).
+        old = self.checkpointer
+        self.checkpointer = RFPNCheckpointer(old.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer) and hook.checkpointer is old:
+                hook.checkpointer = self.checkpointer
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """Detectron2's model; with ``TRAIN_ONLY_HEAD`` everything but the mask head is frozen
+        (before the optimizer is built, so the optimizer holds the head's parameters only)."""
+        model = super().build_model(cfg)
+        node = cfg.MODEL.ROI_MASK_HEAD.get("RECURRENT")
+        if node is not None and node.get("TRAIN_ONLY_HEAD", False):
+            counts = freeze_all_but_mask_head(model)
+            logging.getLogger("detectron2").info(
+                "TRAIN_ONLY_HEAD: training the mask head only (%s trainable parameters; %s "
+                "frozen; %d BatchNorm layers made FrozenBN)",
+                f"{counts['trainable']:,}",
+                f"{counts['frozen']:,}",
+                counts["frozen_batch_norms"],
+            )
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -118,7 +150,7 @@ def train_or_evaluate(args: argparse.Namespace):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        RFPNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)  # logs the copypaste lines (print_csv_format)

@@ -195,6 +195,10 @@ def test_every_shipped_config_loads_and_builds():
         (["SOLVER.NOT_A_KEY", "3"], "SOLVER.NOT_A_KEY"),
         (["MODEL.RECURRENT.METHOD", "sgd_magic"], "MODEL.RECURRENT.METHOD = 'sgd_magic'"),
         (["MODEL.RECURRENT.TEST_TIMESTEPS", "-3"], "MODEL.RECURRENT.TEST_TIMESTEPS = -3"),
+        (["MODEL.RECURRENT.TBPTT_STEPS", "-1"], "MODEL.RECURRENT.TBPTT_STEPS = -1"),
+        (["SOLVER.MAX_ITERS_PER_EPOCH", "-5"], "SOLVER.MAX_ITERS_PER_EPOCH must be >= 0"),
+        (["TEST.EXTRA_STEPS", "[40, -2]"], "TEST.EXTRA_STEPS must be step counts >= 0"),
+        (["--eval-only", "--eval-steps", "5,-1"], "--eval-steps must be step counts >= 0"),
     ],
 )
 def test_cli_bad_inputs_give_one_clear_error(tmp_path, capsys, overrides, message):

@@ -26,6 +26,7 @@ from ..training import build_config, train_or_evaluate
 # isort: split
 from detectron2.engine import default_argument_parser, launch
 
+from ..checkpoint import CheckpointFileError
 from ._common import INPUT_ERRORS, one_line_errors
 
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
@@ -52,14 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("Command Line Args:", args)
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
         build_config(args)  # fail fast, before spawning workers
-    launch(
-        train_or_evaluate,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    with one_line_errors("train_net.py", (CheckpointFileError,)):  # an unreadable checkpoint
+        launch(
+            train_or_evaluate,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
     return 0
 
 

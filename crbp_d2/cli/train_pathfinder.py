@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if any(s < 0 for s in args.eval_steps):
+        message = f"--eval-steps must be step counts >= 0, got {args.eval_steps}"
+        return report_input_error("train_pathfinder.py", ValueError(message))
     try:
         cfg = load_config(args.config_file, args.opts)
         resume = (args.resume_from or args.resume) if not args.eval_only else False

@@ -7,6 +7,7 @@ Importing this package registers ``RecurrentMaskHead`` (and its alias
 from .. import _compat  # noqa: F401  (before detectron2)
 
 # isort: split
+from .freeze import freeze_all_but_mask_head
 from .recurrent_mask_head import (
     RecurrentMaskHead,
     RecurrentMaskRCNNConvUpsampleHead,
@@ -18,6 +19,7 @@ __all__ = [
     "RecurrentMaskHead",
     "RecurrentMaskRCNNConvUpsampleHead",
     "build_recurrent_engine",
+    "freeze_all_but_mask_head",
     "instances_at_step",
     "panoptic_at_step",
     "recurrent_mask_head",

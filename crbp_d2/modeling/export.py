@@ -6,10 +6,24 @@ per-step residuals read back as Python numbers, optional halting). For deploymen
 with nothing but tensor operations, so ``torch.export.export`` (and ONNX / TorchScript tracing)
 can capture it; :func:`export_mask_head` does that with a dynamic number of RoIs.
 
-What exports: the head alone, from (R, C, 14, 14) RoI features to (R, num_classes, 28, 28) mask
-logits. The whole Panoptic FPN does not export with Detectron2 v0.6: its ``forward`` takes and
-returns Python lists of dicts and ``Instances``, and its post-processing (NMS, the panoptic merge)
-has data-dependent output sizes and Python loops; see ``docs/rfpn.md`` ("Export").
+What exports (tried with Detectron2 v0.6 and torch 2.14.1, ``torch.export.export``, non-strict;
+``docs/rfpn.md``, "Export"):
+
+* the head alone, (R, C, 14, 14) RoI features -> (R, num_classes, 28, 28) mask logits, R dynamic
+  (:func:`export_mask_head`; ``tests/test_d2_export.py`` checks the logits against the eager head
+  to 1e-5, hGRU and convLSTM, and that the graph holds ATen operators only). The head's own
+  inference path does not export: the engine reads each step's residual back as a Python number
+  (diagnostics, halting), a data-dependent value;
+* pieces of Panoptic FPN around it: backbone + FPN + semantic head on a padded image tensor, and
+  backbone + mask pooler + this head on a fixed number of given boxes (the box count is
+  specialised: the pooler builds a tensor of the per-image box counts from Python ints).
+
+What does not: the whole model. ``model(batched_inputs)`` stops in ``ImageList.from_tensors``
+(the padded size is computed with tensors, so every shape after it is data-dependent); fed a padded
+tensor, the RPN stops in ``find_top_rpn_proposals`` (a Python ``if`` on ``valid_mask.all()``), and
+after it come NMS and top-k with data-dependent counts, ``Instances`` outputs and the panoptic merge
+(Python loops over segments). Detectron2's ``TracingAdapter``, which flattens ``Instances`` for
+tracing, cannot be imported in a pure-Python v0.6 install (``detectron2.export`` imports caffe2).
 """
 
 from __future__ import annotations

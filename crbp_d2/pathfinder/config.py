@@ -205,6 +205,9 @@ def _check_values(cfg: CN) -> None:
             f"SOLVER.MAX_ITERS_PER_EPOCH must be >= 0 (0: every batch), got "
             f"{cfg.SOLVER.MAX_ITERS_PER_EPOCH}"
         )
+    extra = list(cfg.TEST.EXTRA_STEPS)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in extra):
+        raise ConfigError(f"TEST.EXTRA_STEPS must be step counts >= 0, got {extra}")
 
 
 def _merge(cfg: CN, other: CN, where: str) -> None:

@@ -1,0 +1,22 @@
+# R-FPN R-50, C-RBP with 20 steps, lambda 0.9 (the paper's model); the LazyConfig twin of
+# configs/R-FPN-R50-CRBP.yaml. The mask head's keys are those of the yacs node
+# MODEL.ROI_MASK_HEAD.RECURRENT with the defaults of crbp_d2.config.add_crbp_config (read from
+# there, not copied): override one as model.roi_heads.mask_head.engine.TIMESTEPS=10.
+from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first (Detectron2 patches)
+
+# isort: split
+from detectron2.config import LazyCall as L
+
+from crbp_d2.modeling import RecurrentMaskHead
+
+from .base_panoptic_fpn import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+model.roi_heads.mask_head = L(RecurrentMaskHead)(
+    # the hGRU runs on the pooled RoI features: its width is the FPN's
+    engine=L(build_engine_from_keys)(width="${....backbone.out_channels}", **recurrent_defaults()),
+    num_classes="${..num_classes}",
+    readout_norm="${.engine.READOUT_NORM}",
+    lcp_weight="${.engine.LCP_WEIGHT}",
+)
+
+train.output_dir = "./output/lazy/R-FPN-R50-CRBP"

@@ -1,0 +1,189 @@
+"""Loading checkpoints into R-FPN, including a feedforward Panoptic FPN's.
+
+:class:`RFPNCheckpointer` is Detectron2's ``DetectionCheckpointer`` (model-zoo ``.pkl`` files,
+Caffe2 / ImageNet names, native ``.pth`` checkpoints) plus three things:
+
+* a checkpoint of a *feedforward* Panoptic FPN (its mask head is the 4-conv stack,
+  ``roi_heads.mask_head.mask_fcn*``, ``deconv``, ``predictor``) loaded into a model whose mask
+  head is the recurrent one: every ``roi_heads.mask_head.*`` key of the file is skipped, so the
+  recurrent head (cell, readout norm, deconv and predictor) starts fresh while everything else
+  (backbone, FPN, RPN, box head, semantic head) is loaded. A checkpoint of a recurrent head (it has
+  ``roi_heads.mask_head.engine.*`` keys: an R-FPN run, ``--resume``) loads as usual;
+* one log message that lists the keys loaded, skipped (and why) and newly initialised, grouped
+  by module (also :attr:`RFPNCheckpointer.last_report`, a :class:`LoadReport`);
+* a missing or unreadable file is one :class:`CheckpointFileError` line naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import _compat  # noqa: F401  (before detectron2)
+
+# isort: split
+from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
+from torch import nn
+
+from .modeling.freeze import MASK_HEAD_PREFIX
+from .modeling.recurrent_mask_head import RecurrentMaskHead
+
+__all__ = ["CheckpointFileError", "LoadReport", "RFPNCheckpointer", "format_keys"]
+
+RECURRENT_HEAD_MARKER = MASK_HEAD_PREFIX + ".engine."
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that does not exist or cannot be read as one (message: one line)."""
+
+
+def format_keys(keys: Sequence[str], max_groups: int = 12) -> str:
+    """State-dict keys as one line, grouped by module: ``a.b.{bias,weight}, c.weight``; when
+    there are more than ``max_groups`` modules, by the first two name components with counts:
+    ``backbone.bottom_up.* (265), roi_heads.box_head.*.weight (2)``."""
+    if not keys:
+        return "none"
+    modules: Dict[str, List[str]] = defaultdict(list)
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        modules[module].append(leaf)
+    if len(modules) <= max_groups:
+        parts = []
+        for module, leaves in sorted(modules.items()):
+            names = sorted(leaves)
+            tail = names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
+            parts.append(f"{module}.{tail}" if module else tail)
+        return ", ".join(parts)
+    prefixes: Dict[str, List[str]] = defaultdict(list)
+    for key in keys:
+        prefixes[".".join(key.split(".")[:2])].append(key)
+    parts = []
+    for prefix, members in sorted(prefixes.items()):
+        if len(members) == 1:
+            parts.append(members[0])
+            continue
+        leaves = {k.rpartition(".")[2] for k in members}
+        tail = f".*.{next(iter(leaves))}" if len(leaves) == 1 else ".*"
+        parts.append(f"{prefix}{tail} ({len(members)})")
+    return ", ".join(parts)
+
+
+@dataclass
+class LoadReport:
+    """What one checkpoint load did, key by key (state-dict names of the model).
+
+    Attributes:
+        path: the file.
+        loaded: model keys that got the file's values.
+        skipped_head: file keys of a feedforward mask head, not loaded into the recurrent head.
+        skipped_unused: file keys the model does not have.
+        skipped_shape: ``(key, shape in the file, shape in the model)`` of keys not loaded.
+        new: model keys the file did not set (they keep their fresh initialisation).
+    """
+
+    path: str
+    loaded: List[str] = field(default_factory=list)
+    skipped_head: List[str] = field(default_factory=list)
+    skipped_unused: List[str] = field(default_factory=list)
+    skipped_shape: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    new: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The multi-line log message."""
+        skipped = len(self.skipped_head) + len(self.skipped_unused) + len(self.skipped_shape)
+        shapes = ", ".join(
+            f"{k} (file {tuple(a)}, model {tuple(b)})" for k, a, b in self.skipped_shape
+        )
+        lines = [
+            f"Checkpoint {self.path}: {len(self.loaded)} keys loaded, {skipped} skipped, "
+            f"{len(self.new)} newly initialised",
+            f"  loaded ({len(self.loaded)}): {format_keys(self.loaded)}",
+        ]
+        if self.skipped_head:
+            lines.append(
+                f"  skipped, the feedforward mask head: the recurrent head starts fresh "
+                f"({len(self.skipped_head)}): {format_keys(self.skipped_head)}"
+            )
+        lines += [
+            f"  skipped, not in the model ({len(self.skipped_unused)}): "
+            f"{format_keys(self.skipped_unused)}",
+            f"  skipped, shape differs ({len(self.skipped_shape)}): {shapes or 'none'}",
+            f"  newly initialised ({len(self.new)}): {format_keys(self.new)}",
+        ]
+        return "\n".join(lines)
+
+
+def _recurrent_head_prefixes(model: nn.Module) -> List[str]:
+    """``name + "."`` of every RecurrentMaskHead in ``model`` (``roi_heads.mask_head.``)."""
+    return [
+        name + "."
+        for name, module in model.named_modules()
+        if isinstance(module, RecurrentMaskHead) and name
+    ]
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+class RFPNCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that loads a feedforward Panoptic FPN checkpoint into R-FPN with a
+    fresh recurrent mask head, logs one summary of the keys and names unreadable files.
+
+    Same constructor and methods as ``DetectionCheckpointer`` (``load``, ``resume_or_load``,
+    ``save``). After a load, :attr:`last_report` holds the :class:`LoadReport`.
+    """
+
+    last_report: Optional[LoadReport] = None
+    _path: str = ""
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        if path and not _is_remote(path) and not os.path.isfile(path):
+            raise CheckpointFileError(f"checkpoint file not found: {path}")
+        self._path = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            data = super()._load_file(filename)
+        except Exception as error:  # torch.load / pickle errors, or not a dict
+            raise CheckpointFileError(
+                f"cannot read checkpoint {filename}: not a Detectron2 checkpoint (.pth: a "
+                "torch.save'd dict of tensors; .pkl: a pickled dict with 'model') "
+                f"({type(error).__name__})"
+            ) from None
+        if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+            raise CheckpointFileError(
+                f"cannot read checkpoint {filename}: it holds no 'model' dict of weights"
+            )
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
+        state = checkpoint["model"]
+        _strip_prefix_if_present(state, "module.")
+        skipped_head: List[str] = []
+        for prefix in _recurrent_head_prefixes(self.model):
+            head_keys = [k for k in state if k.startswith(prefix)]
+            if head_keys and not any(k.startswith(prefix + "engine.") for k in head_keys):
+                skipped_head += head_keys  # a feedforward head's weights: not for this head
+                for key in head_keys:
+                    del state[key]
+        model_keys = list(self.model.state_dict())
+        incompatible = super()._load_model(checkpoint)
+        missing = set(incompatible.missing_keys)
+        self.last_report = LoadReport(
+            path=self._path,
+            loaded=[k for k in model_keys if k not in missing],
+            skipped_head=sorted(skipped_head),
+            skipped_unused=sorted(incompatible.unexpected_keys),
+            skipped_shape=list(incompatible.incorrect_shapes),
+            new=[k for k in model_keys if k in missing],
+        )
+        return incompatible
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        if self.last_report is not None:
+            self.logger.info(self.last_report.summary())

@@ -1,0 +1,59 @@
+"""Train and evaluate Panoptic FPN / R-FPN from a LazyConfig file (Detectron2's
+``tools/lazyconfig_train_net.py`` conventions).
+
+Examples::
+
+    # the paper's R-FPN on COCO panoptic, 8 GPUs (or configs/lazy/FPN-R50.py: the baseline)
+    python tools/lazyconfig_train_net.py --num-gpus 8 --config-file configs/lazy/R-FPN-R50-CRBP.py
+    # overrides are key=value (an unknown key is an error; +key=value adds one)
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/R-FPN-R50-CRBP.py \\
+        model.roi_heads.mask_head.engine.TIMESTEPS=10 train.output_dir=output/lazy/crbp10
+    # evaluate a checkpoint (PQ / COCO AP / mIoU)
+    python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=W
+    # the smallest run, CPU, synthetic data (about a minute)
+    python tools/lazyconfig_train_net.py \\
+        --config-file configs/lazy/quick/R-FPN-R50-CRBP-synthetic-test.py
+
+The training loop is :mod:`crbp_d2.training_lazy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
+
+# isort: split
+from detectron2.engine import default_argument_parser, launch
+
+from ..checkpoint import CheckpointFileError
+from ._common import INPUT_ERRORS, one_line_errors
+
+PROG = "lazyconfig_train_net.py"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return default_argument_parser().parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    print("Command Line Args:", args)
+    with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
+        build_lazy_config(args)  # fail fast, before spawning workers
+    with one_line_errors(PROG, (CheckpointFileError,)):
+        launch(
+            train_or_evaluate_lazy,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

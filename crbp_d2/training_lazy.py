@@ -1,0 +1,217 @@
+"""Training and evaluating with LazyConfig files (``configs/lazy/*.py``), following Detectron2's
+``tools/lazyconfig_train_net.py``: a config defines ``model``, ``dataloader.{train,test}``,
+``dataloader.evaluator``, ``optimizer``, ``lr_multiplier`` and ``train`` (Detectron2's
+``common/train.py`` keys: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``,
+``checkpointer``, ``eval_period``, ``log_period``, ``device``), and ``key=value`` overrides
+change it. What differs from Detectron2's script:
+
+* weights are loaded with :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic
+  FPN checkpoint loads into R-FPN with a fresh recurrent head; one summary of the keys);
+* ``train.train_only_head`` (the yacs ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``) freezes
+  everything but the mask head before the optimizer is built;
+* an override of a key the config does not have is an error (``+key=value`` adds one on
+  purpose), dataset names and class counts are checked before anything is built;
+* ``--eval-only`` appends its results to ``train.output_dir/metrics.json``, as the yacs program.
+
+:func:`train_or_evaluate_lazy` is what ``launch`` runs in every worker
+(``crbp_d2.cli.lazyconfig_train_net``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Dict, List
+
+from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
+
+# isort: split
+import detectron2.utils.comm as comm
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.evaluation.testing import flatten_results_dict
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import RFPNCheckpointer
+from .data import check_dataset_name
+from .lazy import check_lazy_overrides
+from .modeling.freeze import freeze_all_but_mask_head
+from .training import _append_metrics
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "build_lazy_config",
+    "check_lazy_datasets",
+    "do_test",
+    "do_train",
+    "train_or_evaluate_lazy",
+]
+
+logger = logging.getLogger("detectron2")
+
+REQUIRED_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
+
+
+def _dataset_names(names: Any) -> List[str]:
+    if isinstance(names, str):
+        return [names]
+    return [str(n) for n in names]
+
+
+def check_lazy_datasets(cfg: DictConfig) -> None:
+    """Raise ``KeyError`` for an unregistered dataset name in ``dataloader.{train,test}`` and
+    ``ValueError`` if ``model.roi_heads.num_classes`` / ``model.sem_seg_head.num_classes`` do not
+    match a panoptic dataset's ``thing_classes`` / ``stuff_classes``."""
+    heads = (
+        ("model.roi_heads.num_classes", "thing_classes"),
+        ("model.sem_seg_head.num_classes", "stuff_classes"),
+    )
+    for split in ("train", "test"):
+        loader = cfg.dataloader.get(split)
+        names = OmegaConf.select(loader, "dataset.names") if loader is not None else None
+        if names is None:
+            continue
+        for name in _dataset_names(names):
+            check_dataset_name(name, f"dataloader.{split}.dataset.names")
+            metadata = MetadataCatalog.get(name)
+            if metadata.get("evaluator_type") != "coco_panoptic_seg":
+                continue
+            for key, field in heads:
+                value = OmegaConf.select(cfg, key)
+                classes = metadata.get(field)
+                if value is not None and classes is not None and value != len(classes):
+                    raise ValueError(
+                        f"{key} is {value} but dataset {name!r} has {len(classes)} {field} "
+                        f"({', '.join(classes)}); override {key}={len(classes)}"
+                    )
+
+
+def build_lazy_config(args: argparse.Namespace) -> DictConfig:
+    """The LazyConfig of ``args.config_file`` with the ``args.opts`` overrides, after every check
+    that can fail before training starts (the file, the required keys, unknown override keys,
+    dataset names and class counts, a missing ``train.init_checkpoint`` file)."""
+    from hydra.errors import OverrideParseException
+
+    path = args.config_file
+    if not path:
+        raise ValueError("--config-file is required (a LazyConfig .py file, e.g. configs/lazy/)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    if not path.endswith(".py"):
+        raise ValueError(
+            f"{path}: tools/lazyconfig_train_net.py takes LazyConfig .py files; for a yacs "
+            ".yaml config use tools/train_net.py"
+        )
+    cfg = LazyConfig.load(path)
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        needed = ", ".join(REQUIRED_KEYS)
+        raise KeyError(f"config file {path} defines no {', '.join(missing)} (needs {needed})")
+    check_lazy_overrides(cfg, args.opts)
+    try:
+        cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    except OverrideParseException as error:
+        raise ValueError(f"cannot parse the config overrides {args.opts}: {error}") from None
+    check_lazy_datasets(cfg)
+    weights = cfg.train.init_checkpoint
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    if weights and "://" not in weights and not resuming and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"train.init_checkpoint file not found: {weights!r} (set train.init_checkpoint to a "
+            "checkpoint such as <train.output_dir>/model_final.pth, a detectron2:// URL, or '' "
+            "for random init)"
+        )
+    return cfg
+
+
+def do_test(cfg: DictConfig, model) -> Dict[str, Any]:
+    """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator`` (a list is
+    combined); ``{}`` if the config has no test loader or evaluator."""
+    if cfg.dataloader.get("test") is None or cfg.dataloader.get("evaluator") is None:
+        return {}
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    if not hasattr(evaluator, "process"):
+        evaluator = DatasetEvaluators(list(evaluator))
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+    return results
+
+
+def _build_model(cfg: DictConfig):
+    model = instantiate(cfg.model)
+    if cfg.train.get("train_only_head", False):
+        counts = freeze_all_but_mask_head(model)
+        logger.info(
+            "train.train_only_head: training the mask head only (%s trainable parameters; %s "
+            "frozen; %d BatchNorm layers made FrozenBN)",
+            f"{counts['trainable']:,}",
+            f"{counts['frozen']:,}",
+            counts["frozen_batch_norms"],
+        )
+    logger.info("Model:\n%s", model)
+    return model.to(cfg.train.device)
+
+
+def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
+    """Train ``cfg`` from ``train.init_checkpoint`` (or resume from ``train.output_dir`` with
+    ``args.resume``) to ``train.max_iter``, evaluating every ``train.eval_period`` iterations
+    and after the last one."""
+    model = _build_model(cfg)
+    cfg.optimizer.params.model = model  # frozen parameters are left out of the optimizer
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+        model, train_loader, optimizer
+    )
+    checkpointer = RFPNCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if main
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # a checkpoint stores the iteration that just finished: resume at the next one
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def train_or_evaluate_lazy(args: argparse.Namespace):
+    """Train, or with ``args.eval_only`` load ``train.init_checkpoint`` and evaluate.
+
+    Returns:
+        The evaluation results (task -> metric -> value) for ``--eval-only``, else None.
+    """
+    cfg = build_lazy_config(args)
+    default_setup(cfg, args)
+    if not args.eval_only:
+        do_train(args, cfg)
+        return None
+    model = _build_model(cfg)
+    model = create_ddp_model(model)
+    RFPNCheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    results = do_test(cfg, model)
+    if comm.is_main_process() and results:
+        _append_metrics(cfg.train.output_dir, flatten_results_dict(results))
+    return results
