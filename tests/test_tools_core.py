@@ -132,6 +132,7 @@ def test_every_console_script_resolves_to_a_callable_main():
             "timestep_sweep",
             "demo",
             "benchmark_rfpn",
+            "cuda_rfpn_check",
         }:
             pytest.importorskip("detectron2")
         assert callable(getattr(importlib.import_module(module_name), "main")), target

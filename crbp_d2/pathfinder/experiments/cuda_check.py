@@ -19,6 +19,7 @@ and the CUDA-only ``peak_allocated_gb`` / ``peak_reserved_gb`` / ``model_and_bat
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from crbp_d2.utils.bench import SavedBytes
-from crbp_d2.utils.io import atomic_write_json
+from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import device_description
 
 from ..config import CONFIG_DIR, load_config
@@ -53,7 +54,9 @@ def check_config(method: str, steps: int, device: str, tiny: bool, extra: Sequen
 def memory_measure(device) -> str:
     """What ``memory_gb`` holds on ``device``: ``cuda_max_memory_allocated`` or, on a CPU,
     ``saved_tensor_bytes``."""
-    return "cuda_max_memory_allocated" if torch.device(device).type == "cuda" else "saved_tensor_bytes"
+    return (
+        "cuda_max_memory_allocated" if torch.device(device).type == "cuda" else "saved_tensor_bytes"
+    )
 
 
 def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict:
@@ -134,9 +137,43 @@ def train_for(minutes: float, device: str, tiny: bool, amp: bool, log: Log = pri
         "seconds_per_iter": train_seconds / max(iterations, 1),
         "loss_log": losses,
         "amp": amp,
+        "amp_dtype": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None,
         "parameters": count_parameters(trainer.model),
         "test": {str(k): v for k, v in results.items()},
     }
+
+
+def report_table(report: dict) -> str:
+    """Markdown: one row per memory run, then a line on the training run (if it finished)."""
+    from crbp_d2.utils.report import markdown_table
+
+    rows = [
+        [
+            f"{r['method']}-{r['steps']}",
+            r["batch"],
+            f"{r['memory_gb']:.3f}",
+            f"{r['saved_gb']:.3f}",
+            f"{r['seconds_per_step']:.3f}",
+            f"{r['loss']:.3f}",
+        ]
+        for r in report["memory"]
+    ]
+    header = ["run", "batch", f"memory (GB, {report['memory_measure']})", "saved for backward (GB)"]
+    text = markdown_table(header + ["s / step", "loss"], rows)
+    training = report.get("training")
+    if training:
+        test = training["test"]
+        text += (
+            f"\n\nC-RBP-20 trained for {training['train_seconds']:.0f} s ({training['iterations']} "
+            f"iterations, {training['images_seen']} images, {training['seconds_per_iter']:.3f} "
+            f"s / iteration, AMP {training['amp_dtype'] or 'off'}): test IoU "
+            f"{test['20']['iou']:.4f} at 20 steps, {test['60']['iou']:.4f} at 60 steps."
+        )
+    size = "tiny shapes (smoke test)" if report["tiny"] else "full-size PF14 (150 px, 25 channels)"
+    return text + (
+        f"\n\nMeasured on {report['device']} with torch {report['torch']}, {size} "
+        "(`tools/cuda_pathfinder_check.py`).\n"
+    )
 
 
 def run_cuda_check(
@@ -148,7 +185,8 @@ def run_cuda_check(
     log: Log = print,
 ) -> dict:
     """The memory runs, then the training run; the report is rewritten to ``out`` (a JSON file)
-    after each part, so a run stopped by a time limit keeps what it measured. ``seconds`` holds
+    after each part, so a run stopped by a time limit keeps what it measured; at the end
+    ``STEM.md`` (:func:`report_table`) is written beside it. ``seconds`` holds
     the wall time of each part (``memory``, ``training``: the training loop, ``evaluation``)."""
     cuda = torch.device(device).type == "cuda"
     report: dict = {
@@ -181,6 +219,7 @@ def run_cuda_check(
     report["seconds"]["training"] = report["training"]["train_seconds"]
     report["seconds"]["evaluation"] = report["training"]["evaluation_seconds"]
     atomic_write_json(report, out)
+    atomic_write_text(os.path.splitext(out)[0] + ".md", report_table(report))
     test = report["training"]["test"]
     log(
         f"after {report['training']['iterations']} iterations: test IoU at 20 steps "
