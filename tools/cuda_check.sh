@@ -10,7 +10,8 @@
 # machine's own python3 and PyTorch (>= 2.1) plus numpy, matplotlib, tqdm, pyyaml, OpenCV, yacs and,
 # for the R-FPN part, Detectron2 v0.6 with fvcore, iopath, omegaconf, termcolor and pycocotools.
 # Where those are missing (a bare GPU image), `bash tools/gpu_bundle.sh` on a machine that has them
-# puts them into .gpu_deps/ of the checkout, which this script adds to PYTHONPATH. A part that
+# puts them into .gpu_deps/ of the checkout, which this script puts on PYTHONPATH after the
+# machine's own packages. A part that
 # fails (or times out) does not stop the others; the exit status is then 1. Everything is written
 # under OUT_DIR and nowhere else:
 #   env.json                 torch / CUDA versions, the device, nvidia-smi's output, the mode
@@ -43,11 +44,14 @@ if ! mkdir -p "$OUT" 2>/dev/null || [ ! -d "$OUT" ] || [ ! -w "$OUT" ]; then
 fi
 OUT="$(cd "$OUT" && pwd)"
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .gpu_deps ]; then
-  export PYTHONPATH="$PYTHONPATH:$PWD/.gpu_deps"  # after the machine's own packages
+  # After the machine's own packages: PYTHONPATH comes before site-packages in sys.path, so
+  # site-packages is named first.
+  SITE="$("$PY" -c "import sys; print(':'.join(p for p in sys.path if p.endswith('-packages')))" 2>/dev/null || true)"
+  export PYTHONPATH="$PYTHONPATH${SITE:+:$SITE}:$PWD/.gpu_deps"
 fi
-PY="${PYTHON:-python3}"
 if [ "$MODE" = smoke ]; then
   TRAIN_MINUTES="${TRAIN_MINUTES:-0.02}"
   MEMORY_ARGS=(--device cpu --batch 1 --size 24 --channels 4 --kernel 3 --steps 2 4)

@@ -25,7 +25,7 @@ from ..benchmarks.rfpn_cuda_check import (
     check_settings,
     run_rfpn_cuda_check,
 )
-from ._common import one_line_errors, report_input_error, writable_output_file
+from ._common import INPUT_ERRORS, report_input_error, writable_output_file
 
 PROG = "cuda_rfpn_check.py"
 
@@ -85,8 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return report_input_error(
             PROG, ValueError("CUDA is not available (use --tiny for a CPU smoke test)")
         )
-    with one_line_errors(PROG):
-        check_settings(settings)
+    try:
+        check_settings(settings)  # every config, before any model is built
+    except INPUT_ERRORS as error:
+        return report_input_error(PROG, error)
     run_rfpn_cuda_check(settings, out)
     return 0
 
