@@ -6,8 +6,8 @@
 2. Trains a full-size PF14 C-RBP-20 model on on-the-fly data for ``--train-minutes`` and
    evaluates it on held-out images.
 
-    python tools/cuda_pathfinder_check.py --out OUT_DIR      # writes OUT_DIR/pathfinder_cuda.json
-    python tools/cuda_pathfinder_check.py --out report.json
+    python tools/cuda_pathfinder_check.py --out OUT_DIR    # OUT_DIR/pathfinder_cuda.{json,md}
+    python tools/cuda_pathfinder_check.py --out report.json  # report.{json,md}
     python tools/cuda_pathfinder_check.py --device cpu --tiny --train-minutes 0.05   # CPU smoke
 
 --device defaults to cuda when a GPU is there, else cpu. On a CPU the memory records hold the bytes
