@@ -26,6 +26,7 @@ Uses only torch >= 2.1 APIs. ``RFPNCheck.tiny()`` is the CPU smoke test's size (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -269,7 +270,8 @@ def amp_training(settings: RFPNCheck, amp: bool, log: Log = print) -> Record:
     start = time.perf_counter()
     with EventStorage():
         for _ in range(settings.amp_iters):
-            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=amp):
+            autocast = torch.autocast(torch.device(device).type, dtype=dtype) if amp else None
+            with autocast or contextlib.nullcontext():
                 loss_dict = model(batch)
             total = sum(loss_dict.values())
             optimizer.zero_grad(set_to_none=True)
