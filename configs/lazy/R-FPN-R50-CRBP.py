@@ -8,6 +8,7 @@ from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first (De
 from detectron2.config import LazyCall as L
 
 from crbp_d2.modeling import RecurrentMaskHead
+from crbp_d2.modeling.recurrent_mask_head import readout_norm_for_device
 
 from .base_panoptic_fpn import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
@@ -15,7 +16,10 @@ model.roi_heads.mask_head = L(RecurrentMaskHead)(
     # the hGRU runs on the pooled RoI features: its width is the FPN's
     engine=L(build_engine_from_keys)(width="${....backbone.out_channels}", **recurrent_defaults()),
     num_classes="${..num_classes}",
-    readout_norm="${.engine.READOUT_NORM}",
+    # SyncBN off CUDA becomes Detectron2's NaiveSyncBatchNorm, as in the yacs head (MODEL.DEVICE)
+    readout_norm=L(readout_norm_for_device)(
+        norm="${..engine.READOUT_NORM}", device="${train.device}"
+    ),
     lcp_weight="${.engine.LCP_WEIGHT}",
 )
 
