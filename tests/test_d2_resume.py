@@ -1,0 +1,217 @@
+"""Detectron2 training resumes exactly: a run killed (SIGKILL) after a checkpoint and continued
+with ``--resume`` ends with the weights and optimizer state of the uninterrupted run, and its
+metrics.json has one row per iteration. Plus the pieces: the resumable data loader (same batches
+after a restart, with or without DataLoader workers, aspect-ratio buckets included), the
+random-state helpers and the metrics.json clean-up."""
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+from detectron2.data.samplers import TrainingSampler  # noqa: E402
+from detectron2.engine import hooks  # noqa: E402
+
+from crbp_d2 import training  # noqa: E402
+from crbp_d2.cli import train_net  # noqa: E402
+from crbp_d2.data.resumable import ResumableTrainLoader  # noqa: E402
+from crbp_d2.utils.rng import derived_seed, preserved_rng, seeded_rng  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
+# 4 iterations of 2 images, a checkpoint every 2 (after iterations 1 and 3), a fixed seed
+OPTS = ("DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4",
+        "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "3")  # fmt: skip
+KILL_AT = 2  # the killed run finishes iteration 2 (after the checkpoint of 1), writes its row
+
+# The interrupted run: metrics.json rows every iteration, SIGKILL after iteration KILL_AT.
+KILLED_RUN = f"""
+import os, signal, sys
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+from crbp_d2 import training
+from crbp_d2.cli import train_net
+from detectron2.engine import hooks
+
+class Kill(hooks.HookBase):
+    def after_step(self):
+        if self.trainer.iter == {KILL_AT}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build_hooks = training.Trainer.build_hooks
+def every_row_then_kill(self):
+    ret = build_hooks(self)
+    for hook in ret:
+        if isinstance(hook, hooks.PeriodicWriter):
+            hook._period = 1
+    return ret + [Kill()]
+training.Trainer.build_hooks = every_row_then_kill
+training.train_or_evaluate(train_net.parse_args(sys.argv[2:]))
+"""
+
+
+def _args(output: Path, *flags: str):
+    return ["--config-file", CONFIG, *flags, "OUTPUT_DIR", str(output), *OPTS]
+
+
+def _iterations(output: Path):
+    rows = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    return [row["iteration"] for row in rows]
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    build_hooks = training.Trainer.build_hooks
+
+    def every_row(self):  # metrics.json rows every iteration (Detectron2: every 20)
+        ret = build_hooks(self)
+        for hook in ret:
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = 1
+        return ret
+
+    monkeypatch.setattr(training.Trainer, "build_hooks", every_row)
+
+    whole = tmp_path / "uninterrupted"
+    training.train_or_evaluate(train_net.parse_args(_args(whole)))
+
+    killed = tmp_path / "killed"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(torch.get_num_threads()), *_args(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (killed / "last_checkpoint").read_text().strip() == "model_0000001.pth"
+    assert _iterations(killed) == [0, 1, 2]  # iteration 2 is done again after the resume
+
+    training.train_or_evaluate(train_net.parse_args(_args(killed, "--resume")))
+
+    assert _iterations(whole) == [0, 1, 2, 3]
+    assert _iterations(killed) == [0, 1, 2, 3]  # the killed run's row of iteration 2 dropped
+    expected, resumed = _load(whole / "model_final.pth"), _load(killed / "model_final.pth")
+    assert resumed["iteration"] == expected["iteration"] == 3
+    assert resumed["model"].keys() == expected["model"].keys()
+    different = [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    _assert_same_tensors(
+        expected["trainer"]["_trainer"]["optimizer"],
+        resumed["trainer"]["_trainer"]["optimizer"],
+        "optimizer",
+    )
+    assert resumed["trainer"]["data"]["train"]["batches"] == 4
+    # the checkpoint of iteration 1 is the same file in both runs, but for the time stamps
+    _assert_same_tensors(
+        _load(whole / "model_0000001.pth")["model"], _load(killed / "model_0000001.pth")["model"]
+    )
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+
+def _random_mapper(d):
+    noise = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    return {"i": d["i"], "width": d["width"], "height": d["height"], "noise": noise}
+
+
+# landscape and portrait images: batches of 3 leave samples waiting in the other bucket
+DATASET = [{"i": i, "width": 100 + 37 * (i % 3), "height": 120} for i in range(11)]
+
+
+def _loader(num_workers=0, seed=5):
+    return ResumableTrainLoader(
+        DATASET,
+        _random_mapper,
+        sampler_factory=lambda s: TrainingSampler(len(DATASET), seed=s),
+        total_batch_size=3,
+        num_workers=num_workers,
+        seed=seed,
+    )
+
+
+def _take(loader, n):
+    return [[(d["i"], d["noise"]) for d in batch] for batch in itertools.islice(iter(loader), n)]
+
+
+def test_resumable_loader_continues_with_the_next_batch_and_keeps_the_global_rng():
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    full = _take(_loader(), 12)
+    assert torch.equal(torch.get_rng_state(), before)  # mapping does not draw from it
+    assert all(len({d["width"] > d["height"] for d in DATASET if d["i"] in [i for i, _ in b]}) == 1
+               for b in full)  # fmt: skip
+    first = _loader()
+    head = _take(first, 5)
+    state = first.state_dict()
+    assert state["batches"] == 5 and state["seed"] == 5
+    again = _loader(seed=99)  # the stream seed comes from the state
+    again.load_state_dict(state)
+    assert head + _take(again, 7) == full
+    assert _take(_loader(num_workers=2), 12) == full  # workers change nothing
+    with_workers = _loader(num_workers=2)
+    with_workers.load_state_dict(state)
+    assert _take(with_workers, 7) == full[5:]
+    assert _take(_loader(seed=6), 12) != full
+
+
+def test_seeded_and_preserved_rng():
+    torch.manual_seed(0)
+    state = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    with seeded_rng(derived_seed(1, 2)):
+        a = (random.random(), np.random.rand(), torch.rand(()))
+    with preserved_rng():
+        with seeded_rng(derived_seed(1, 2)):
+            b = (random.random(), np.random.rand(), torch.rand(()))
+        torch.rand(3), np.random.rand(), random.random()
+    assert a == b and derived_seed(1, 2) != derived_seed(2, 1)
+    assert torch.equal(torch.get_rng_state(), state[0])
+    assert (np.random.get_state()[1] == state[1]).all() and random.getstate() == state[2]
+
+
+def test_drop_metrics_rows(tmp_path):
+    path = tmp_path / "metrics.json"
+    assert training.drop_metrics_rows(str(path), 3) == 0  # no file: nothing to do
+    rows = [{"iteration": i, "loss": i / 2} for i in range(5)]
+    lines = [json.dumps(r) for r in rows[:3]] + ['{"eval_only": true}'] + [json.dumps(rows[3])]
+    path.write_text("\n".join(lines) + "\n" + '{"iteration": 4, "lo')  # last line cut off
+    with open(path, "a") as appender:  # as Detectron2's JSONWriter holds it
+        assert training.drop_metrics_rows(str(path), 2) == 3
+        appender.write(json.dumps(rows[2]) + "\n")
+    kept = path.read_text().splitlines()
+    assert kept == lines[:2] + ['{"eval_only": true}', json.dumps(rows[2])]
+    assert training.drop_metrics_rows(str(path), 10) == 0
