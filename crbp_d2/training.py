@@ -95,7 +95,7 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         if "_trainer" not in ret:  # this Detectron2's DefaultTrainer does not save the optimizer
             ret["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
-        ret["rng"] = self._rng_states()
+        ret["rng"] = rng_states(self)
         ret["data"] = {name: ld.state_dict() for name, ld in self._resumable_loaders().items()}
         return ret
 
@@ -121,44 +121,14 @@ class Trainer(DefaultTrainer):
                     "not where the interrupted run was",
                     self.iter + 1,
                 )
-        states = state_dict.get("rng")
-        world = comm.get_world_size()
-        if states is None:
-            logger.warning("The checkpoint has no random-generator states: not restored")
-        elif len(states) != world:
-            logger.warning(
-                "The checkpoint has the random-generator states of %d process(es), this run has "
-                "%d: not restored",
-                len(states),
-                world,
-            )
-        else:
-            set_rng_state(states[comm.get_rank()])
-
-    def _rng_states(self) -> List[dict]:
-        """The RNG states of all processes (one: this one's; several: gathered by
-        :class:`_GatherRNGStates` at this iteration)."""
-        if comm.get_world_size() == 1:
-            return [get_rng_state()]
-        gathered = getattr(self, "_gathered_rng", None)
-        if gathered is not None and gathered[0] == self.iter:
-            return gathered[1]
-        return [get_rng_state()]  # not gathered for this save: not restored on resume (warned)
+        restore_rng_states(state_dict.get("rng"))
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's; on resume also drops the ``metrics.json`` rows of the iterations from
         the resumed one on (written after the checkpoint by the interrupted run)."""
         super().resume_or_load(resume=resume)
-        if resume and comm.is_main_process():
-            path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
-            dropped = drop_metrics_rows(path, self.start_iter)
-            if dropped:
-                logger.info(
-                    "Resuming at iteration %d: dropped %d row(s) of later iterations from %s",
-                    self.start_iter,
-                    dropped,
-                    path,
-                )
+        if resume:
+            drop_redone_metrics(self.cfg.OUTPUT_DIR, self.start_iter)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -223,6 +193,35 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def rng_states(trainer) -> List[dict]:
+    """The RNG states of all processes for a checkpoint (one process: this one's; several:
+    gathered by :class:`_GatherRNGStates` at ``trainer.iter``; else only this one's, which a
+    resume then does not restore)."""
+    if comm.get_world_size() == 1:
+        return [get_rng_state()]
+    gathered = getattr(trainer, "_gathered_rng", None)
+    if gathered is not None and gathered[0] == trainer.iter:
+        return gathered[1]
+    return [get_rng_state()]
+
+
+def restore_rng_states(states: Optional[List[dict]]) -> None:
+    """Set this process's generators from what :func:`rng_states` saved (warns where it cannot:
+    an old checkpoint, another number of processes)."""
+    world = comm.get_world_size()
+    if states is None:
+        logger.warning("The checkpoint has no random-generator states: not restored")
+    elif len(states) != world:
+        logger.warning(
+            "The checkpoint has the random-generator states of %d process(es), this run has "
+            "%d: not restored",
+            len(states),
+            world,
+        )
+    else:
+        set_rng_state(states[comm.get_rank()])
+
+
 class _GatherRNGStates(hooks.HookBase):
     """Multi-process runs: at the iterations the checkpointer saves, all processes' RNG states
     are gathered into ``trainer._gathered_rng`` for the main process's checkpoint."""
@@ -234,6 +233,22 @@ class _GatherRNGStates(hooks.HookBase):
         it = self.trainer.iter
         if (it + 1) % self._period == 0 or it >= self.trainer.max_iter - 1:
             self.trainer._gathered_rng = (it, comm.all_gather(get_rng_state()))
+
+
+def drop_redone_metrics(output_dir: str, start_iter: int) -> None:
+    """On resume (main process): drop the rows of ``output_dir/metrics.json`` of iterations
+    ``>= start_iter``, which the interrupted run wrote after its last checkpoint."""
+    if not comm.is_main_process():
+        return
+    path = os.path.join(output_dir, "metrics.json")
+    dropped = drop_metrics_rows(path, start_iter)
+    if dropped:
+        logger.info(
+            "Resuming at iteration %d: dropped %d row(s) of later iterations from %s",
+            start_iter,
+            dropped,
+            path,
+        )
 
 
 def drop_metrics_rows(path: str, start_iter: int) -> int:

@@ -77,7 +77,8 @@ def _load(path: Path):
 
 def _assert_same_tensors(a, b, where=""):
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+        if not (isinstance(b, torch.Tensor) and torch.equal(a, b)):
+            pytest.fail(f"{where} differs")
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
@@ -153,10 +154,15 @@ def _random_mapper(d):
 DATASET = [{"i": i, "width": 100 + 37 * (i % 3), "height": 120} for i in range(11)]
 
 
-def _loader(num_workers=0, seed=5):
+def _sized_mapper(d):  # the dataset dicts have no size: the mapped ones do (as DatasetMapper)
+    return _random_mapper({**d, "width": 100 + 37 * (d["i"] % 3), "height": 120})
+
+
+def _loader(num_workers=0, seed=5, sizes_in_dataset=True):
+    dataset = DATASET if sizes_in_dataset else [{"i": d["i"]} for d in DATASET]
     return ResumableTrainLoader(
-        DATASET,
-        _random_mapper,
+        dataset,
+        _random_mapper if sizes_in_dataset else _sized_mapper,
         sampler_factory=lambda s: TrainingSampler(len(DATASET), seed=s),
         total_batch_size=3,
         num_workers=num_workers,
@@ -187,6 +193,10 @@ def test_resumable_loader_continues_with_the_next_batch_and_keeps_the_global_rng
     with_workers.load_state_dict(state)
     assert _take(with_workers, 7) == full[5:]
     assert _take(_loader(seed=6), 12) != full
+    # aspect ratios known only after mapping: the replay maps what it needs, same batches
+    unsized = _loader(sizes_in_dataset=False)
+    unsized.load_state_dict(state)
+    assert _take(unsized, 7) == full[5:]
 
 
 def test_seeded_and_preserved_rng():
@@ -215,3 +225,33 @@ def test_drop_metrics_rows(tmp_path):
     kept = path.read_text().splitlines()
     assert kept == lines[:2] + ['{"eval_only": true}', json.dumps(rows[2])]
     assert training.drop_metrics_rows(str(path), 10) == 0
+
+
+def test_lazyconfig_run_resumed_from_an_earlier_checkpoint_ends_with_the_same_weights(tmp_path):
+    from crbp_d2 import training_lazy
+    from crbp_d2.cli import lazyconfig_train_net
+
+    smoke = str(REPO / "configs" / "lazy" / "quick" / "R-FPN-R50-CRBP-synthetic-test.py")
+    out = tmp_path / "lazy"
+    argv = [
+        "--config-file",
+        smoke,
+        f"train.output_dir={out}",
+        "train.max_iter=4",
+        "train.checkpointer.period=2",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.evaluator=null",
+    ]  # fmt: skip (no evaluation)
+    training_lazy.train_or_evaluate_lazy(lazyconfig_train_net.parse_args(argv))
+    expected = _load(out / "model_final.pth")
+    rows = (out / "metrics.json").read_text()
+    assert expected["resume"]["data"]["train"]["batches"] == 4
+    # as if killed after iteration 3, with the checkpoint of iteration 1 the last one saved
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    (out / "model_final.pth").unlink()
+    training_lazy.train_or_evaluate_lazy(lazyconfig_train_net.parse_args(argv + ["--resume"]))
+    resumed = _load(out / "model_final.pth")
+    _assert_same_tensors(expected["model"], resumed["model"], "model")
+    _assert_same_tensors(expected["trainer"]["optimizer"], resumed["trainer"]["optimizer"])
+    iterations = [json.loads(line)["iteration"] for line in rows.splitlines()]
+    assert _iterations(out) == iterations == [0, 1, 2, 3]

@@ -30,7 +30,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import (
@@ -43,7 +47,11 @@ from torch.utils import data as torchdata
 
 from ..utils.rng import derived_seed, seeded_rng
 
-__all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
+__all__ = [
+    "ResumableTrainLoader",
+    "build_resumable_train_loader",
+    "resumable_detection_train_loader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -318,4 +326,51 @@ def build_resumable_train_loader(
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def resumable_detection_train_loader(
+    dataset: Any,
+    *,
+    mapper: Callable[[dict], Optional[dict]],
+    sampler: Optional[torchdata.Sampler] = None,
+    total_batch_size: int,
+    aspect_ratio_grouping: bool = True,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable] = None,
+):
+    """``build_detection_train_loader`` with explicit arguments (a LazyConfig's
+    ``dataloader.train``) as a :class:`ResumableTrainLoader` where that is possible: a list of
+    dataset dicts, a mapper, no sampler or a plain ``TrainingSampler`` (its seed and shuffle are
+    kept), no ``collate_fn``. Otherwise Detectron2's loader, with a warning (not resumable)."""
+    plain_sampler = sampler is None or type(sampler) is TrainingSampler
+    if isinstance(dataset, list) and mapper is not None and plain_sampler and collate_fn is None:
+        size = len(dataset)
+        shuffle = True if sampler is None else bool(sampler._shuffle)
+
+        def factory(seed: int) -> torchdata.Sampler:
+            return TrainingSampler(size, shuffle=shuffle, seed=seed)
+
+        return ResumableTrainLoader(
+            dataset,
+            mapper,
+            sampler_factory=factory,
+            total_batch_size=total_batch_size,
+            aspect_ratio_grouping=aspect_ratio_grouping,
+            num_workers=num_workers,
+            seed=None if sampler is None else sampler._seed,
+        )
+    logger.warning(
+        "The training loader is not resumable (it needs a list of dataset dicts, a mapper, a "
+        "TrainingSampler and no collate_fn): a resumed run will see other data than an "
+        "uninterrupted one"
+    )
+    return build_detection_train_loader(
+        dataset,
+        mapper=mapper,
+        sampler=sampler,
+        total_batch_size=total_batch_size,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
