@@ -6,6 +6,7 @@ random-state helpers and the metrics.json clean-up."""
 
 import itertools
 import json
+import logging
 import os
 import random
 import signal
@@ -255,3 +256,66 @@ def test_lazyconfig_run_resumed_from_an_earlier_checkpoint_ends_with_the_same_we
     _assert_same_tensors(expected["trainer"]["optimizer"], resumed["trainer"]["optimizer"])
     iterations = [json.loads(line)["iteration"] for line in rows.splitlines()]
     assert _iterations(out) == iterations == [0, 1, 2, 3]
+
+
+def _capture_detectron2_log(caplog):
+    log = logging.getLogger("detectron2")  # setup_logger stops it from propagating
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="detectron2")
+    return log
+
+
+def test_an_old_checkpoint_continues_the_data_and_says_what_it_cannot_restore(tmp_path, caplog):
+    cfg = training.build_config(train_net.parse_args(_args(tmp_path)))
+    trainer = training.Trainer(cfg)
+    state = trainer.state_dict()
+    assert {"_trainer", "rng", "data"} <= set(state)
+    assert state["data"]["train"]["batches"] == 0
+    log = _capture_detectron2_log(caplog)
+    try:
+        trainer.load_state_dict({"iteration": 5, "hooks": state["hooks"]})  # as saved before
+    finally:
+        log.removeHandler(caplog.handler)
+    assert trainer.iter == 5 and trainer.data_loader.batches == 6  # the stream goes on
+    for words in ("no optimizer state", "no data-loader position", "no random-generator states"):
+        assert words in caplog.text
+
+
+def test_rng_states_of_several_processes_are_gathered_and_each_restores_its_own(
+    monkeypatch, caplog
+):
+    from detectron2.utils import comm
+
+    from crbp_d2.utils.rng import get_rng_state
+
+    torch.manual_seed(7)
+    other = get_rng_state()
+    torch.manual_seed(8)
+    mine = get_rng_state()
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    monkeypatch.setattr(comm, "all_gather", lambda state: [other, state])
+
+    class FakeTrainer:
+        iter, max_iter = 3, 10
+
+    trainer = FakeTrainer()
+    hook = training._GatherRNGStates(period=2)
+    hook.trainer = trainer
+    hook.after_step()  # iteration 3: the checkpointer saves (4 % 2 == 0)
+    states = training.rng_states(trainer)
+    assert len(states) == 2 and torch.equal(states[1]["torch"], mine["torch"])
+    torch.manual_seed(9)
+    training.restore_rng_states(states)  # rank 1 takes its own
+    assert torch.equal(torch.get_rng_state(), mine["torch"])
+    trainer.iter = 4  # not gathered at this iteration: only this process's
+    assert len(training.rng_states(trainer)) == 1
+    log = _capture_detectron2_log(caplog)
+    try:
+        torch.manual_seed(9)
+        before = torch.get_rng_state()
+        training.restore_rng_states([other])  # saved by 1 process, now 2: not restored
+    finally:
+        log.removeHandler(caplog.handler)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert "random-generator states of 1 process(es), this run has 2" in caplog.text
