@@ -12,6 +12,11 @@ change it. What differs from Detectron2's script:
 * an override of a key the config does not have is an error (``+key=value`` adds one on
   purpose), dataset names and class counts are checked before anything is built;
 * ``--eval-only`` appends its results to ``train.output_dir/metrics.json``, as the yacs program.
+* ``--resume`` continues exactly, as the yacs ``Trainer``: Detectron2's
+  ``build_detection_train_loader`` in ``dataloader.train`` is swapped for the resumable loader
+  (same arguments), each checkpoint has a ``resume`` entry (data position, every process's random
+  state), evaluation leaves the random state unchanged, and the ``metrics.json`` rows of
+  iterations done again are dropped.
 
 :func:`train_or_evaluate_lazy` is what ``launch`` runs in every worker
 (``crbp_d2.cli.lazyconfig_train_net``).
