@@ -32,6 +32,7 @@ __all__ = [
     "READOUT_NORMS",
     "add_crbp_config",
     "check_device",
+    "check_sync_norms",
     "check_weights_file",
     "get_crbp_cfg",
     "validate_crbp_config",
@@ -258,6 +259,52 @@ def _checkpoint_problem(path: str) -> Optional[str]:
             last = f.read(1)
         return None if last == b"." else "a truncated pickle file"  # "." ends every pickle
     return "neither a torch.save file nor a pickle (.pkl)"
+
+
+# Detectron2 norm keys that get_norm builds (the recurrent head's READOUT_NORM is mapped itself).
+_DETECTRON2_NORM_KEYS = (
+    "MODEL.RESNETS.NORM",
+    "MODEL.FPN.NORM",
+    "MODEL.SEM_SEG_HEAD.NORM",
+    "MODEL.ROI_BOX_HEAD.NORM",
+    "MODEL.ROI_MASK_HEAD.NORM",
+)
+# get_norm names that build torch.nn.SyncBatchNorm (Detectron2 v0.6 with torch > 1.5).
+_TORCH_SYNC_NORMS = ("SyncBN", "nnSyncBN")
+
+
+def check_sync_norms(cfg: CN, num_processes: int) -> None:
+    """Raise ``ValueError`` naming the key for a synchronised BatchNorm that cannot run on
+    ``num_processes`` processes of ``MODEL.DEVICE``:
+
+    - off CUDA (gloo), ``SyncBN`` / ``nnSyncBN`` (``torch.nn.SyncBatchNorm``) in a Detectron2
+      module: it refuses CPU tensors once there is a process group. The recurrent head's
+      ``READOUT_NORM`` is not refused: it becomes ``naiveSyncBN_N`` off CUDA (see
+      :func:`crbp_d2.modeling.recurrent_mask_head.readout_norm_for_device`);
+    - on any device, ``READOUT_NORM naiveSyncBN`` (``stats_mode ""``) with > 1 process: it asserts
+      on a process whose images gave no foreground RoI, and weights every process equally.
+    """
+    if num_processes <= 1:
+        return
+    if not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        for key in _DETECTRON2_NORM_KEYS:
+            node = cfg
+            for part in key.split("."):
+                node = node.get(part) if node is not None else None
+            if node in _TORCH_SYNC_NORMS:
+                raise ValueError(
+                    f"{key} is {node!r} (torch.nn.SyncBatchNorm, CUDA only) but this run has "
+                    f"{num_processes} processes on MODEL.DEVICE {cfg.MODEL.DEVICE!r}: use "
+                    "'naiveSyncBN_N' (Detectron2's NaiveSyncBatchNorm, works with gloo) or 'BN'"
+                )
+    head = cfg.MODEL.ROI_MASK_HEAD.get("RECURRENT")
+    if head is not None and head.get("READOUT_NORM") == "naiveSyncBN":
+        raise ValueError(
+            "MODEL.ROI_MASK_HEAD.RECURRENT.READOUT_NORM 'naiveSyncBN' fails on a process whose "
+            "images have no foreground RoI (and weights the processes equally, not by their "
+            "RoIs): use 'SyncBN' (torch's on CUDA, Detectron2's naiveSyncBN_N elsewhere) or "
+            "'naiveSyncBN_N'"
+        )
 
 
 def check_device(cfg: CN) -> None:

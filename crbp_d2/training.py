@@ -30,9 +30,10 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .checkpoint import RFPNCheckpointer
-from .config import check_device, check_weights_file, get_crbp_cfg
+from .config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
 from .data import check_dataset_files, check_mask_format, check_num_classes
 from .data.resumable import ResumableTrainLoader, build_resumable_train_loader
+from .engine_launch import ddp_on_any_device
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .modeling.freeze import freeze_all_but_mask_head
@@ -48,7 +49,8 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU), the
     ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``
     and :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
-    ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys).
+    ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys);
+    multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.engine_launch`).
 
     A resumed run (``resume_or_load(resume=True)``, ``--resume``) continues exactly: the training
     data comes from a :class:`~crbp_d2.data.resumable.ResumableTrainLoader` whose position is in
@@ -60,7 +62,8 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode) -> None:
-        super().__init__(cfg)
+        with ddp_on_any_device():
+            super().__init__(cfg)
         # DefaultTrainer builds a plain DetectionCheckpointer; swap in ours, in the periodic
         # checkpointer hook too (it saves through the same object).
         old = self.checkpointer
@@ -294,7 +297,8 @@ def drop_metrics_rows(path: str, start_iter: int) -> int:
 def build_config(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``args`` (``config_file``, ``opts``, ``resume``) after every check
     that can fail before training starts: unknown keys, invalid recurrent settings, unknown
-    dataset names, class counts that do not match the datasets, a missing weights file."""
+    dataset names, class counts that do not match the datasets, a missing weights file, a
+    synchronised BatchNorm that cannot run on the processes and device asked for."""
     cfg = get_crbp_cfg(args.config_file, args.opts)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not getattr(args, "random_weights", False):
         raise ValueError(
@@ -303,6 +307,14 @@ def build_config(args: argparse.Namespace) -> CfgNode:
             "--random-weights to do it anyway"
         )
     check_device(cfg)
+    processes = getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
+    if not args.eval_only:  # synchronised norms synchronise in training only
+        check_sync_norms(cfg, processes)
+        if cfg.SOLVER.IMS_PER_BATCH % max(processes, 1):  # else Detectron2 asserts in each worker
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the "
+                f"number of processes ({processes}: --num-gpus x --num-machines)"
+            )
     check_num_classes(cfg)  # checks the dataset names first
     check_dataset_files(cfg)
     check_mask_format(cfg)

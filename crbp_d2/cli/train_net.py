@@ -10,6 +10,8 @@ Examples::
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
     # the paper's model on 8 GPUs
     python tools/train_net.py --num-gpus 8 --config-file configs/R-FPN-R50-CRBP.yaml
+    # 2 worker processes on the CPU (gloo; --num-gpus is the number of processes)
+    python tools/train_net.py --num-gpus 2 --config-file configs/quick/R-FPN-CRBP-synthetic.yaml
 
 Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). The trainer is
 :class:`crbp_d2.training.Trainer`.
@@ -21,10 +23,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ..engine_launch import launch
 from ..training import build_config, train_or_evaluate
 
 # isort: split
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
 from ._common import INPUT_ERRORS, one_line_errors
@@ -52,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     print("Command Line Args:", args)
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
-        build_config(args)  # fail fast, before spawning workers
+        cfg = build_config(args)  # fail fast, before spawning workers
     with one_line_errors("train_net.py", (CheckpointFileError,)):  # an unreadable checkpoint
         launch(
             train_or_evaluate,
@@ -61,6 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
+            device=cfg.MODEL.DEVICE,  # CUDA: Detectron2's launch (NCCL); else gloo on the CPU
         )
     return 0
 

@@ -11,12 +11,20 @@ Lipschitz Coefficient Penalty (cbptt, crbp), ``loss_lcp`` = LCP_WEIGHT x LCP, th
 implicit head returns its extra regulariser: no ROIHeads subclass is needed. At inference it runs
 the test steps (or halts adaptively) and, when :attr:`RecurrentMaskHead.return_timecourse` is set,
 also returns the mask probabilities of every step as ``pred_masks_steps``.
+
+Under DistributedDataParallel every process runs the head, also one whose images gave no
+foreground RoI: with 0 RoIs the losses are 0 but still connected to every parameter (zero
+gradients), so the gradient all-reduce sees the same parameters on every process. A synchronised
+readout norm (SyncBN) takes part in its all-reduce with the empty batch; on a CPU (gloo) it is
+Detectron2's ``NaiveSyncBatchNorm(stats_mode="N")``, see :func:`readout_norm_for_device`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional
 
+import detectron2.utils.comm as comm
 import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import configurable
@@ -40,9 +48,48 @@ from ..recurrent import (
     RecurrentEngine,
 )
 
-__all__ = ["RecurrentMaskHead", "RecurrentMaskRCNNConvUpsampleHead", "build_recurrent_engine"]
+__all__ = [
+    "RecurrentMaskHead",
+    "RecurrentMaskRCNNConvUpsampleHead",
+    "build_recurrent_engine",
+    "readout_norm_for_device",
+]
 
 SCALAR_PREFIX = "crbp/"
+# Detectron2 v0.6 get_norm names that build torch.nn.SyncBatchNorm, which synchronises CUDA (not
+# CPU) tensors, and the variant used instead on other devices: Detectron2's NaiveSyncBatchNorm
+# weighting each process by its RoI count (the same statistics; an empty process is allowed).
+CUDA_ONLY_SYNC_NORMS = ("SyncBN", "nnSyncBN")
+GLOO_SYNC_NORM = "naiveSyncBN_N"
+# Readout norms whose training forward is a collective (every process must call it alike).
+SYNC_NORMS = CUDA_ONLY_SYNC_NORMS + ("naiveSyncBN", GLOO_SYNC_NORM)
+
+logger = logging.getLogger("detectron2")  # into the run's log.txt
+
+
+def readout_norm_for_device(norm: str, device) -> str:
+    """The :func:`detectron2.layers.get_norm` name to build for ``READOUT_NORM`` ``norm`` on
+    ``device`` (``MODEL.DEVICE``).
+
+    ``"SyncBN"`` / ``"nnSyncBN"`` (``torch.nn.SyncBatchNorm``) raise on CPU tensors once a process
+    group exists, so off CUDA they become ``"naiveSyncBN_N"``: the batch statistics of all
+    processes' RoIs together (14 x 14 each), also with 0 RoIs on a process, over gloo. In one
+    process both are plain BatchNorm, so a single-process CPU run computes the same as before.
+    Every other name is returned unchanged.
+    """
+    if norm not in CUDA_ONLY_SYNC_NORMS or torch.device(device).type == "cuda":
+        return norm
+    if comm.get_world_size() > 1:
+        if comm.is_main_process():
+            logger.info(
+                "READOUT_NORM %r is torch.nn.SyncBatchNorm, which synchronises CUDA tensors only; "
+                "on this %s multi-process run the readout uses %r instead (Detectron2's "
+                "NaiveSyncBatchNorm, stats_mode 'N': the same statistics over all processes)",
+                norm,
+                device,
+                GLOO_SYNC_NORM,
+            )
+    return GLOO_SYNC_NORM
 
 
 def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
@@ -140,6 +187,7 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
         self.engine = engine
         self.lcp_weight = float(lcp_weight)
         self.readout_norm = get_norm(readout_norm, width) or nn.Identity()
+        self._synchronised_readout = readout_norm in SYNC_NORMS
         self.deconv = ConvTranspose2d(width, width, kernel_size=2, stride=2, padding=0)
         self.predictor = Conv2d(width, num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.deconv)
@@ -158,7 +206,9 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
         ret.update(
             engine=engine,
             num_classes=num_classes,
-            readout_norm=cfg.MODEL.ROI_MASK_HEAD.RECURRENT.READOUT_NORM,
+            readout_norm=readout_norm_for_device(
+                cfg.MODEL.ROI_MASK_HEAD.RECURRENT.READOUT_NORM, cfg.MODEL.DEVICE
+            ),
             lcp_weight=engine.spec.lcp_weight,
         )
         return ret
@@ -227,7 +277,11 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
             iteration = get_event_storage().iter
         except AssertionError:  # no training loop around
             return {}
-        if period <= 0 or iteration % period or x.shape[0] == 0:
+        if period <= 0 or iteration % period:
+            return {}
+        # A synchronised readout norm all-reduces in the loss below: with several processes each
+        # must run it, also one with 0 RoIs (whose gradients are zero and not reported).
+        if x.shape[0] == 0 and not (self._synchronised_readout and comm.get_world_size() > 1):
             return {}
 
         def mask_loss(state: Tensor) -> Tensor:
@@ -235,6 +289,8 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
 
         with EventStorage(iteration):  # mask_rcnn_loss's own scalars stay out of the real log
             fidelity = self.engine.gradient_fidelity(x, mask_loss)
+        if x.shape[0] == 0:
+            return {}
         return {k: v for k, v in fidelity.items() if k.startswith("grad_")}
 
     def _forward_inference(self, x: Tensor, instances: List[Instances]) -> List[Instances]:

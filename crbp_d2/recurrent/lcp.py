@@ -63,7 +63,7 @@ def lipschitz_penalty(
         hinge = [torch.relu(u - lcp_lambda) ** 2 for u in columns]
         total = sum(h.sum() for h in hinge)
         numel = sum(h.numel() for h in hinge)
-        term = total / numel if reduction == "mean" else total
+        term = total / max(numel, 1) if reduction == "mean" else total  # 0 for an empty batch
         penalty = term if penalty is None else penalty + term
         above += sum(int((u.detach() > lcp_lambda).sum()) for u in columns)
         count += numel
