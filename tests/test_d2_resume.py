@@ -1,8 +1,9 @@
 """Detectron2 training resumes exactly: a run killed (SIGKILL) after a checkpoint and continued
 with ``--resume`` ends with the weights and optimizer state of the uninterrupted run, and its
-metrics.json has one row per iteration. Plus the pieces: the resumable data loader (same batches
-after a restart, with or without DataLoader workers, aspect-ratio buckets included), the
-random-state helpers and the metrics.json clean-up."""
+metrics.json has one row per iteration; the same for the LazyConfig trainer and a 2-process CPU
+run (there resumed from an earlier checkpoint). Plus the pieces: the resumable data loader (same
+batches after a restart, with or without DataLoader workers, aspect-ratio buckets included), the
+random-state helpers, old checkpoints and the metrics.json clean-up (~50 s in all)."""
 
 import itertools
 import json
@@ -319,3 +320,24 @@ def test_rng_states_of_several_processes_are_gathered_and_each_restores_its_own(
         log.removeHandler(caplog.handler)
     assert torch.equal(torch.get_rng_state(), before)
     assert "random-generator states of 1 process(es), this run has 2" in caplog.text
+
+
+def test_two_process_cpu_run_resumed_from_an_earlier_checkpoint_ends_with_the_same_weights(
+    tmp_path,
+):
+    """``--num-gpus 2`` on CPU (gloo): each process's random state is in the checkpoint (gathered
+    at the checkpoint iterations) and each one restores its own."""
+    argv = ["--num-gpus", "2", "--dist-url", "auto", *_args(tmp_path), "MODEL.DEVICE", "cpu"]
+    assert train_net.main(argv) == 0
+    expected = _load(tmp_path / "model_final.pth")
+    states = expected["trainer"]["rng"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    # as if killed after iteration 3, with the checkpoint of iteration 1 the last one saved
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    (tmp_path / "model_final.pth").unlink()
+    assert train_net.main(argv + ["--resume"]) == 0
+    resumed = _load(tmp_path / "model_final.pth")
+    _assert_same_tensors(expected["model"], resumed["model"], "model")
+    _assert_same_tensors(
+        expected["trainer"]["_trainer"]["optimizer"], resumed["trainer"]["_trainer"]["optimizer"]
+    )
