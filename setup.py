@@ -48,6 +48,8 @@ setup(
             "crbp-update-readme = crbp_d2.cli.update_readme:main",
             "crbp-rfpn-cpu-protocol = crbp_d2.cli.rfpn_cpu_protocol:main",
             "crbp-benchmark-methods = crbp_d2.cli.benchmark_methods:main",
+            "crbp-cuda-rfpn-check = crbp_d2.cli.cuda_rfpn_check:main",
+            "crbp-cuda-check-summary = crbp_d2.cli.cuda_check_summary:main",
             # Pathfinder
             "crbp-generate-pathfinder = crbp_d2.cli.generate_pathfinder:main",
             "crbp-train-pathfinder = crbp_d2.cli.train_pathfinder:main",

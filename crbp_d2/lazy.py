@@ -2,21 +2,24 @@
 
 The defaults of the head live in one place, ``add_crbp_config`` (the yacs node
 ``MODEL.ROI_MASK_HEAD.RECURRENT``). A LazyConfig file builds the head from the same upper-case
-keys, so that both config systems give the same model (``tests/test_d2_lazy.py`` checks it)::
+keys, so that both config systems give the same model (``tests/test_d2_lazy.py`` checks it).
+``configs/lazy/R-FPN-R50-CRBP.py`` sets ``model.roi_heads.mask_head`` to such a head (width and
+class count interpolated from the model); a key is then overridden on the command line as
+``model.roi_heads.mask_head.engine.TIMESTEPS=10``. Standalone:
 
-    from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first
-    from crbp_d2.modeling import RecurrentMaskHead
-    from detectron2.config import LazyCall as L
-
-    model.roi_heads.mask_head = L(RecurrentMaskHead)(
-        engine=L(build_engine_from_keys)(width=256, **recurrent_defaults()),
-        num_classes="${..num_classes}",
-        readout_norm="${.engine.READOUT_NORM}",
-        lcp_weight="${.engine.LCP_WEIGHT}",
-    )
-
-and a key is then overridden on the command line as
-``model.roi_heads.mask_head.engine.TIMESTEPS=10`` (``configs/lazy/R-FPN-R50-CRBP.py``).
+>>> from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first
+>>> from detectron2.config import LazyCall as L, instantiate
+>>> from crbp_d2.modeling import RecurrentMaskHead
+>>> mask_head = L(RecurrentMaskHead)(
+...     engine=L(build_engine_from_keys)(width=32, **recurrent_defaults()),
+...     num_classes=3,
+...     readout_norm="${.engine.READOUT_NORM}",
+...     lcp_weight="${.engine.LCP_WEIGHT}",
+... )
+>>> mask_head.engine.TIMESTEPS = 10  # what ...mask_head.engine.TIMESTEPS=10 does
+>>> head = instantiate(mask_head)
+>>> head.engine.steps, head.engine.method, head.lcp_weight
+(10, 'crbp', 0.001)
 """
 
 from __future__ import annotations

@@ -2,11 +2,15 @@
 the ``setup`` / ``main`` pair of a Detectron2 ``train_net.py``.
 
 :func:`train_or_evaluate` takes the arguments of Detectron2's ``default_argument_parser`` and is
-what ``launch`` runs in every worker process (``crbp_d2.cli.train_net``)::
+what ``launch`` runs in every worker process, as ``crbp_d2.cli.train_net`` does (skipped as a
+doctest: it trains; ``tests/test_d2_train_net.py`` runs it on tiny synthetic data):
 
-    args = default_argument_parser().parse_args(argv)
-    launch(train_or_evaluate, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+>>> from crbp_d2.training import train_or_evaluate  # first (Detectron2 compatibility)
+>>> from detectron2.engine import default_argument_parser, launch
+>>> argv = ["--config-file", "configs/quick/R-FPN-R50-CRBP-synthetic.yaml"]
+>>> args = default_argument_parser().parse_args(argv)
+>>> launch(train_or_evaluate, args.num_gpus, num_machines=args.num_machines,  # doctest: +SKIP
+...        machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import weakref
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
@@ -40,9 +45,75 @@ from .modeling.freeze import freeze_all_but_mask_head
 from .utils import atomic_write_text
 from .utils.rng import get_rng_state, preserved_rng, set_rng_state
 
-__all__ = ["Trainer", "build_config", "drop_metrics_rows", "setup", "train_or_evaluate"]
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "build_config",
+    "check_losses_finite",
+    "drop_metrics_rows",
+    "setup",
+    "stop_on_non_finite_loss",
+    "train_or_evaluate",
+]
 
 logger = logging.getLogger("detectron2")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; the message (one line) names the term(s), the
+    iteration and the checkpoints kept."""
+
+
+def check_losses_finite(
+    loss_dict: Mapping[str, torch.Tensor], iteration: int, output_dir: Optional[str] = None
+) -> None:
+    """Raise :class:`NonFiniteLossError` naming every non-finite term of ``loss_dict`` and the
+    ``iteration`` (the other terms' values too), and the last checkpoint in ``output_dir``."""
+    values = {
+        k: float(v.detach().float().sum()) if torch.is_tensor(v) else float(v)
+        for k, v in loss_dict.items()
+    }
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not bad:
+        return
+    others = ", ".join(f"{k} = {v:.4g}" for k, v in values.items() if k not in bad)
+    message = (
+        f"{', '.join(f'{k} = {values[k]}' for k in bad)} at iteration {iteration}"
+        + (f" (the other terms: {others})" if others else "")
+        + "; training stopped before the optimizer step"
+    )
+    if output_dir is not None:
+        last = _last_checkpoint(output_dir)
+        message += (
+            f"; the checkpoints in {output_dir} are kept (last: {last}; continue from it with "
+            "--resume, e.g. with a lower SOLVER.BASE_LR)"
+            if last
+            else f"; no checkpoint was written yet in {output_dir}"
+        )
+    raise NonFiniteLossError(message)
+
+
+def _last_checkpoint(output_dir: str) -> Optional[str]:
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def stop_on_non_finite_loss(trainer, output_dir: Optional[str] = None) -> None:
+    """Make a Detectron2 ``SimpleTrainer`` / ``AMPTrainer`` stop with
+    :class:`NonFiniteLossError` (see :func:`check_losses_finite`) when a loss term of an
+    iteration is not finite, on every process, after backward and before the optimizer step
+    (the weights are not updated with it; the checkpoints already written are kept).
+    Detectron2 alone only reports the sum, as a two-line message on the main process."""
+    write_metrics = trainer._write_metrics
+
+    def checked_write_metrics(loss_dict, data_time, prefix: str = "", **kwargs):
+        check_losses_finite(loss_dict, trainer.iter, output_dir)
+        return write_metrics(loss_dict, data_time, prefix, **kwargs)
+
+    trainer._write_metrics = checked_write_metrics
 
 
 class Trainer(DefaultTrainer):
@@ -71,6 +142,7 @@ class Trainer(DefaultTrainer):
         for hook in self._hooks:
             if isinstance(hook, hooks.PeriodicCheckpointer) and hook.checkpointer is old:
                 hook.checkpointer = self.checkpointer
+        stop_on_non_finite_loss(self._trainer, cfg.OUTPUT_DIR)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:

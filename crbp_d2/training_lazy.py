@@ -60,6 +60,7 @@ from .training import (
     drop_redone_metrics,
     restore_rng_states,
     rng_states,
+    stop_on_non_finite_loss,
 )
 from .utils.rng import preserved_rng
 
@@ -195,6 +196,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
+    stop_on_non_finite_loss(trainer, cfg.train.output_dir)
     resume_state = _ResumeState(trainer, train_loader)
     checkpointer = RFPNCheckpointer(
         model, cfg.train.output_dir, trainer=trainer, resume=resume_state

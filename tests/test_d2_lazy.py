@@ -165,3 +165,19 @@ def test_lazy_training_step_then_evaluation_on_the_synthetic_set(tmp_path):
         assert 0.0 <= results[task][metric] <= 100.0, (task, metric)
     last = json.loads((out / "eval" / "metrics.json").read_text().splitlines()[-1])
     assert last["eval_only"] is True and "segm/AP" in last
+
+
+def test_lazy_training_stops_on_a_non_finite_loss_naming_it(tmp_path, monkeypatch, capsys):
+    from test_d2_train_net import _nan_from_iteration
+
+    _nan_from_iteration(monkeypatch, "loss_mask", 1)
+    argv = ["--config-file", SMOKE, f"train.output_dir={tmp_path}", "train.max_iter=3",
+            "train.checkpointer.period=1", "train.eval_period=0"]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        lazyconfig_train_net.main(argv)
+    assert info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        "lazyconfig_train_net.py: error: training stopped: loss_mask = nan at iteration 1 "
+    ), line
+    assert "last: model_0000000.pth" in line and (tmp_path / "model_0000000.pth").is_file()

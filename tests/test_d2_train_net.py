@@ -216,3 +216,57 @@ def test_resume_and_eval_only_may_follow_the_overrides():
     assert args.resume and args.opts == ["SOLVER.MAX_ITER", "3"]
     args = train_net.parse_args(["--config-file", CONFIG, "MODEL.WEIGHTS", "w.pth", "--eval-only"])
     assert args.eval_only and not args.resume and args.opts == ["MODEL.WEIGHTS", "w.pth"]
+
+
+def _nan_from_iteration(monkeypatch, term: str, first: int) -> None:
+    """Make the mask head's ``term`` NaN from iteration ``first`` on."""
+    from detectron2.utils.events import get_event_storage
+
+    from crbp_d2.modeling import RecurrentMaskHead
+
+    original = RecurrentMaskHead._forward_train
+
+    def forward_train(self, x, instances):
+        losses = original(self, x, instances)
+        if get_event_storage().iter >= first:
+            losses[term] = losses[term] * float("nan")
+        return losses
+
+    monkeypatch.setattr(RecurrentMaskHead, "_forward_train", forward_train)
+
+
+NAN_RUN = ("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1")
+
+
+def test_a_non_finite_loss_stops_training_naming_the_term_and_iteration(tmp_path, monkeypatch):
+    _nan_from_iteration(monkeypatch, "loss_mask", 2)
+    with pytest.raises(training.NonFiniteLossError) as info:
+        training.train_or_evaluate(train_args(tmp_path, opts=NAN_RUN))
+    message = str(info.value)
+    assert message.startswith("loss_mask = nan at iteration 2 (the other terms: ")
+    assert "loss_cls = " in message and "loss_lcp = " in message and "\n" not in message
+    assert f"the checkpoints in {tmp_path} are kept (last: model_0000001.pth;" in message
+    # The checkpoints of iterations 0 and 1 are kept, the last one is intact and finite (the
+    # NaN iteration never reached the optimizer step), and nothing was saved after it.
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000001.pth"
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000000.pth",
+        "model_0000001.pth",
+    ]
+    last = torch.load(tmp_path / "model_0000001.pth", map_location="cpu", weights_only=False)
+    assert last["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_cli_reports_a_non_finite_loss_in_one_line(tmp_path, monkeypatch, capsys):
+    _nan_from_iteration(monkeypatch, "loss_lcp", 1)
+    argv = ["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path), *NAN_RUN]
+    with pytest.raises(SystemExit) as info:
+        train_net.main(argv)
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(
+        "train_net.py: error: training stopped: loss_lcp = nan at iteration 1"
+    )
+    assert "last: model_0000000.pth" in lines[-1]
+    assert (tmp_path / "model_0000000.pth").is_file()

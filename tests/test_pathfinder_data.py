@@ -375,3 +375,157 @@ def test_baseline_predictions_are_subsets_of_the_ink_and_iou_is_exact():
     assert flood_fill(image, 3, 2.5)[:, 44:].any()
     assert iou(label, label) == 1.0 and iou(label, ~label) == 0.0
     assert iou(np.zeros_like(label), np.zeros_like(label)) == 1.0
+
+
+# ------------------------------------------------------------------------------- nothing lost
+def _descendants(pid):
+    psutil = pytest.importorskip("psutil")
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cli_workers_die_with_a_killed_parent(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "data"
+    args = ["--length", 14, "--num", 2000, "--out", out, "--workers", 2, "--shard-size", 4]
+    process = subprocess.Popen(
+        [sys.executable, *CLI, *map(str, args), "--no-progress"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    shards = out / "curv_contour_length_14" / ".shards"
+    workers = []
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not list(shards.glob("*.done")):
+            time.sleep(0.01)
+        workers = [p for p in _descendants(process.pid) if _alive(p)]
+        assert len(workers) >= 2, "the workers must be running"
+        os.kill(process.pid, signal.SIGKILL)  # the parent only, not its process group
+        process.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "workers outlived their killed parent"
+        written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+        time.sleep(1.0)
+        assert written == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    finally:
+        for worker in workers:
+            try:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.parametrize("fmt", ["png", "npy"])
+@pytest.mark.parametrize("verify", ["checksum", "size"])
+def test_rerun_rewrites_a_truncated_file(tmp_path, fmt, verify, capfd):
+    kwargs = dict(seed=5, fmt=fmt, workers=1, shard_size=3, num_test=2, progress=False)
+    fresh = _files(generate_dataset(tmp_path / "fresh", PF6, num=8, **kwargs).parent)
+    out = tmp_path / "data"
+    root = generate_dataset(out, PF6, num=8, verify=verify, **kwargs)
+    if fmt == "png":
+        broken = out / png_relpaths(4, 6, 25_000)[1]  # a label of shard 1
+    else:
+        broken = root / "npy" / "shard_000001.npy"
+    untouched = (
+        out / png_relpaths(0, 6, 25_000)[0] if fmt == "png" else root / "npy" / "shard_000000.npy"
+    )
+    mtime = untouched.stat().st_mtime_ns
+    broken.write_bytes(broken.read_bytes()[:-7])
+    capfd.readouterr()
+    generate_dataset(out, PF6, num=8, verify=verify, **kwargs)
+    err = capfd.readouterr().err
+    assert f"shard 1: {broken} has" in err and "rewriting it" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _files(out) == fresh
+    assert untouched.stat().st_mtime_ns == mtime, "an intact shard was rewritten"
+    # Same size, other bytes: only the checksum sees it.
+    data = bytearray(broken.read_bytes())
+    data[-20] ^= 0xFF
+    broken.write_bytes(bytes(data))
+    generate_dataset(out, PF6, num=8, verify=verify, **kwargs)
+    err = capfd.readouterr().err
+    if verify == "checksum":
+        assert "SHA-256 differs" in err and str(broken) in err, err
+        assert _files(out) == fresh
+    else:
+        assert err == ""
+
+
+def test_rerun_checks_shards_recorded_without_checksums(tmp_path, capfd):
+    """Datasets written before the records held sizes and checksums are checked structurally."""
+    kwargs = dict(seed=2, workers=1, shard_size=3, num_test=1, progress=False)
+    for fmt in ("png", "npy"):
+        out = tmp_path / fmt
+        root = generate_dataset(out, PF6, num=6, fmt=fmt, **kwargs)
+        fresh = _files(out)
+        for done in (root / ".shards").glob("*.done"):
+            record = json.loads(done.read_text())
+            done.write_text(json.dumps({"start": record["start"], "stop": record["stop"]}))
+            if fmt == "npy":
+                done.unlink()  # the old npy layout had no record at all
+        broken = (
+            out / png_relpaths(3, 6, 25_000)[0]
+            if fmt == "png"
+            else root / "npy" / "shard_000001.npy"
+        )
+        broken.write_bytes(broken.read_bytes()[:-3])
+        capfd.readouterr()
+        generate_dataset(out, PF6, num=6, fmt=fmt, **kwargs)
+        err = capfd.readouterr().err
+        assert f"shard 1: {broken}" in err and len(err.strip().splitlines()) == 1, err
+        assert _files(out) == fresh
+        assert "files" in json.loads((root / ".shards" / "shard_000000.done").read_text())
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: b"", "is empty (0 bytes)"),
+        (lambda data: data[:-100], "is truncated"),
+        (lambda data: data[:60], "is not a readable npy file"),
+        (lambda data: bytes(range(256)) * 4, "is not a readable npy file"),
+        (lambda data: data[:30] + b"\xff" * (len(data) - 30), "is not a readable npy file"),
+    ],
+    ids=["empty", "truncated", "truncated-header", "garbage", "garbled-header"],
+)
+def test_bad_npy_shard_gives_one_clear_error(tmp_path, capsys, damage, message):
+    root = generate_dataset(
+        tmp_path, PF6, num=6, seed=1, fmt="npy", workers=1, shard_size=3, progress=False
+    )
+    shard = root / "npy" / "shard_000001.npy"
+    shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(ValueError) as info:
+        PathfinderStored(tmp_path, "all", 6)
+    text = str(info.value)
+    assert message in text and str(shard) in text and "\n" not in text, text
+    # train_pathfinder.py: one line, exit status 2, nothing trained.
+    from crbp_d2.cli import train_pathfinder
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"OUTPUT_DIR: {tmp_path / 'run'}\n")
+    data = ["DATA.SOURCE", "disk", "DATA.ROOT", str(tmp_path)]
+    lengths = ["DATA.TRAIN_LENGTH", "6", "DATA.TEST_LENGTH", "6"]
+    capsys.readouterr()
+    code = train_pathfinder.main(["--config-file", str(cfg), "--no-progress", *data, *lengths])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("train_pathfinder.py: error: "), lines
+    assert message in lines[0] and str(shard) in lines[0]

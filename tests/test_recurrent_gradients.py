@@ -14,6 +14,7 @@ from crbp_d2.recurrent import (
     neumann_series,
 )
 from crbp_d2.recurrent.base import state_parts
+from crbp_d2.recurrent.spec import METHODS
 
 DTYPE = torch.float64
 
@@ -266,3 +267,60 @@ def test_norm_caps_follow_the_authors_rules():
     # D2 skips the 0.2 term but continues from it: 0.1 + 0.02 + 0.002 + 0.0002, then returns the
     # sum saved at the (only) trip, which is 0.1.
     assert float(d2) == pytest.approx(0.1)
+
+
+# -- the cell contract: forward(drive, state) is all a cell needs ----------------------------
+class PlainCell(nn.Module):
+    """A bare ``nn.Module``: only ``forward(drive, state)``; no ``hidden_channels``,
+    ``prepare``, ``init_state`` or ``output``. F(x, h) = tanh(A h + b * x), a contraction
+    (||A||_2 = 0.6 and tanh is 1-Lipschitz); the state is shaped like the drive."""
+
+    def __init__(self, n: int, dtype=DTYPE) -> None:
+        super().__init__()
+        a = torch.randn(n, n, dtype=dtype)
+        self.a = nn.Parameter(0.6 * a / torch.linalg.matrix_norm(a, ord=2))
+        self.b = nn.Parameter(torch.randn(n, dtype=dtype))
+
+    def forward(self, drive, state):
+        mixed = torch.einsum("ij,bjhw->bihw", self.a, state)
+        return torch.tanh(mixed + self.b[None, :, None, None] * drive)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_plain_module_is_a_cell_for_every_method(method):
+    cell = PlainCell(3, dtype=torch.float32)
+    assert not hasattr(cell, "hidden_channels") and not hasattr(cell, "init_state")
+    engine = RecurrentEngine(cell, steps=8, method=method, tbptt_steps=3)
+    out = engine(torch.rand(2, 3, 4, 4))
+    assert out.state.shape == (2, 3, 4, 4)
+    loss = out.state.square().sum() + (out.lcp if out.lcp is not None else 0.0)
+    loss.backward()
+    for name, parameter in cell.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    assert (out.lcp is not None) == engine.uses_lcp
+    with torch.no_grad():  # inference and the monitoring helpers need nothing more either
+        assert engine.eval()(torch.rand(1, 3, 4, 4)).state.shape == (1, 3, 4, 4)
+        assert 0 < engine.spectral_radius(torch.rand(1, 3, 4, 4), iterations=5) < 1
+    assert len(list(engine.iterate(torch.rand(1, 3, 4, 4), 2))) == 3
+
+
+def test_a_plain_module_cell_gets_the_exact_implicit_gradient():
+    cell = PlainCell(3)
+    x = torch.randn(2, 3, 2, 2, dtype=DTYPE)
+    h_star = _fixed_point(cell, x)
+    weights = [torch.randn_like(h_star)]
+    jac = _dense_jacobian(cell, x, h_star)  # prepare defaults to the identity
+    adjoint = torch.linalg.solve(torch.eye(jac.shape[0], dtype=DTYPE) - jac.T, _flat(weights))
+    exact = _param_grads_from_vector(cell, lambda v: v, x, h_star, adjoint)
+    got, out = _rbp_grads(cell, x, steps=600, terms=400, weights=weights)
+    assert _rel_err(got, exact) < 1e-8
+    # crbp's gradient of the task loss is the same (the LCP only adds its own term).
+    for method in ("crbp", "cbptt", "tbptt", "bptt"):
+        engine = RecurrentEngine(cell, steps=600, method=method, neumann_steps=400)
+        xg = x.detach().requires_grad_()
+        cell.zero_grad()
+        (weights[0] * engine(xg).state).sum().backward()
+        grads = [p.grad.clone() for p in cell.parameters()] + [xg.grad.clone()]
+        tol = 1e-8 if method != "tbptt" else 1e-2  # tbptt keeps only 300 steps: truncated
+        assert _rel_err(grads, exact) < tol, method

@@ -1,33 +1,113 @@
 #!/usr/bin/env bash
-# The measurements that need a CUDA GPU, as one short script for a lent GPU machine (about 5 min,
-# at most 11: each part runs under its own timeout).
+# The measurements that need a CUDA GPU, as one script for a lent GPU machine (about 7 minutes;
+# every part runs under its own timeout, all of them together at most 10 minutes).
 #
-#   bash tools/cuda_check.sh OUT_DIR
+#   bash tools/cuda_check.sh OUT_DIR            # on the GPU
+#   bash tools/cuda_check.sh OUT_DIR --smoke    # every part on the CPU at tiny sizes (< 5 min;
+#                                               # tests/test_cuda_check.py runs it)
 #
-# It needs only the machine's own PyTorch (>= 2.1) plus numpy, matplotlib, tqdm, yacs, pyyaml and
-# OpenCV, and runs this checkout in place (no installation: PYTHONPATH is the checkout). It writes,
-# under OUT_DIR:
-#   memory_cuda.{json,png,md}   peak CUDA memory / saved bytes / time of one training step of the
-#                               Pathfinder hGRU core (150x150, 25 ch, 15x15, batch 32 like the
-#                               paper's per-GPU batch) for BPTT vs C-RBP at 6, 20, 80 steps
-#   pathfinder_cuda.json        the Pathfinder CUDA check (tools/cuda_pathfinder_check.py): peak
-#                               memory of full-size PF14 BPTT-6 vs C-RBP-20, then C-RBP-20 trained
-#                               for $TRAIN_MINUTES whole minutes (default 2), evaluated on
-#                               held-out images
-#   env.txt                     nvidia-smi and torch versions
-# Copy the files into docs/results/ and run `python tools/update_readme.py`.
+# It runs this checkout in place (PYTHONPATH is the checkout; nothing is installed) with the
+# machine's own python3 and PyTorch (>= 2.1) plus numpy, matplotlib, tqdm, pyyaml, OpenCV, yacs and,
+# for the R-FPN part, Detectron2 v0.6 with fvcore, iopath, omegaconf, termcolor and pycocotools.
+# Where those are missing (a bare GPU image), `bash tools/gpu_bundle.sh` on a machine that has them
+# puts them into .gpu_deps/ of the checkout, which this script puts on PYTHONPATH after the
+# machine's own packages. A part that
+# fails (or times out) does not stop the others; the exit status is then 1. Everything is written
+# under OUT_DIR and nowhere else:
+#   env.json                 torch / CUDA versions, the device, nvidia-smi's output, the mode
+#   memory_cuda.{json,md,png}  one training step of the Pathfinder hGRU core (150x150, 25 ch,
+#                            15x15, batch 32 like the paper's per-GPU batch) for BPTT vs C-RBP at
+#                            6, 20, 80 steps (tools/benchmark_memory.py; peak_kind says the measure)
+#   rfpn_cuda.{json,md,png}  the R-FPN (Detectron2) check (tools/cuda_rfpn_check.py): memory of a
+#                            Panoptic FPN training step with the mask head trained by BPTT-N vs
+#                            C-RBP-N, N = 5, 10, 20, then C-RBP-10 trained for 20 iterations with
+#                            SOLVER.AMP.ENABLED True (float16 + GradScaler) and in float32
+#   pathfinder_cuda.json     the Pathfinder check (tools/cuda_pathfinder_check.py): peak memory of
+#                            full-size PF14 BPTT-6 / C-BPTT-6 / RBP-20 / C-RBP-20, then C-RBP-20
+#                            trained for $TRAIN_MINUTES minutes (default 2) and evaluated
+#   summary.md               the tables of all parts (tools/cuda_check_summary.py)
+# --smoke: the same files from the CPU at tiny sizes (memory = bytes saved for backward, AMP =
+# bfloat16 autocast; each JSON says which). Copy the files into docs/results/ and see README's
+# "GPU checks" for putting the tables into the README.
 set -uo pipefail
-OUT="${1:?usage: tools/cuda_check.sh OUT_DIR}"
-TRAIN_MINUTES="${TRAIN_MINUTES:-2}"
-mkdir -p "$OUT"
+usage="usage: bash tools/cuda_check.sh OUT_DIR [--smoke]"
+OUT="${1:?$usage}"
+MODE="${2:-gpu}"
+case "$MODE" in
+  gpu) ;;
+  --smoke) MODE=smoke ;;
+  *) echo "cuda_check.sh: error: unknown option '$MODE' ($usage)" >&2; exit 2 ;;
+esac
+if ! mkdir -p "$OUT" 2>/dev/null || [ ! -d "$OUT" ] || [ ! -w "$OUT" ]; then
+  echo "cuda_check.sh: error: cannot write to OUT_DIR '$OUT'" >&2
+  exit 2
+fi
+OUT="$(cd "$OUT" && pwd)"
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-{ nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } >"$OUT/env.txt" 2>&1
+if [ -d .gpu_deps ]; then
+  # After the machine's own packages: PYTHONPATH comes before site-packages in sys.path, so
+  # site-packages is named first.
+  SITE="$("$PY" -c "import sys; print(':'.join(p for p in sys.path if p.endswith('-packages')))" 2>/dev/null || true)"
+  export PYTHONPATH="$PYTHONPATH${SITE:+:$SITE}:$PWD/.gpu_deps"
+fi
+if [ "$MODE" = smoke ]; then
+  TRAIN_MINUTES="${TRAIN_MINUTES:-0.02}"
+  MEMORY_ARGS=(--device cpu --batch 1 --size 24 --channels 4 --kernel 3 --steps 2 4)
+  PATHFINDER_ARGS=(--device cpu --tiny)
+  RFPN_ARGS=(--device cpu --tiny)
+else
+  TRAIN_MINUTES="${TRAIN_MINUTES:-2}"
+  if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "cuda_check.sh: error: $PY sees no CUDA GPU (--smoke runs every part on the CPU)" >&2
+    exit 2
+  fi
+  MEMORY_ARGS=(--device cuda --batch 32 --steps 6 20 80)
+  PATHFINDER_ARGS=(--device cuda)
+  RFPN_ARGS=(--device cuda)
+fi
+# Timeouts: 120 + 150 + (TRAIN_MINUTES * 60 + 150) + 30 s = 9.5 minutes with the default 2 training
+# minutes. The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
+# the evaluation after take well under 2.5 minutes on a GPU, which its timeout adds.
+PATHFINDER_TIMEOUT=$(awk -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", m * 60 + 150 + 0.999 }')
+
+"$PY" - "$OUT/env.json" "$MODE" <<'PYEOF' || echo "cuda_check.sh: env.json failed" >&2
+import json, platform, shutil, subprocess, sys
+import torch
+from crbp_d2.utils.machine import device_description
+out, mode = sys.argv[1:3]
+cuda = torch.cuda.is_available()
+smi = shutil.which("nvidia-smi")
+env = {
+    "mode": mode,
+    "python": platform.python_version(),
+    "torch": torch.__version__,
+    "torch_cuda": torch.version.cuda,
+    "cuda_available": cuda,
+    "device": device_description("cuda" if cuda else "cpu"),
+    "nvidia_smi": subprocess.run([smi], capture_output=True, text=True).stdout if smi else None,
+}
+with open(out, "w") as f:
+    json.dump(env, f, indent=2)
+PYEOF
+
 status=0
-timeout 300 python3 tools/benchmark_memory.py --device cuda --batch 32 --steps 6 20 80 \
-  --methods bptt crbp --json "$OUT/memory_cuda.json" || status=1
-# The training part stops itself after TRAIN_MINUTES; the memory part before it and the evaluation
-# after it take about 2 minutes, so the timeout leaves 4 minutes beyond the training.
-timeout $((TRAIN_MINUTES * 60 + 240)) python3 tools/cuda_pathfinder_check.py \
-  --out "$OUT/pathfinder_cuda.json" --train-minutes "$TRAIN_MINUTES" || status=1
+run_part() {  # run_part NAME TIMEOUT_SECONDS COMMAND...
+  local name="$1" seconds="$2"
+  shift 2
+  echo "== $name (timeout ${seconds}s)"
+  timeout "$seconds" "$@"
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    [ "$rc" -eq 124 ] && echo "== $name: timed out after ${seconds}s" >&2 || echo "== $name: failed ($rc)" >&2
+    status=1
+  fi
+}
+run_part "hGRU core memory" 120 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@]}" \
+  --methods bptt crbp --json "$OUT/memory_cuda.json"
+run_part "R-FPN check" 150 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
+run_part "Pathfinder check" "$PATHFINDER_TIMEOUT" "$PY" tools/cuda_pathfinder_check.py \
+  "${PATHFINDER_ARGS[@]}" --out "$OUT" --train-minutes "$TRAIN_MINUTES"
+run_part "summary" 30 "$PY" tools/cuda_check_summary.py "$OUT"
 exit $status

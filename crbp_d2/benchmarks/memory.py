@@ -8,6 +8,7 @@ For every (method, steps) a record holds, for one forward + backward:
   saved_bytes   bytes saved for backward (torch.autograd.graph.saved_tensors_hooks)
   peak_bytes    CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS (ru_maxrss),
                 each configuration in its own process
+  peak_kind     which of the two peak_bytes is: ``cuda_max_memory_allocated`` | ``cpu_peak_rss``
   step_bytes    CUDA: peak minus memory allocated before the step; CPU: peak RSS minus RSS before
   seconds       wall time of the step
 
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 Record = Dict[str, object]
+PEAK_KIND = {True: "cuda_max_memory_allocated", False: "cpu_peak_rss"}  # by "on CUDA"
 LCP_WEIGHT = 10.0  # weight of the LCP in the loss of the C- methods (its size does not matter here)
 
 
@@ -118,6 +120,7 @@ def measure_one(settings: MemoryBenchmark, method: str, steps: int) -> Record:
         "saved_bytes": saved.total,
         "peak_bytes": peak,
         "step_bytes": peak - before,
+        "peak_kind": PEAK_KIND[cuda],
         "seconds": seconds,
         "residual": out.diagnostics.residual,
         "device": device_description(device),
@@ -133,6 +136,7 @@ def _out_of_memory_record(settings: MemoryBenchmark, method: str, steps: int) ->
         "saved_bytes": None,
         "peak_bytes": None,
         "step_bytes": None,
+        "peak_kind": PEAK_KIND[True],
         "seconds": None,
         "error": f"out of memory (card has {total} bytes)",
         "device": torch.cuda.get_device_name(0),
@@ -197,8 +201,8 @@ def table_with_machine(records: List[Record], plot_name: str) -> str:
         f"{format_table(records)}\n\n"
         f"Measured on {first['device']} with torch {first['torch']}: one training step, batch "
         f"{first['batch']}, {first['size']}x{first['size']}, {first['channels']} channels, "
-        f"{first['kernel']}x{first['kernel']} kernels (`tools/benchmark_memory.py`; plot "
-        f"`docs/results/{plot_name}`).\n"
+        f"{first['kernel']}x{first['kernel']} kernels (`tools/benchmark_memory.py`; peak = "
+        f"{first.get('peak_kind', 'cpu_peak_rss')}; plot `docs/results/{plot_name}`).\n"
     )
 
 

@@ -1,8 +1,11 @@
-"""What the command-line programs share: bad input reported as one line, exit status 2."""
+"""What the command-line programs share: bad input reported as one line, exit status 2; output
+paths checked before the work starts."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Tuple, Type
 
@@ -10,6 +13,7 @@ from typing import Iterator, Tuple, Type
 # an invalid value. Anything else is a bug and keeps its traceback.
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError)
 INPUT_ERROR_STATUS = 2  # as argparse exits for bad arguments
+TRAINING_STOPPED_STATUS = 1  # training ran and stopped (a non-finite loss or state)
 
 
 def report_input_error(prog: str, error: BaseException) -> int:
@@ -30,3 +34,39 @@ def one_line_errors(
         yield
     except errors as error:
         raise SystemExit(report_input_error(prog, error)) from None
+
+
+@contextmanager
+def training_stops_in_one_line(prog: str) -> Iterator[None]:
+    """A non-finite loss or recurrent state (``FloatingPointError``, which names the loss term
+    and the iteration) ends the program with ``PROG: error: training stopped: MESSAGE`` (one line,
+    stderr; the traceback is in the training log) and exit status 1."""
+    try:
+        yield
+    except FloatingPointError as error:
+        message = " ".join(str(error).split())  # Detectron2's own message has two lines
+        print(f"{prog}: error: training stopped: {message}", file=sys.stderr)
+        raise SystemExit(TRAINING_STOPPED_STATUS) from None
+
+
+def writable_output_file(path: str, default_name: str) -> str:
+    """The file an ``--out PATH`` option names, checked before any work is done.
+
+    PATH is a file when it ends in ``.json`` (or ``default_name``'s suffix) and is no existing
+    folder; otherwise PATH is a folder (created if missing) and the file is
+    ``PATH/default_name``. Raises ``ValueError`` (one line) if the file cannot be written there:
+    the folder cannot be created or written to, or the file's name is taken by a folder.
+    """
+    suffix = os.path.splitext(default_name)[1] or ".json"
+    is_file = path.endswith(suffix) and not os.path.isdir(path) and not path.endswith(os.sep)
+    target = path if is_file else os.path.join(path, default_name)
+    folder = os.path.dirname(os.path.abspath(target))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.isdir(target):
+            raise IsADirectoryError(f"{target} is a folder")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write {target}: {error.strerror or error}") from None
+    return target

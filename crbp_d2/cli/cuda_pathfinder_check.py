@@ -6,10 +6,13 @@
 2. Trains a full-size PF14 C-RBP-20 model on on-the-fly data for ``--train-minutes`` and
    evaluates it on held-out images.
 
-    python tools/cuda_pathfinder_check.py --out output/cuda_check/pathfinder_cuda.json
-    python tools/cuda_pathfinder_check.py --device cpu --tiny   # smoke test on a CPU
+    python tools/cuda_pathfinder_check.py --out OUT_DIR    # OUT_DIR/pathfinder_cuda.{json,md}
+    python tools/cuda_pathfinder_check.py --out report.json  # report.{json,md}
+    python tools/cuda_pathfinder_check.py --device cpu --tiny --train-minutes 0.05   # CPU smoke
 
-Uses only torch >= 2.1 APIs and this project's code.
+--device defaults to cuda when a GPU is there, else cpu. On a CPU the memory records hold the bytes
+saved for backward (``memory_measure`` says which measure was used). The output path is checked
+before any work starts. Uses only torch >= 2.1 APIs and this project's code.
 """
 
 from __future__ import annotations
@@ -23,27 +26,39 @@ import torch
 from crbp_d2.pathfinder.config import REPO_ROOT
 from crbp_d2.pathfinder.experiments.cuda_check import run_cuda_check
 
+from ._common import report_input_error, writable_output_file
+
+REPORT_NAME = "pathfinder_cuda.json"
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--out",
-        default=os.path.join(REPO_ROOT, "output", "cuda_check", "pathfinder_cuda.json"),
-        help="the JSON report (in an existing folder: FOLDER/pathfinder_cuda.json)",
+        default=os.path.join(REPO_ROOT, "output", "cuda_check"),
+        help=f"the JSON report: a .json file, or a folder (FOLDER/{REPORT_NAME})",
     )
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--train-minutes", type=float, default=5.0)
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the training part")
+    p.add_argument("--amp", action="store_true", help="autocast for the training part")
     p.add_argument("--tiny", action="store_true", help="small shapes (smoke test)")
     args = p.parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    if args.train_minutes < 0:
+        p.error(f"--train-minutes must be >= 0, got {args.train_minutes}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         print(
             "error: CUDA is not available (use --device cpu --tiny for a smoke test)",
             file=sys.stderr,
         )
         return 2
-    out = os.path.join(args.out, "pathfinder_cuda.json") if os.path.isdir(args.out) else args.out
-    run_cuda_check(out, args.device, args.train_minutes, args.amp, args.tiny)
+    try:
+        out = writable_output_file(args.out, REPORT_NAME)
+    except ValueError as error:
+        return report_input_error("cuda_pathfinder_check.py", error)
+    if device == "cpu" and not args.tiny:
+        print("note: full-size shapes on a CPU are slow; --tiny is the CPU smoke test")
+    run_cuda_check(out, device, args.train_minutes, args.amp, args.tiny)
     return 0
 
 

@@ -4,9 +4,11 @@
         [--workers W] [--format png|npy] [--store-size 150] [--preview]
 
 Writes DIR/curv_contour_length_N/ (see crbp_d2/pathfinder/data/storage.py for the layouts). A
-re-run with the same arguments skips finished shards and redoes an interrupted one. ``--preview``
-also writes DIR/curv_contour_length_N/preview.png (samples 0-15, labels in red); with ``--num 0``
-it writes only the preview.
+re-run with the same arguments checks the finished shards against their recorded sizes and
+SHA-256 (--verify size: sizes only), rewrites any that is truncated or changed, skips the intact
+ones and redoes an interrupted one. Killing the program (even kill -9) ends its workers too.
+``--preview`` also writes DIR/curv_contour_length_N/preview.png (samples 0-15, labels in red);
+with ``--num 0`` it writes only the preview.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import os
 import sys
 
 from crbp_d2.contours.generator import DISTRACTOR_RULES, GenerationError, PathfinderParams, preset
-from crbp_d2.pathfinder.data.storage import FORMATS, dataset_dir, generate_dataset, write_preview
+from crbp_d2.pathfinder.data.storage import (
+    FORMATS,
+    VERIFY_LEVELS,
+    dataset_dir,
+    generate_dataset,
+    write_preview,
+)
 
 from ._common import report_input_error
 
@@ -103,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preview", action="store_true", help="also write preview.png (16 samples)"
     )
+    parser.add_argument(
+        "--verify",
+        choices=VERIFY_LEVELS,
+        default="checksum",
+        help="how a re-run checks finished shards: checksum (size and SHA-256, default) or size",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -132,6 +146,7 @@ def main(argv=None) -> int:
                 store_size=args.store_size,
                 num_test=args.num_test,
                 progress=not args.no_progress,
+                verify=args.verify,
             )
             print(f"dataset: {root}")
         if args.preview:

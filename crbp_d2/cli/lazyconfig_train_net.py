@@ -29,7 +29,7 @@ from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
 from detectron2.engine import default_argument_parser, launch
 
 from ..checkpoint import CheckpointFileError
-from ._common import INPUT_ERRORS, one_line_errors
+from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 
 PROG = "lazyconfig_train_net.py"
 
@@ -51,7 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("Command Line Args:", args)
     with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
         build_lazy_config(args)  # fail fast, before spawning workers
-    with one_line_errors(PROG, (CheckpointFileError,)):
+    with training_stops_in_one_line(PROG), one_line_errors(PROG, (CheckpointFileError,)):
         launch(
             train_or_evaluate_lazy,
             args.num_gpus,

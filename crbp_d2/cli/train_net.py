@@ -30,7 +30,7 @@ from ..training import build_config, train_or_evaluate
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
-from ._common import INPUT_ERRORS, one_line_errors
+from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
 # flags when they come after an override; they are moved to the front first.
@@ -56,7 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("Command Line Args:", args)
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
         cfg = build_config(args)  # fail fast, before spawning workers
-    with one_line_errors("train_net.py", (CheckpointFileError,)):  # an unreadable checkpoint
+    with (
+        training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
+        one_line_errors("train_net.py", (CheckpointFileError,)),  # an unreadable checkpoint
+    ):
         launch(
             train_or_evaluate,
             args.num_gpus,

@@ -30,6 +30,7 @@ from crbp_d2.recurrent import (
     HGRUCell,
     RecurrenceDiagnostics,
     RecurrentEngine,
+    cell_output,
     relative_residual,
     spec_from_node,
 )
@@ -227,10 +228,10 @@ class RecurrentSegmenter(nn.Module):
     ) -> SegmenterOutput:
         """(B, 1, H, W) image -> logits (B, 2, H, W) after ``steps`` steps (default: engine's)."""
         out = self.engine(self.input_layer(image), steps=steps, record_states=record_states)
-        hidden = self.engine.cell.output(out.state)
+        hidden = cell_output(self.engine.cell, out.state)
         states = None
         if out.states is not None:
-            states = [self.engine.cell.output(s) for s in out.states]
+            states = [cell_output(self.engine.cell, s) for s in out.states]
         return SegmenterOutput(self.readout(hidden), out.lcp, out.diagnostics, states)
 
     @torch.no_grad()
@@ -252,7 +253,7 @@ class RecurrentSegmenter(nn.Module):
         # iterate() runs at least one step; stopping at ``last`` never computes the one after it
         for t, state in enumerate(self.engine.iterate(self.input_layer(image), max(last, 1))):
             if t in counts:
-                by_count[t] = self.readout(self.engine.cell.output(state))
+                by_count[t] = self.readout(cell_output(self.engine.cell, state))
                 residual_at[t] = (
                     relative_residual(state, previous) if previous is not None else float("nan")
                 )

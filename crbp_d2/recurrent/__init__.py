@@ -3,7 +3,7 @@
 Pure PyTorch: nothing here imports Detectron2 or the Pathfinder module.
 """
 
-from .base import RecurrentCell, State, make_norm
+from .base import RecurrentCell, State, cell_init_state, cell_output, cell_prepare, make_norm
 from .convlstm import ConvLSTMCell
 from .diagnostics import RecurrenceDiagnostics, relative_residual, spectral_radius
 from .engine import NonFiniteStateError, RecurrenceOutput, RecurrentEngine
@@ -43,6 +43,9 @@ __all__ = [
     "RecurrentEngine",
     "SpecError",
     "State",
+    "cell_init_state",
+    "cell_output",
+    "cell_prepare",
     "engine_config_defaults",
     "lipschitz_penalty",
     "make_norm",

@@ -89,6 +89,35 @@ def chronos_bias_(bias: Tensor, timescale: float, apply_log: bool) -> Tensor:
     return bias
 
 
+# -- the cell contract ------------------------------------------------------------------------
+# The engine needs only ``cell(drive, state) -> state``. Everything else it asks of a cell has a
+# default, used when the cell does not define it (a plain ``nn.Module`` works):
+
+
+def cell_prepare(cell: nn.Module, x: Tensor) -> Tensor:
+    """``cell.prepare(x)`` (work done once per input), or ``x`` itself."""
+    prepare = getattr(cell, "prepare", None)
+    return x if prepare is None else prepare(x)
+
+
+def cell_init_state(cell: nn.Module, drive: Tensor) -> State:
+    """``cell.init_state(drive)``; else zeros of shape (B, ``cell.hidden_channels``, *spatial)
+    when the cell has ``hidden_channels``; else zeros shaped like the drive."""
+    init_state = getattr(cell, "init_state", None)
+    if init_state is not None:
+        return init_state(drive)
+    channels = getattr(cell, "hidden_channels", None)
+    if channels is None:
+        return torch.zeros_like(drive)
+    return drive.new_zeros((drive.shape[0], int(channels)) + tuple(drive.shape[2:]))
+
+
+def cell_output(cell: nn.Module, state: State) -> Tensor:
+    """``cell.output(state)`` (what a readout sees), or the state's first part."""
+    output = getattr(cell, "output", None)
+    return state_parts(state)[0] if output is None else output(state)
+
+
 class RecurrentCell(nn.Module):
     """A module mapping (drive, state) to the next state, with time-invariant parameters.
 

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, State, state_like, state_parts
+from .base import State, cell_init_state, cell_prepare, state_like, state_parts
 from .diagnostics import (
     RecurrenceDiagnostics,
     per_sample_max_residual,
@@ -120,8 +120,11 @@ class RecurrentEngine(nn.Module):
     validated by the spec.
 
     Args:
-        cell: a :class:`RecurrentCell` (any module with ``prepare``/``init_state``/``output`` and
-            ``forward(drive, state) -> state``).
+        cell: any ``nn.Module`` with ``forward(drive, state) -> state`` (a tensor or a tuple of
+            tensors). Optional, with defaults: ``prepare(x)`` (identity), ``init_state(drive)``
+            (zeros with ``hidden_channels`` channels if the cell has that attribute, else zeros
+            shaped like the drive), ``implicit_components`` (all parts), ``lcp_blockwise``
+            (False). :class:`RecurrentCell` provides them all.
         steps: N, the number of steps in training.
         method: ``bptt | tbptt | rbp | cbptt | crbp | jfb | cjfb | phantom | cphantom``.
         test_steps: steps when the engine is in eval mode (default: ``steps``).
@@ -141,7 +144,7 @@ class RecurrentEngine(nn.Module):
 
     def __init__(
         self,
-        cell: RecurrentCell,
+        cell: nn.Module,
         steps: int,
         method: str = "crbp",
         test_steps: Optional[int] = None,
@@ -152,7 +155,7 @@ class RecurrentEngine(nn.Module):
         self.spec = EngineSpec(steps=steps, method=method, test_steps=test_steps, **settings)
 
     @classmethod
-    def from_spec(cls, cell: RecurrentCell, spec: EngineSpec) -> "RecurrentEngine":
+    def from_spec(cls, cell: nn.Module, spec: EngineSpec) -> "RecurrentEngine":
         """The engine running ``cell`` as ``spec`` says."""
         engine = cls(cell, steps=spec.steps)
         engine.spec = spec
@@ -197,8 +200,8 @@ class RecurrentEngine(nn.Module):
         (use it under ``torch.no_grad()`` for step-by-step readouts).
         """
         n = self._steps_for_call(steps)
-        drive = self.cell.prepare(x)
-        yield from self._states(drive, self.cell.init_state(drive), n)
+        drive = cell_prepare(self.cell, x)
+        yield from self._states(drive, cell_init_state(self.cell, drive), n)
 
     def forward(
         self,
@@ -219,12 +222,12 @@ class RecurrentEngine(nn.Module):
         recorder: Optional[List[State]] = [] if record_states else None
         if not torch.is_grad_enabled():
             tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
-            drive = self.cell.prepare(x)
+            drive = cell_prepare(self.cell, x)
             return self._checked(self._iterate(drive, n, tol, recorder), drive)
         hooks = _AfterBackwardHooks()
         # the probe sits on the input, so its backward runs after the whole recurrence's
         x = _BackwardProbe.apply(hooks, x if x.requires_grad else x.detach().requires_grad_())
-        drive = self.cell.prepare(x)
+        drive = cell_prepare(self.cell, x)
         if self.method in ("bptt", "cbptt"):
             out = self._unrolled(drive, n, n, recorder)
         elif self.method == "tbptt":
@@ -269,7 +272,9 @@ class RecurrentEngine(nn.Module):
 
     @torch.no_grad()
     def _first_nonfinite_step(self, drive: Tensor, steps: int) -> int:
-        for t, state in enumerate(self._states(drive.detach(), self.cell.init_state(drive), steps)):
+        for t, state in enumerate(
+            self._states(drive.detach(), cell_init_state(self.cell, drive), steps)
+        ):
             if not all(bool(torch.isfinite(p).all()) for p in state_parts(state)):
                 return t
         return steps
@@ -292,7 +297,7 @@ class RecurrentEngine(nn.Module):
         self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
         previous, residual, halted, t = None, float("inf"), False, 0
-        for t, state in enumerate(self._states(drive, self.cell.init_state(drive), n)):
+        for t, state in enumerate(self._states(drive, cell_init_state(self.cell, drive), n)):
             if previous is not None:
                 _record(recorder, state)
                 residual = relative_residual(state, previous)
@@ -313,7 +318,7 @@ class RecurrentEngine(nn.Module):
             return solve(
                 spec.solver,
                 lambda h: self.cell(drive, h),
-                self.cell.init_state(drive),
+                cell_init_state(self.cell, drive),
                 budget,
                 spec.solver_tol,
                 spec.anderson_window,
@@ -507,7 +512,7 @@ class RecurrentEngine(nn.Module):
         Runs ``steps`` (default ``test_steps``) steps from h0 = 0 unless ``state`` is given; see
         :func:`~crbp_d2.recurrent.diagnostics.spectral_radius`.
         """
-        drive = self.cell.prepare(x)
+        drive = cell_prepare(self.cell, x)
         if state is None:
             state = self._iterate(drive, steps or self.test_steps, None, None).state
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)

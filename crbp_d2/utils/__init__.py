@@ -8,6 +8,7 @@ from .machine import (
     cpu_description,
     cpu_model_name,
     device_description,
+    grad_scaler,
     machine_record,
     parse_lscpu_model,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "cpu_description",
     "cpu_model_name",
     "device_description",
+    "grad_scaler",
     "machine_record",
     "markdown_table",
     "parse_lscpu_model",

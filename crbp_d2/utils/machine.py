@@ -53,3 +53,14 @@ def machine_record(device: "str | object" = "cpu") -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def grad_scaler(enabled: bool):
+    """A CUDA ``GradScaler`` (a no-op pass-through when not ``enabled``) on every torch >= 2.1:
+    ``torch.amp.GradScaler("cuda")`` from torch 2.3, ``torch.cuda.amp.GradScaler`` before (it is
+    deprecated, with a warning, from 2.4)."""
+    import torch
+
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch 2.1 / 2.2

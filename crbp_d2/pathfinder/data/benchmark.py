@@ -23,6 +23,7 @@ import numpy as np
 from crbp_d2.contours.generator import get_generator, preset
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import cpu_model_name
+from crbp_d2.utils.procs import die_with_parent, pool_initargs
 from crbp_d2.utils.report import markdown_table, pyplot
 
 from .storage import write_png_sample
@@ -89,7 +90,9 @@ def benchmark(lengths: Sequence[int], scale: float, workers: int, seed: int) -> 
                 (count + k * per_worker, count + (k + 1) * per_worker) for k in range(workers)
             ]
             began = time.perf_counter()
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, initializer=die_with_parent, initargs=pool_initargs()
+            ) as pool:
                 # Warm the workers (imports, patch tables) before timing.
                 list(
                     pool.map(

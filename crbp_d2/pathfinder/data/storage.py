@@ -15,19 +15,26 @@ Two formats under ``OUT/curv_contour_length_N/`` (``N`` = contour length):
     already bicubic-resized by the training transform, labels as resized grey values so the
     threshold stays a training choice). ``npy/index.json`` lists the shards and the test indices.
 
-Both formats share ``dataset.json`` (all parameters) and are written shard by shard: a finished
-shard is never touched again, a re-run skips finished shards and redoes an interrupted one.
-A ``png`` shard is finished when ``.shards/shard_<k>.done`` exists (written after its files); an
-``npy`` shard is written to a temporary name and renamed.
+Both formats share ``dataset.json`` (all parameters) and are written shard by shard. A shard is
+finished when ``.shards/shard_<k>.done`` exists: written atomically after the shard's files, it
+records the size and SHA-256 of each of them (an ``npy`` shard is also written to a temporary
+name and renamed). A re-run verifies every finished shard against its record (``verify``:
+"checksum" reads the files, "size" only stats them), rewrites a shard whose files are missing,
+truncated or changed (one line on stderr naming the file), skips intact shards and redoes
+interrupted ones. Pool workers die with the generating process (see
+:mod:`crbp_d2.utils.procs`): a killed run leaves no process writing behind it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
 import struct
+import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,12 +46,15 @@ from PIL import Image
 
 from crbp_d2.contours.generator import PathfinderParams, get_generator
 from crbp_d2.utils.io import atomic_write, atomic_write_text
+from crbp_d2.utils.procs import die_with_parent, pool_initargs
 
 FORMATS: Tuple[str, ...] = ("png", "npy")
+VERIFY_LEVELS: Tuple[str, ...] = ("checksum", "size")
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
 PNG_COMPRESSION = 3  # zlib level
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's tag and CRC: the last 8 bytes of a whole PNG
 _BICUBIC = Image.Resampling.BICUBIC if hasattr(Image, "Resampling") else Image.BICUBIC
 
 PathLike = Union[str, os.PathLike]
@@ -133,36 +143,42 @@ def write_png_sample(
     contour_length: int,
     batch_size: int = 25_000,
     made_dirs: Optional[set] = None,
-) -> None:
-    """Write one sample's image and label PNGs in the authors' layout under ``out_dir``."""
+) -> Dict[str, List]:
+    """Write one sample's image and label PNGs in the authors' layout under ``out_dir``.
+    Returns ``{path relative to out_dir: [size, sha256]}`` of the two files."""
     image_rel, label_rel = png_relpaths(index, contour_length, batch_size)
+    records = {}
     for rel, array in ((image_rel, image), (label_rel, label)):
         path = Path(out_dir) / rel
         if made_dirs is None or path.parent not in made_dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             if made_dirs is not None:
                 made_dirs.add(path.parent)
-        path.write_bytes(encode_png(array))
+        data = encode_png(array)
+        path.write_bytes(data)
+        records[rel] = [len(data), hashlib.sha256(data).hexdigest()]
+    return records
 
 
 def _write_png_shard(task: dict) -> int:
     params = PathfinderParams(**task["params"])
     generator = get_generator(params)
     made_dirs: set = set()
+    records: Dict[str, List] = {}
     for index in range(task["start"], task["stop"]):
         sample = generator.sample(task["seed"], index)
-        write_png_sample(
-            task["out_dir"],
-            index,
-            sample.image,
-            sample.label,
-            params.contour_length,
-            task["batch_size"],
-            made_dirs,
+        records.update(
+            write_png_sample(
+                task["out_dir"],
+                index,
+                sample.image,
+                sample.label,
+                params.contour_length,
+                task["batch_size"],
+                made_dirs,
+            )
         )
-    atomic_write_text(
-        Path(task["done_path"]), json.dumps({"start": task["start"], "stop": task["stop"]})
-    )
+    _write_shard_record(task, records)
     return task["stop"] - task["start"]
 
 
@@ -176,14 +192,100 @@ def _write_npy_shard(task: dict) -> int:
         sample = generator.sample(task["seed"], index)
         block[k, 0] = resize_uint8(sample.image, size)
         block[k, 1] = resize_uint8(sample.label, size)
-    atomic_write(Path(task["done_path"]), lambda stream: np.save(stream, block))
+    stream = io.BytesIO()
+    np.save(stream, block)
+    data = stream.getvalue()
+    npy_path = Path(task["npy_path"])
+    atomic_write(npy_path, lambda out: out.write(data))
+    rel = npy_path.relative_to(task["out_dir"]).as_posix()
+    _write_shard_record(task, {rel: [len(data), hashlib.sha256(data).hexdigest()]})
     return count
 
 
-def _shard_done_path(root: Path, fmt: str, shard: int) -> Path:
-    if fmt == "png":
-        return root / ".shards" / f"shard_{shard:06d}.done"
+def _write_shard_record(task: dict, files: Dict[str, List]) -> None:
+    record = {"start": task["start"], "stop": task["stop"], "files": files}
+    atomic_write_text(Path(task["done_path"]), json.dumps(record))
+
+
+def _shard_done_path(root: Path, shard: int) -> Path:
+    return root / ".shards" / f"shard_{shard:06d}.done"
+
+
+def _shard_npy_path(root: Path, shard: int) -> Path:
     return root / "npy" / f"shard_{shard:06d}.npy"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _expected_files(task: dict, fmt: str, contour_length: int) -> List[str]:
+    """Paths (relative to ``out_dir``) a finished shard consists of."""
+    if fmt == "npy":
+        return [Path(task["npy_path"]).relative_to(task["out_dir"]).as_posix()]
+    return [
+        rel
+        for index in range(task["start"], task["stop"])
+        for rel in png_relpaths(index, contour_length, task["batch_size"])
+    ]
+
+
+def _shard_problem(task: dict, fmt: str, contour_length: int, verify: str) -> Optional[str]:
+    """Why a shard recorded as finished is not intact on disk (naming the file), or None.
+
+    Shards recorded before the records held sizes and checksums are checked structurally (a
+    PNG ends with its IEND chunk; an npy file holds the whole array its header announces) and
+    given a record when intact."""
+    out_dir = Path(task["out_dir"])
+    done_path = Path(task["done_path"])
+    try:
+        record = json.loads(done_path.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return f"{done_path} is unreadable"
+    expected = _expected_files(task, fmt, contour_length)
+    files = record.get("files")
+    if files is None:  # an older record without sizes and checksums
+        adopted = {}
+        for rel in expected:
+            path = out_dir / rel
+            if not path.is_file():
+                return f"{path} is missing"
+            if fmt == "png":
+                with open(path, "rb") as stream:
+                    head = stream.read(8)
+                    stream.seek(max(0, path.stat().st_size - 8))
+                    tail = stream.read(8)
+                if head != _PNG_SIGNATURE or tail != _PNG_END:
+                    return f"{path} is not a whole PNG file (truncated?)"
+            else:
+                rows = task["stop"] - task["start"]
+                size = task["store_size"]
+                problem = npy_problem(path, (rows, 2, size, size), np.uint8)
+                if problem is not None:
+                    return problem
+            adopted[rel] = [path.stat().st_size, _sha256_file(path)]
+        _write_shard_record(task, adopted)
+        return None
+    if sorted(files) != sorted(expected):
+        return f"{done_path} lists other files than the shard's"
+    for rel in expected:
+        path = out_dir / rel
+        size, digest = files[rel]
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            return f"{path} is missing"
+        if actual != size:
+            return f"{path} has {actual} bytes, {size} were written (truncated or changed)"
+        if verify == "checksum" and _sha256_file(path) != digest:
+            return f"{path} has changed since it was written (SHA-256 differs)"
+    return None
 
 
 def _manifest(
@@ -243,16 +345,22 @@ def generate_dataset(
     num_test: Optional[int] = None,
     progress: bool = True,
     on_shard_done: Optional[Callable[[int], None]] = None,
+    verify: str = "checksum",
 ) -> Path:
     """Write ``num`` samples of ``seed`` to ``out_dir/curv_contour_length_N`` (resumable).
 
     ``fmt``: "png" (authors' layout + split lists) or "npy" (uint8 shards + index).
     ``workers``: processes (default: all cores). ``store_size`` (npy only): side of the stored
-    arrays (default: the canvas size). Returns the dataset directory. Raises ``ValueError`` for
-    bad arguments before anything is written, and ``GenerationError`` when a sample is impossible.
+    arrays (default: the canvas size). ``verify``: how shards finished by an earlier run are
+    checked before being kept ("checksum": size and SHA-256 of every file; "size": sizes only);
+    a shard that fails is rewritten, with one line on stderr naming the file. Returns the
+    dataset directory. Raises ``ValueError`` for bad arguments before anything is written, and
+    ``GenerationError`` when a sample is impossible.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if verify not in VERIFY_LEVELS:
+        raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
     if not isinstance(num, (int, np.integer)) or num < 1:
         raise ValueError(f"num must be an integer >= 1, got {num!r}")
     if seed < 0:
@@ -292,21 +400,28 @@ def generate_dataset(
     ranges = shard_ranges(num, shard_size)
     todo = []
     for shard, (start, stop) in enumerate(ranges):
-        done_path = _shard_done_path(root, fmt, shard)
+        done_path = _shard_done_path(root, shard)
+        task = {
+            "params": dataclasses.asdict(params),
+            "seed": int(seed),
+            "start": start,
+            "stop": stop,
+            "out_dir": str(Path(out_dir)),
+            "batch_size": int(batch_size),
+            "store_size": int(store_size),
+            "done_path": str(done_path),
+            "npy_path": str(_shard_npy_path(root, shard)),
+        }
+        if fmt == "npy" and not done_path.exists() and _shard_npy_path(root, shard).exists():
+            # Written by a version that kept no record: adopted below when intact.
+            atomic_write_text(done_path, json.dumps({"start": start, "stop": stop}))
         if done_path.exists():
-            continue
-        todo.append(
-            {
-                "params": dataclasses.asdict(params),
-                "seed": int(seed),
-                "start": start,
-                "stop": stop,
-                "out_dir": str(Path(out_dir)),
-                "batch_size": int(batch_size),
-                "store_size": int(store_size),
-                "done_path": str(done_path),
-            }
-        )
+            problem = _shard_problem(task, fmt, params.contour_length, verify)
+            if problem is None:
+                continue
+            print(f"shard {shard}: {problem}; rewriting it", file=sys.stderr)
+            done_path.unlink()
+        todo.append(task)
     writer = _write_png_shard if fmt == "png" else _write_npy_shard
     done_before = num - sum(t["stop"] - t["start"] for t in todo)
     bar = _progress_bar(num, done_before, f"PF{params.contour_length} {fmt}", progress)
@@ -317,7 +432,11 @@ def generate_dataset(
                 if on_shard_done is not None:
                     on_shard_done(task["stop"])
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)),
+                initializer=die_with_parent,
+                initargs=pool_initargs(),
+            ) as pool:
                 for count in _as_completed(pool, writer, todo):
                     bar.update(count)
                     if on_shard_done is not None:
@@ -333,7 +452,7 @@ def generate_dataset(
             "num": int(num),
             "store_size": int(store_size),
             "shards": [
-                {"file": _shard_done_path(root, fmt, k).name, "start": a, "stop": b}
+                {"file": _shard_npy_path(root, k).name, "start": a, "stop": b}
                 for k, (a, b) in enumerate(ranges)
             ],
             "test_indices": test.tolist(),
@@ -403,6 +522,73 @@ def _write_lists(
 
 
 # ---------------------------------------------------------------------------------------- read
+def npy_problem(
+    path: PathLike, shape: Optional[Tuple[int, ...]] = None, dtype: Optional[type] = None
+) -> Optional[str]:
+    """Why ``path`` is not a whole ``.npy`` array file (of ``shape`` / ``dtype`` when given), in
+    words naming the file; None when it is. Reads the header only."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{path} is missing"
+    if size == 0:
+        return f"{path} is empty (0 bytes)"
+    try:
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(stream)
+            else:  # 2.0 and 3.0 share the header layout (3.0 only allows UTF-8 field names)
+                header = np.lib.format.read_array_header_2_0(stream)
+            offset = stream.tell()
+    except Exception as error:  # numpy raises ValueError, EOFError, SyntaxError, ...
+        if isinstance(error, SyntaxError) or not str(error):
+            reason = f"garbled header ({type(error).__name__})"
+        else:
+            reason = str(error).splitlines()[0][:200]
+        return f"{path} is not a readable npy file ({size} bytes; {reason})"
+    found_shape, _, found_dtype = header
+    if found_dtype.hasobject:
+        return f"{path} holds Python objects, not an array of numbers"
+    expected = offset + int(np.prod(found_shape, dtype=np.int64)) * found_dtype.itemsize
+    if size < expected:
+        return f"{path} is truncated: {size} bytes, its header announces {expected}"
+    if size > expected:
+        return f"{path} has {size - expected} bytes after its array (corrupt)"
+    if shape is not None and tuple(found_shape) != tuple(shape):
+        return f"{path} holds an array of shape {tuple(found_shape)}, expected {tuple(shape)}"
+    if dtype is not None and found_dtype != np.dtype(dtype):
+        return f"{path} holds {found_dtype} values, expected {np.dtype(dtype)}"
+    return None
+
+
+def load_npy_shard(
+    path: PathLike, shape: Optional[Tuple[int, ...]] = None, dtype: Optional[type] = None
+) -> np.ndarray:
+    """Memory-map an npy shard, or raise one ``ValueError`` naming the file when it is empty,
+    truncated, corrupt or of another shape / dtype."""
+    problem = npy_problem(path, shape, dtype)
+    if problem is not None:
+        raise ValueError(
+            f"bad Pathfinder shard: {problem}; re-run tools/generate_pathfinder.py with the same "
+            f"arguments to rewrite it"
+        )
+    return np.load(path, mmap_mode="r")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a JSON file ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return value
+
+
 def label_path_for(image_path: str) -> str:
     """The authors' label path: ``.../imgs/...`` -> ``.../seg/...``."""
     marker = "/imgs/"
@@ -454,7 +640,7 @@ class StoredPathfinder:
             return
         root = self._locate(path, contour_length)
         self.root = root
-        self.manifest = json.loads((root / MANIFEST).read_text())
+        self.manifest = _read_json(root / MANIFEST)
         self.format = self.manifest["format"]
         num = self.manifest["num"]
         self.out_dir = root.parent
@@ -476,10 +662,20 @@ class StoredPathfinder:
                     f"{index_path} is missing: is the dataset complete? "
                     f"(re-run the generator to finish it)"
                 )
-            index = json.loads(index_path.read_text())
+            index = _read_json(index_path)
             self._shards = [
                 (s["start"], s["stop"], root / "npy" / s["file"]) for s in index["shards"]
             ]
+            self._store_size = int(index["store_size"])
+            # Check every shard now (headers and sizes only), so that a bad file stops a run
+            # before training with one line naming it, not in a DataLoader worker later.
+            for start, stop, file in self._shards:
+                problem = npy_problem(file, self._shard_shape(start, stop), np.uint8)
+                if problem is not None:
+                    raise ValueError(
+                        f"bad Pathfinder shard: {problem}; re-run "
+                        f"tools/generate_pathfinder.py with the same arguments to rewrite it"
+                    )
             test = np.array(index["test_indices"], dtype=np.int64)
         if split == "all":
             self.indices = np.arange(num)
@@ -503,6 +699,9 @@ class StoredPathfinder:
             raise FileNotFoundError(f"no Pathfinder dataset ({MANIFEST}) under {path}")
         raise ValueError(f"{path} holds several contour lengths; pass contour_length")
 
+    def _shard_shape(self, start: int, stop: int) -> Tuple[int, int, int, int]:
+        return (stop - start, 2, self._store_size, self._store_size)
+
     def __len__(self) -> int:
         return int(len(self.indices))
 
@@ -524,7 +723,7 @@ class StoredPathfinder:
             if start <= index < stop:
                 array = self._arrays.get(shard)
                 if array is None:
-                    array = np.load(file, mmap_mode="r")
+                    array = load_npy_shard(file, self._shard_shape(start, stop), np.uint8)
                     self._arrays[shard] = array
                 item = np.asarray(array[index - start])
                 return item[0], item[1]

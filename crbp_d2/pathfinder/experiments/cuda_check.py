@@ -8,17 +8,26 @@
 
 Both run the :class:`~crbp_d2.pathfinder.train.loop.Trainer`'s own training step. ``tiny``
 shrinks every shape for a smoke test on a CPU.
+
+Every memory record has the same keys on either device: ``memory_gb`` is the measure named by
+``memory_measure`` (``cuda_max_memory_allocated`` on CUDA; on a CPU, which has no allocator
+statistics, ``saved_tensor_bytes``: the bytes autograd saves for backward in one training step,
+the part of the peak that grows with BPTT's steps), ``saved_gb`` is that count on both devices,
+and the CUDA-only ``peak_allocated_gb`` / ``peak_reserved_gb`` / ``model_and_batch_gb`` are
+``None`` on a CPU.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crbp_d2.utils.io import atomic_write_json
+from crbp_d2.utils.bench import SavedBytes
+from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import device_description
 
 from ..config import CONFIG_DIR, load_config
@@ -42,9 +51,18 @@ def check_config(method: str, steps: int, device: str, tiny: bool, extra: Sequen
     return load_config(str(BASE_CONFIG), overrides + (TINY if tiny else []) + list(extra))
 
 
+def memory_measure(device) -> str:
+    """What ``memory_gb`` holds on ``device``: ``cuda_max_memory_allocated`` or, on a CPU,
+    ``saved_tensor_bytes``."""
+    return (
+        "cuda_max_memory_allocated" if torch.device(device).type == "cuda" else "saved_tensor_bytes"
+    )
+
+
 def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict:
     """Two :meth:`Trainer.train_step` calls on ``batch`` (the second includes Adam's state): the
-    seconds per step, the loss and, on CUDA, the peak allocated / reserved memory in GB."""
+    seconds per step, the loss, the bytes saved for backward by the first step and, on CUDA, the
+    peak allocated / reserved memory in GB (see the module's docstring for the keys)."""
     one_batch = TensorDataset(*batch)
     trainer = Trainer(
         check_config(method, steps, device, tiny), one_batch, one_batch, progress=False
@@ -57,8 +75,10 @@ def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict
         torch.cuda.reset_peak_memory_stats(trainer.device)
         base = torch.cuda.memory_allocated(trainer.device)
     tic = time.time()
-    for _ in range(2):
-        scalars = trainer.train_step(image, label)
+    saved = SavedBytes()
+    with saved.counting():
+        trainer.train_step(image, label)
+    scalars = trainer.train_step(image, label)
     if cuda:
         torch.cuda.synchronize()
     result = {
@@ -67,11 +87,18 @@ def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict
         "batch": int(image.shape[0]),
         "seconds_per_step": (time.time() - tic) / 2,
         "loss": scalars["loss"],
+        "memory_measure": memory_measure(trainer.device),
+        "memory_gb": saved.total / 1e9,
+        "saved_gb": saved.total / 1e9,
+        "peak_allocated_gb": None,
+        "peak_reserved_gb": None,
+        "model_and_batch_gb": None,
     }
     if cuda:
         result["peak_allocated_gb"] = torch.cuda.max_memory_allocated(trainer.device) / 1e9
         result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(trainer.device) / 1e9
         result["model_and_batch_gb"] = base / 1e9
+        result["memory_gb"] = result["peak_allocated_gb"]
         del trainer
         torch.cuda.empty_cache()
     return result
@@ -98,6 +125,7 @@ def train_for(minutes: float, device: str, tiny: bool, amp: bool, log: Log = pri
             break
     train_seconds = time.time() - tic
     results = trainer.evaluate((None, 60))
+    evaluation_seconds = time.time() - tic - train_seconds
     iterations = trainer.iteration
     return {
         "method": "crbp",
@@ -105,12 +133,47 @@ def train_for(minutes: float, device: str, tiny: bool, amp: bool, log: Log = pri
         "iterations": iterations,
         "images_seen": iterations * trainer.cfg.SOLVER.BATCH_SIZE,
         "train_seconds": train_seconds,
+        "evaluation_seconds": evaluation_seconds,
         "seconds_per_iter": train_seconds / max(iterations, 1),
         "loss_log": losses,
         "amp": amp,
+        "amp_dtype": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None,
         "parameters": count_parameters(trainer.model),
         "test": {str(k): v for k, v in results.items()},
     }
+
+
+def report_table(report: dict) -> str:
+    """Markdown: one row per memory run, then a line on the training run (if it finished)."""
+    from crbp_d2.utils.report import markdown_table
+
+    rows = [
+        [
+            f"{r['method']}-{r['steps']}",
+            r["batch"],
+            f"{r['memory_gb']:.3f}",
+            f"{r['saved_gb']:.3f}",
+            f"{r['seconds_per_step']:.3f}",
+            f"{r['loss']:.3f}",
+        ]
+        for r in report["memory"]
+    ]
+    header = ["run", "batch", f"memory (GB, {report['memory_measure']})", "saved for backward (GB)"]
+    text = markdown_table(header + ["s / step", "loss"], rows)
+    training = report.get("training")
+    if training:
+        test = training["test"]
+        text += (
+            f"\n\nC-RBP-20 trained for {training['train_seconds']:.0f} s ({training['iterations']} "
+            f"iterations, {training['images_seen']} images, {training['seconds_per_iter']:.3f} "
+            f"s / iteration, AMP {training['amp_dtype'] or 'off'}): test IoU "
+            f"{test['20']['iou']:.4f} at 20 steps, {test['60']['iou']:.4f} at 60 steps."
+        )
+    size = "tiny shapes (smoke test)" if report["tiny"] else "full-size PF14 (150 px, 25 channels)"
+    return text + (
+        f"\n\nMeasured on {report['device']} with torch {report['torch']}, {size} "
+        "(`tools/cuda_pathfinder_check.py`).\n"
+    )
 
 
 def run_cuda_check(
@@ -122,16 +185,25 @@ def run_cuda_check(
     log: Log = print,
 ) -> dict:
     """The memory runs, then the training run; the report is rewritten to ``out`` (a JSON file)
-    after each part, so a run stopped by a time limit keeps what it measured."""
+    after each part, so a run stopped by a time limit keeps what it measured; at the end
+    ``STEM.md`` (:func:`report_table`) is written beside it. ``seconds`` holds
+    the wall time of each part (``memory``, ``training``: the training loop, ``evaluation``)."""
+    cuda = torch.device(device).type == "cuda"
     report: dict = {
-        "device": device_description(device) if torch.device(device).type == "cuda" else "cpu",
+        "device": device_description(device),
+        "device_type": torch.device(device).type,
         "torch": torch.__version__,
+        "tiny": tiny,
+        "memory_measure": memory_measure(device),
+        "total_memory_gb": (
+            torch.cuda.get_device_properties(device).total_memory / 1e9 if cuda else None
+        ),
         "memory": [],
         "training": None,
+        "seconds": {},
     }
-    if torch.device(device).type == "cuda":
-        report["total_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 1e9
-    log(f"device: {report['device']}")
+    log(f"device: {report['device']} (memory measure: {report['memory_measure']})")
+    tic = time.time()
     cfg = check_config("bptt", 6, device, tiny)
     dataset = build_dataset(cfg, "test", size=cfg.SOLVER.BATCH_SIZE)
     batch = next(iter(DataLoader(dataset, batch_size=cfg.SOLVER.BATCH_SIZE)))
@@ -140,10 +212,14 @@ def run_cuda_check(
         report["memory"].append(result)
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
         log(f"{method}-{steps}: {numbers}")
+        report["seconds"]["memory"] = time.time() - tic
         atomic_write_json(report, out)
     log(f"training C-RBP-20 for {train_minutes} min")
     report["training"] = train_for(train_minutes, device, tiny, amp, log)
+    report["seconds"]["training"] = report["training"]["train_seconds"]
+    report["seconds"]["evaluation"] = report["training"]["evaluation_seconds"]
     atomic_write_json(report, out)
+    atomic_write_text(os.path.splitext(out)[0] + ".md", report_table(report))
     test = report["training"]["test"]
     log(
         f"after {report['training']['iterations']} iterations: test IoU at 20 steps "

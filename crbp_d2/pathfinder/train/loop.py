@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from crbp_d2.utils.machine import grad_scaler
 
 from ..data.datasets import build_dataset
 from ..evaluation.evaluator import evaluate_model
@@ -203,9 +204,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.SOLVER.LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
         )
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
-        )
+        self.scaler = grad_scaler(self.amp_dtype == torch.float16 and self.device.type == "cuda")
         self.epoch = 0  # epochs completed
         self.iteration = 0  # optimizer steps done
         self.best_iou = -math.inf

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crbp_d2.recurrent import cell_output
+
 from ..modeling import SegmenterOutput
 
 
@@ -61,7 +63,7 @@ def gradient_fidelity(model: nn.Module, image: Tensor, label: Tensor, cfg) -> Di
         return {}
 
     def task_loss(state) -> Tensor:
-        logits = model.readout(model.engine.cell.output(state))
+        logits = model.readout(cell_output(model.engine.cell, state))
         return segmentation_loss(
             logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
         )

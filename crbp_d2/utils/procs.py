@@ -1,0 +1,68 @@
+"""Worker processes that die with their parent.
+
+A pool worker forked by a process that is then killed (``kill -9``, the OOM killer) is
+re-parented and would otherwise run on, writing files nobody waits for. :func:`die_with_parent`
+(a ``ProcessPoolExecutor`` / ``multiprocessing.Pool`` ``initializer``) prevents that:
+
+* on Linux it asks the kernel for ``SIGKILL`` when the parent exits (``prctl(PR_SET_PDEATHSIG)``);
+* everywhere it starts a daemon thread that ends the worker (``os._exit``) as soon as its parent
+  process changes (the parent died and the worker was re-parented), checked every
+  ``poll_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+PR_SET_PDEATHSIG = 1
+# Exit status of a worker that ended itself because its parent was gone.
+ORPHAN_EXIT_STATUS = 70
+
+
+def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
+    """Linux: have the kernel send ``signum`` to this process when its parent exits.
+    Returns False where this is not available (other systems, no libc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    event = threading.Event()
+    while not event.wait(poll_s):
+        if os.getppid() != parent:
+            os._exit(ORPHAN_EXIT_STATUS)
+
+
+def die_with_parent(expected_parent: Optional[int] = None, poll_s: float = 0.2) -> None:
+    """Pool ``initializer``: end this worker when the process that started it exits.
+
+    ``expected_parent``: the pid of the process that forks the workers (pass ``os.getpid()``
+    in ``initargs`` with the "fork" start method); a worker whose parent is already another
+    process by the time it starts ends at once."""
+    set_parent_death_signal()
+    parent = os.getppid()
+    # The parent may have died before the death signal was armed: check once now.
+    if expected_parent is not None and parent != expected_parent:
+        os._exit(ORPHAN_EXIT_STATUS)
+        return  # reached only where os._exit is replaced (tests)
+    threading.Thread(
+        target=_watch_parent, args=(parent, poll_s), name="die-with-parent", daemon=True
+    ).start()
+
+
+def pool_initargs() -> tuple:
+    """``initargs`` for :func:`die_with_parent` in a pool of the default start method."""
+    import multiprocessing
+
+    return (os.getpid(),) if multiprocessing.get_start_method() == "fork" else ()
