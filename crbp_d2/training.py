@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import weakref
-from typing import Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
 
@@ -37,21 +37,26 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from .checkpoint import RFPNCheckpointer
 from .config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
 from .data import check_dataset_files, check_mask_format, check_num_classes
+from .data.resumable import ResumableTrainLoader, build_resumable_train_loader
 from .engine_launch import ddp_on_any_device
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .modeling.freeze import freeze_all_but_mask_head
 from .utils import atomic_write_text
+from .utils.rng import get_rng_state, preserved_rng, set_rng_state
 
 __all__ = [
     "NonFiniteLossError",
     "Trainer",
     "build_config",
     "check_losses_finite",
+    "drop_metrics_rows",
     "setup",
     "stop_on_non_finite_loss",
     "train_or_evaluate",
 ]
+
+logger = logging.getLogger("detectron2")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -116,7 +121,16 @@ class Trainer(DefaultTrainer):
     ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``
     and :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
     ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys);
-    multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.engine_launch`)."""
+    multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.engine_launch`).
+
+    A resumed run (``resume_or_load(resume=True)``, ``--resume``) continues exactly: the training
+    data comes from a :class:`~crbp_d2.data.resumable.ResumableTrainLoader` whose position is in
+    each checkpoint (``trainer.data``), and so are the random generators' states of every process
+    (``trainer.rng``: Python, NumPy, torch CPU and CUDA), so it ends with the weights of the
+    uninterrupted run (bit for bit on CPU; on GPU as far as the kernels are deterministic). Rows
+    of ``metrics.json`` for the iterations that the resumed run does again are dropped.
+    Evaluation does not change the random state of training.
+    """
 
     def __init__(self, cfg: CfgNode) -> None:
         with ddp_on_any_device():
@@ -129,6 +143,67 @@ class Trainer(DefaultTrainer):
             if isinstance(hook, hooks.PeriodicCheckpointer) and hook.checkpointer is old:
                 hook.checkpointer = self.checkpointer
         stop_on_non_finite_loss(self._trainer, cfg.OUTPUT_DIR)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
+        """Detectron2's training loader (``DATASETS.TRAIN``, ``DATALOADER.*``,
+        ``SOLVER.IMS_PER_BATCH``, ``DatasetMapper``) in the resumable form."""
+        return build_resumable_train_loader(cfg)
+
+    def build_hooks(self) -> list:
+        ret = super().build_hooks()
+        if comm.get_world_size() > 1:  # every process's RNG state, just before the checkpointer
+            kinds = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+            at = next(i for i, h in enumerate(ret) if isinstance(h, kinds))
+            ret.insert(at, _GatherRNGStates(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return ret
+
+    def _resumable_loaders(self) -> Dict[str, ResumableTrainLoader]:
+        """The training loader and PreciseBN's (both continue where they were on resume)."""
+        loaders = {"train": self._trainer.data_loader}
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PreciseBN):
+                loaders["precise_bn"] = hook._data_loader
+        return {k: v for k, v in loaders.items() if isinstance(v, ResumableTrainLoader)}
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        if "_trainer" not in ret:  # this Detectron2's DefaultTrainer does not save the optimizer
+            ret["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
+        ret["rng"] = rng_states(self)
+        ret["data"] = {name: ld.state_dict() for name, ld in self._resumable_loaders().items()}
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "load_state_dict" not in DefaultTrainer.__dict__:  # (newer Detectron2 loads it)
+            if "_trainer" in state_dict:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+            else:
+                logger.warning(
+                    "The checkpoint has no optimizer state (saved before it was added): the "
+                    "optimizer starts afresh"
+                )
+        data = state_dict.get("data", {})
+        for name, loader in self._resumable_loaders().items():
+            if name in data:
+                loader.load_state_dict(data[name])
+            elif name == "train":
+                loader.skip_to(self.iter + 1)
+                logger.warning(
+                    "The checkpoint has no data-loader position (saved before resumable "
+                    "training): the training data continues at batch %d of this run's stream, "
+                    "not where the interrupted run was",
+                    self.iter + 1,
+                )
+        restore_rng_states(state_dict.get("rng"))
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's; on resume also drops the ``metrics.json`` rows of the iterations from
+        the resumed one on (written after the checkpoint by the interrupted run)."""
+        super().resume_or_load(resume=resume)
+        if resume:
+            drop_redone_metrics(self.cfg.OUTPUT_DIR, self.start_iter)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -173,7 +248,13 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         """Detectron2's evaluation, plus (``TEST.GT_BOX_MASKS``) the mask head on ground-truth
-        boxes as the task ``gt_box`` of each dataset's results (main process)."""
+        boxes as the task ``gt_box`` of each dataset's results (main process). The random
+        generators are as before afterwards (evaluating during training changes nothing in it)."""
+        with preserved_rng():
+            return cls._test(cfg, model, evaluators)
+
+    @classmethod
+    def _test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         results = super().test(cfg, model, evaluators)
         if not cfg.TEST.GT_BOX_MASKS or not comm.is_main_process():
             return results
@@ -185,6 +266,104 @@ class Trainer(DefaultTrainer):
             )
             print_csv_format({GT_BOX_TASK: per_dataset[name][GT_BOX_TASK]})
         return results
+
+
+def rng_states(trainer) -> List[dict]:
+    """The RNG states of all processes for a checkpoint (one process: this one's; several:
+    gathered by :class:`_GatherRNGStates` at ``trainer.iter``; else only this one's, which a
+    resume then does not restore)."""
+    if comm.get_world_size() == 1:
+        return [get_rng_state()]
+    gathered = getattr(trainer, "_gathered_rng", None)
+    if gathered is not None and gathered[0] == trainer.iter:
+        return gathered[1]
+    return [get_rng_state()]
+
+
+def restore_rng_states(states: Optional[List[dict]]) -> None:
+    """Set this process's generators from what :func:`rng_states` saved (warns where it cannot:
+    an old checkpoint, another number of processes)."""
+    world = comm.get_world_size()
+    if states is None:
+        logger.warning("The checkpoint has no random-generator states: not restored")
+    elif len(states) != world:
+        logger.warning(
+            "The checkpoint has the random-generator states of %d process(es), this run has "
+            "%d: not restored",
+            len(states),
+            world,
+        )
+    else:
+        set_rng_state(states[comm.get_rank()])
+
+
+class _GatherRNGStates(hooks.HookBase):
+    """Multi-process runs: at the iterations the checkpointer saves, all processes' RNG states
+    are gathered into ``trainer._gathered_rng`` for the main process's checkpoint."""
+
+    def __init__(self, period: int) -> None:
+        self._period = period
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if (it + 1) % self._period == 0 or it >= self.trainer.max_iter - 1:
+            self.trainer._gathered_rng = (it, comm.all_gather(get_rng_state()))
+
+
+def drop_redone_metrics(output_dir: str, start_iter: int) -> None:
+    """On resume (main process): drop the rows of ``output_dir/metrics.json`` of iterations
+    ``>= start_iter``, which the interrupted run wrote after its last checkpoint."""
+    if not comm.is_main_process():
+        return
+    path = os.path.join(output_dir, "metrics.json")
+    dropped = drop_metrics_rows(path, start_iter)
+    if dropped:
+        logger.info(
+            "Resuming at iteration %d: dropped %d row(s) of later iterations from %s",
+            start_iter,
+            dropped,
+            path,
+        )
+
+
+def drop_metrics_rows(path: str, start_iter: int) -> int:
+    """Remove from the JSON-lines file ``path`` (Detectron2's ``metrics.json``) every row whose
+    ``"iteration"`` is ``>= start_iter``, and a last line cut off mid-write; other lines are kept
+    as they are. Changes the file in place (an open append handle, as Detectron2's JSONWriter
+    holds, keeps appending at the new end). Returns the number of rows dropped."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    keep: List[bytes] = []
+    dropped = 0
+    for number, line in enumerate(lines):
+        last = number == len(lines) - 1  # after the last newline: b"" or a torn line
+        if last and not line:
+            break
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if last:
+                dropped += 1
+                continue
+            row = None
+        iteration = row.get("iteration") if isinstance(row, dict) else None
+        if isinstance(iteration, int) and iteration >= start_iter:
+            dropped += 1
+            continue
+        keep.append(line)
+    if not dropped:
+        return 0
+    text = b"".join(line + b"\n" for line in keep)
+    with open(path, "r+b") as f:
+        if not raw.startswith(text):
+            f.write(text)
+        f.truncate(len(text))
+        f.flush()
+        os.fsync(f.fileno())
+    return dropped
 
 
 def build_config(args: argparse.Namespace) -> CfgNode:

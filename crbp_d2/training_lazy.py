@@ -12,6 +12,11 @@ change it. What differs from Detectron2's script:
 * an override of a key the config does not have is an error (``+key=value`` adds one on
   purpose), dataset names and class counts are checked before anything is built;
 * ``--eval-only`` appends its results to ``train.output_dir/metrics.json``, as the yacs program.
+* ``--resume`` continues exactly, as the yacs ``Trainer``: Detectron2's
+  ``build_detection_train_loader`` in ``dataloader.train`` is swapped for the resumable loader
+  (same arguments), each checkpoint has a ``resume`` entry (data position, every process's random
+  state), evaluation leaves the random state unchanged, and the ``metrics.json`` rows of
+  iterations done again are dropped.
 
 :func:`train_or_evaluate_lazy` is what ``launch`` runs in every worker
 (``crbp_d2.cli.lazyconfig_train_net``).
@@ -20,6 +25,7 @@ change it. What differs from Detectron2's script:
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 from typing import Any, Dict, List
@@ -29,7 +35,7 @@ from . import config as _config  # noqa: F401  (first: Detectron2 compatibility 
 # isort: split
 import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -40,13 +46,23 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import RFPNCheckpointer
 from .data import check_dataset_name
+from .data.resumable import ResumableTrainLoader
 from .lazy import check_lazy_overrides
 from .modeling.freeze import freeze_all_but_mask_head
-from .training import _append_metrics, stop_on_non_finite_loss
+from .training import (
+    _append_metrics,
+    _GatherRNGStates,
+    drop_redone_metrics,
+    restore_rng_states,
+    rng_states,
+    stop_on_non_finite_loss,
+)
+from .utils.rng import preserved_rng
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -139,6 +155,11 @@ def do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     combined); ``{}`` if the config has no test loader or evaluator."""
     if cfg.dataloader.get("test") is None or cfg.dataloader.get("evaluator") is None:
         return {}
+    with preserved_rng():  # evaluating during training changes nothing in it
+        return _do_test(cfg, model)
+
+
+def _do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     evaluator = instantiate(cfg.dataloader.evaluator)
     if not hasattr(evaluator, "process"):
         evaluator = DatasetEvaluators(list(evaluator))
@@ -170,18 +191,23 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
     model = _build_model(cfg)
     cfg.optimizer.params.model = model  # frozen parameters are left out of the optimizer
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = instantiate(_resumable_loader_config(cfg.dataloader.train))
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
     stop_on_non_finite_loss(trainer, cfg.train.output_dir)
-    checkpointer = RFPNCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    resume_state = _ResumeState(trainer, train_loader)
+    checkpointer = RFPNCheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, resume=resume_state
+    )
     main = comm.is_main_process()
+    gather = comm.get_world_size() > 1  # every process's RNG state, before the checkpointer
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            _GatherRNGStates(cfg.train.checkpointer.period) if gather else None,
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(
@@ -195,7 +221,62 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     # a checkpoint stores the iteration that just finished: resume at the next one
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    if start_iter and not resume_state.loaded:
+        resume_state.continue_without_state(start_iter)
+    if args.resume:
+        drop_redone_metrics(cfg.train.output_dir, start_iter)
     trainer.train(start_iter, cfg.train.max_iter)
+
+
+class _ResumeState:
+    """The checkpoint's ``resume`` entry: every process's RNG state and the training data's
+    position (a :class:`~crbp_d2.data.resumable.ResumableTrainLoader`), so that a resumed run
+    continues exactly (see the yacs ``Trainer``)."""
+
+    def __init__(self, trainer, loader) -> None:
+        self.trainer = trainer
+        self.loader = loader if isinstance(loader, ResumableTrainLoader) else None
+        self.loaded = False
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret: Dict[str, Any] = {"rng": rng_states(self.trainer)}
+        if self.loader is not None:
+            ret["data"] = {"train": self.loader.state_dict()}
+        return ret
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        data = state.get("data", {})
+        if self.loader is not None and "train" in data:
+            self.loader.load_state_dict(data["train"])
+        restore_rng_states(state.get("rng"))
+        self.loaded = True
+
+    def continue_without_state(self, start_iter: int) -> None:
+        """A checkpoint saved before this state existed: continue the data stream at batch
+        ``start_iter`` (the random state is not restored)."""
+        logger.warning(
+            "The checkpoint has no data position or random state (saved before resumable "
+            "training): the data continues at batch %d of this run's stream",
+            start_iter,
+        )
+        if self.loader is not None:
+            self.loader.skip_to(start_iter)
+
+
+def _resumable_loader_config(node: DictConfig) -> DictConfig:
+    """``dataloader.train`` with Detectron2's ``build_detection_train_loader`` swapped for
+    :func:`~crbp_d2.data.resumable.resumable_detection_train_loader` (same arguments)."""
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except ImportError:
+            return node
+    if target is not build_detection_train_loader:
+        return node
+    node = copy.deepcopy(node)
+    node._target_ = "crbp_d2.data.resumable.resumable_detection_train_loader"
+    return node
 
 
 def train_or_evaluate_lazy(args: argparse.Namespace):

@@ -34,8 +34,16 @@ from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 PROG = "lazyconfig_train_net.py"
 
 
+_FLAGS = ("--resume", "--eval-only")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return default_argument_parser().parse_args(argv)
+    """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
+    anywhere on the line (also after the ``key=value`` overrides, which its catch-all would
+    otherwise swallow them into)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a in _FLAGS]
+    return default_argument_parser().parse_args(flags + [a for a in argv if a not in _FLAGS])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
