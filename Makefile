@@ -7,7 +7,7 @@ OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup test test-all demo demo-memory demo-pathfinder demo-d2 demo-summary lint \
-	benchmark-memory benchmark-methods rfpn-cpu-protocol rfpn-finetune-vs-scratch
+	benchmark-memory benchmark-methods rfpn-cpu-protocol rfpn-finetune-vs-scratch demo-record
 
 setup:
 	bash tools/setup_env.sh $(VENV)
@@ -87,6 +87,10 @@ demo-d2:
 
 demo-summary:
 	@$(PY) -m crbp_d2.cli.demo_summary $(OUT)
+
+# make demo, then its step timings and summary into docs/results/demo.{json,md} (README block)
+demo-record: demo
+	$(PY) -m crbp_d2.cli.demo_summary $(OUT) --results docs/results/demo
 
 # The benchmarks whose tables are in the README (each writes docs/results/NAME.{json,md,png};
 # `python tools/update_readme.py` then copies the tables into the README).

@@ -2,9 +2,12 @@
 
 Reads what the demo steps wrote under ``OUT`` (the demo folder): the memory benchmark's records,
 the Pathfinder evaluation and IoU-vs-steps records, and the R-FPN evaluation and timestep sweep.
-Timings are left out, so two runs of the demo print the same summary.
+Timings are left out, so two runs of the demo print the same summary. ``--results STEM`` also
+writes the timings (``OUT/logs/seconds.txt``, one ``STEP SECONDS`` line per step) with the
+machine to ``STEM.json`` / ``STEM.md``: the README's demo block.
 
     python -m crbp_d2.cli.demo_summary output/demo
+    python -m crbp_d2.cli.demo_summary output/demo --results docs/results/demo
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, cpu_description, markdown_table, write_results
 from ._common import one_line_errors
 
 
@@ -93,12 +96,48 @@ def summary(out: str) -> str:
     return "\n".join(lines)
 
 
+def step_seconds(out: str) -> List[dict]:
+    """The ``{"step", "seconds"}`` records of ``OUT/logs/seconds.txt`` (``make demo`` writes it)."""
+    path = os.path.join(out, "logs", "seconds.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: run make demo first")
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise ValueError(f"{path}:{number}: expected 'STEP SECONDS', got {line.strip()!r}")
+            records.append({"step": parts[0], "seconds": int(parts[1])})
+    return records
+
+
+def write_timings(out: str, stem: str, text: str) -> None:
+    """``stem.json`` (step timings, total, machine, summary) and ``stem.md`` (table + summary)."""
+    import torch
+
+    steps = step_seconds(out)
+    total = sum(r["seconds"] for r in steps)
+    machine = f"{cpu_description()}, torch {torch.__version__}"
+    record = {"steps": steps, "total_seconds": total, "machine": machine, "summary": text}
+    rows = [[r["step"], f"{r['seconds']}"] for r in steps] + [["**total**", f"**{total}**"]]
+    table = (
+        markdown_table(["make demo step", "seconds"], rows, align="lr")
+        + f"\n\n`make demo` after set-up: {total / 60:.1f} min on {machine}.\n\n```\n{text}\n```\n"
+    )
+    write_results(stem, [record], table)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="the demo's output folder (make demo's OUT)")
+    parser.add_argument(
+        "--results", metavar="STEM", help="also write the step timings to STEM.json / STEM.md"
+    )
     args = parser.parse_args(argv)
     with one_line_errors("demo_summary"):
         text = summary(args.out)
+        if args.results:
+            write_timings(args.out, args.results, text)
     atomic_write_text(os.path.join(args.out, "summary.md"), text + "\n")
     print(text)
     return 0
