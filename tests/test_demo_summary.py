@@ -37,7 +37,7 @@ def demo_folder(tmp_path):
         writer = csv.DictWriter(f, ["steps", "PQ_th"])
         writer.writeheader()
         writer.writerows([{"steps": 1, "PQ_th": 30.0}, {"steps": 12, "PQ_th": 44.0}])
-    (out / "logs" / "seconds.txt").write_text("memory 12\npf_train 100\nrfpn_train 200\n")
+    (out / "logs" / "seconds.txt").write_text("memory 12 s\npf_train 100 s\nrfpn_train 200 s\n")
     return out
 
 
@@ -60,7 +60,7 @@ def test_results_record_the_step_timings(demo_folder, tmp_path):
 
 
 def test_missing_or_malformed_timings_are_one_line(demo_folder, tmp_path, capsys):
-    (demo_folder / "logs" / "seconds.txt").write_text("memory twelve\n")
+    (demo_folder / "logs" / "seconds.txt").write_text("memory twelve s\n")
     with pytest.raises(SystemExit) as exit_info:
         demo_summary.main([str(demo_folder), "--results", str(tmp_path / "demo")])
     assert exit_info.value.code == 2

@@ -3,7 +3,7 @@
 Reads what the demo steps wrote under ``OUT`` (the demo folder): the memory benchmark's records,
 the Pathfinder evaluation and IoU-vs-steps records, and the R-FPN evaluation and timestep sweep.
 Timings are left out, so two runs of the demo print the same summary. ``--results STEM`` also
-writes the timings (``OUT/logs/seconds.txt``, one ``STEP SECONDS`` line per step) with the
+writes the timings (``OUT/logs/seconds.txt``, one ``STEP SECONDS s`` line per step) with the
 machine to ``STEM.json`` / ``STEM.md``: the README's demo block.
 
     python -m crbp_d2.cli.demo_summary output/demo
@@ -105,8 +105,11 @@ def step_seconds(out: str) -> List[dict]:
     with open(path) as f:
         for number, line in enumerate(f, 1):
             parts = line.split()
+            if parts[-1:] == ["s"]:  # make demo writes "STEP SECONDS s"
+                parts = parts[:-1]
             if len(parts) != 2 or not parts[1].isdigit():
-                raise ValueError(f"{path}:{number}: expected 'STEP SECONDS', got {line.strip()!r}")
+                expected = "expected 'STEP SECONDS s'"
+                raise ValueError(f"{path}:{number}: {expected}, got {line.strip()!r}")
             records.append({"step": parts[0], "seconds": int(parts[1])})
     return records
 
