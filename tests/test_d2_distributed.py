@@ -31,8 +31,8 @@ import torch.multiprocessing as mp  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # noqa: E402
-from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from test_d2_head import training_instances  # noqa: E402  (tests/ is on sys.path)
 
 from crbp_d2 import engine_launch  # noqa: E402
 from crbp_d2.config import add_crbp_config  # noqa: E402
@@ -83,19 +83,7 @@ def batch(split: str):
     """Per-image training proposals (gt boxes, classes, masks) and the (R, C, 14, 14) float64
     RoI features of the whole batch."""
     generator = torch.Generator().manual_seed(1)
-    images = []
-    for n in SPLITS[split]:
-        inst = Instances((SIZE, SIZE))
-        xy = torch.randint(0, SIZE // 2, (n, 2), generator=generator).double()
-        wh = torch.randint(8, SIZE // 2, (n, 2), generator=generator).double()
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        masks = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
-        for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
-            masks[i, y0 : (y0 + y1) // 2 + 1, x0:x1] = True
-        inst.proposal_boxes = Boxes(boxes)
-        inst.gt_classes = torch.randint(0, CLASSES, (n,), generator=generator)
-        inst.gt_masks = BitMasks(masks)
-        images.append(inst)
+    images = training_instances(SPLITS[split], SIZE, CLASSES, torch.float64, generator)
     x = torch.randn(sum(SPLITS[split]), WIDTH, 14, 14, generator=generator, dtype=torch.float64)
     return x, images
 
