@@ -32,7 +32,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_results
 from detectron2.evaluation.testing import flatten_results_dict
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import get_default_optimizer_params
 
 from .checkpoint import RFPNCheckpointer
 from .config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
@@ -42,6 +42,7 @@ from .engine_launch import ddp_on_any_device
 from .evaluation import build_evaluator
 from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from .modeling.freeze import freeze_all_but_mask_head
+from .solver import build_adamw
 from .utils import atomic_write_text
 from .utils.rng import get_rng_state, preserved_rng, set_rng_state
 
@@ -233,9 +234,7 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        return build_adamw(cfg, params)
 
     @classmethod
     def build_evaluator(

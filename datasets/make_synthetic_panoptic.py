@@ -60,6 +60,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes rendering the images (default: one per CPU core, at most 8; the output "
+        "does not depend on it)",
+    )
+    parser.add_argument(
         "--contact-sheet", type=Path, help="also write a PNG of the first val images and segments"
     )
     return parser.parse_args(argv)
@@ -83,6 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             image_size=args.size,
             seed=args.seed,
             overwrite=args.force,
+            workers=args.workers,
             **params,
         )
     except (ValueError, TypeError, FileExistsError) as e:

@@ -104,6 +104,28 @@ def test_generation_is_deterministic(tmp_path, small_root):
     assert _tree_digest(other_seed) != _tree_digest(small_root)
 
 
+def test_generation_in_worker_processes_writes_the_same_bytes(tmp_path, small_root, monkeypatch):
+    """Images are rendered in worker processes in tasks of a few images; the folder (images,
+    PNGs, annotation ids) is the one a single process writes."""
+    from crbp_d2.data import synthetic_panoptic
+
+    monkeypatch.setattr(synthetic_panoptic, "_IMAGES_PER_TASK", 3)  # 10 train images: 4 tasks
+    pooled = synthetic_panoptic.make_synthetic_dataset(
+        synthetic_panoptic.SHAPES_SCENE, tmp_path / "pooled", workers=2, **SMALL
+    )
+    assert _tree_digest(pooled) == _tree_digest(small_root)
+    single = synthetic_panoptic.make_synthetic_dataset(
+        synthetic_panoptic.SHAPES_SCENE, tmp_path / "single", workers=1, **SMALL
+    )
+    assert _tree_digest(single) == _tree_digest(small_root)
+    instances = json.loads(Path(split_paths(pooled, "train").instances_json).read_text())
+    assert [a["id"] for a in instances["annotations"]] == list(
+        range(1, len(instances["annotations"]) + 1)
+    )
+    image_ids = [a["image_id"] for a in instances["annotations"]]
+    assert image_ids == sorted(image_ids) and len(set(image_ids)) == SMALL["num_train"]
+
+
 def test_files_are_consistent(small_root):
     label_map = {c["id"]: 0 for c in THING_CATEGORIES}
     label_map.update({c["id"]: i + 1 for i, c in enumerate(STUFF_CATEGORIES)})

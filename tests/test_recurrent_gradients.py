@@ -324,3 +324,25 @@ def test_a_plain_module_cell_gets_the_exact_implicit_gradient():
         grads = [p.grad.clone() for p in cell.parameters()] + [xg.grad.clone()]
         tol = 1e-8 if method != "tbptt" else 1e-2  # tbptt keeps only 300 steps: truncated
         assert _rel_err(grads, exact) < tol, method
+
+
+def test_cell_softplus_matches_torch_in_value_gradient_and_second_derivative():
+    """The cells' softplus (faster on CPU) against ``F.softplus`` in float64, on both sides of
+    its threshold (20) and at 0, where an |x|-based formula would get the derivative wrong."""
+    from crbp_d2.recurrent.base import softplus
+
+    x = torch.cat([torch.linspace(-40, 40, 801, dtype=DTYPE), torch.zeros(1, dtype=DTYPE)])
+    x.requires_grad_(True)
+    ours, theirs = softplus(x), nn.functional.softplus(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-15)
+    (d_ours,) = torch.autograd.grad(ours.sum(), x, create_graph=True)
+    (d_theirs,) = torch.autograd.grad(theirs.sum(), x, create_graph=True)
+    torch.testing.assert_close(d_ours, d_theirs, rtol=1e-12, atol=1e-15)
+    assert d_ours[-1].item() == 0.5
+    (dd_ours,) = torch.autograd.grad(d_ours.sum(), x)
+    (dd_theirs,) = torch.autograd.grad(d_theirs.sum(), x)
+    # (at x = 20 torch gives 0, the true value is 2e-9)
+    torch.testing.assert_close(dd_ours, dd_theirs, rtol=1e-10, atol=1e-8)
+    assert torch.autograd.gradgradcheck(softplus, (x[1::40].detach().clone().requires_grad_(),))
+    half = torch.linspace(-30, 30, 61, dtype=torch.float16)
+    torch.testing.assert_close(softplus(half), nn.functional.softplus(half.float()).half())

@@ -138,8 +138,12 @@ def sweep_onepass(
         with inference_context(model), torch.no_grad():
             for index, inputs in enumerate(loader):
                 outputs = model(inputs)
+                semantic = [o["sem_seg"].argmax(dim=0) for o in outputs]
                 for t, evaluator in evaluators.items():
-                    evaluator.process(inputs, [panoptic_at_step(model, o, t) for o in outputs])
+                    evaluator.process(
+                        inputs,
+                        [panoptic_at_step(model, o, t, s) for o, s in zip(outputs, semantic)],
+                    )
                 if (index + 1) % 50 == 0:
                     logger.info(f"{index + 1}/{len(loader)} images")
     finally:

@@ -9,7 +9,7 @@ and boxes, classes and the semantic head do not depend on the mask head, so the 
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from detectron2.layers import paste_masks_in_image
@@ -58,14 +58,21 @@ def instances_at_step(instances: Instances, step: int, mask_threshold: float = 0
     return result
 
 
-def panoptic_at_step(model: nn.Module, output: Dict, step: int) -> Dict:
+def panoptic_at_step(
+    model: nn.Module, output: Dict, step: int, semantic: Optional[torch.Tensor] = None
+) -> Dict:
     """The ``panoptic_seg`` (and ``instances``) a Panoptic FPN ``model`` would output at ``step``
-    test steps, from one of its outputs with ``pred_masks_steps``."""
+    test steps, from one of its outputs with ``pred_masks_steps``.
+
+    ``semantic``: ``output["sem_seg"].argmax(dim=0)`` (H, W) if already computed (it does not
+    depend on the step; a sweep computes it once per image)."""
     module = getattr(model, "module", model)
     instances = instances_at_step(output["instances"], step)
+    if semantic is None:
+        semantic = output["sem_seg"].argmax(dim=0)
     panoptic = combine_semantic_and_instance_outputs(
         instances,
-        output["sem_seg"].argmax(dim=0),
+        semantic,
         module.combine_overlap_thresh,
         module.combine_stuff_area_thresh,
         module.combine_instances_score_thresh,

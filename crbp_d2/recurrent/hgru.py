@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, chronos_bias_, get_nonlinearity, make_norm
+from .base import RecurrentCell, chronos_bias_, get_nonlinearity, make_norm, softplus
 
 
 class HGRUCell(RecurrentCell):
@@ -81,13 +81,13 @@ class HGRUCell(RecurrentCell):
         c1 = self.norm_inh(F.conv2d(h * g1, self.w_inh, padding=self.padding))
         inhibition = c1 * (self.alpha * h + self.mu)
         if self.inhibition_softplus:
-            inhibition = F.softplus(inhibition)
-        h1 = F.softplus(drive - inhibition)
+            inhibition = softplus(inhibition)
+        h1 = softplus(drive - inhibition)
         g2 = torch.sigmoid(self.gate_exc(h1))
         c2 = self.norm_exc(F.conv2d(h1, self.w_exc, padding=self.padding))
-        candidate = F.softplus(self.kappa * h1 + self.gamma * c2 + self.omega * h1 * c2)
+        candidate = softplus(self.kappa * h1 + self.gamma * c2 + self.omega * h1 * c2)
         new_h = (1 - g2) * h + g2 * candidate
-        return F.softplus(new_h) if self.output_softplus else new_h
+        return softplus(new_h) if self.output_softplus else new_h
 
 
 class MaskHeadHGRUCell(RecurrentCell):
