@@ -59,6 +59,20 @@ def test_results_record_the_step_timings(demo_folder, tmp_path):
     assert "| rfpn_train | 200 |" in table and "5.2 min" in table
 
 
+def test_the_total_is_the_wall_time_when_make_demo_recorded_it(demo_folder, tmp_path):
+    """make demo runs two lanes after the R-FPN training: the steps add up to more than the wall
+    time, which it records as 'wall N s'."""
+    with open(demo_folder / "logs" / "seconds.txt", "a") as f:
+        f.write("wall 250 s\n")
+    stem = tmp_path / "demo"
+    assert demo_summary.main([str(demo_folder), "--results", str(stem)]) == 0
+    record = json.loads((tmp_path / "demo.json").read_text())[0]
+    assert record["total_seconds"] == 250 and record["total_is"] == "wall"
+    assert [r["step"] for r in record["steps"]] == ["memory", "pf_train", "rfpn_train"]
+    table = (tmp_path / "demo.md").read_text()
+    assert "| **wall time** | **250** |" in table and "4.2 min" in table
+
+
 def test_missing_or_malformed_timings_are_one_line(demo_folder, tmp_path, capsys):
     (demo_folder / "logs" / "seconds.txt").write_text("memory twelve s\n")
     with pytest.raises(SystemExit) as exit_info:

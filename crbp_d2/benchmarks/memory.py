@@ -7,7 +7,8 @@ and a 1x1 readout to 2 classes with a cross-entropy loss (+ LCP for the C- metho
 For every (method, steps) a record holds, for one forward + backward:
   saved_bytes   bytes saved for backward (torch.autograd.graph.saved_tensors_hooks)
   peak_bytes    CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS (ru_maxrss),
-                each configuration in its own process
+                each configuration in its own process (forked from a server that has imported
+                torch and this module)
   peak_kind     which of the two peak_bytes is: ``cuda_max_memory_allocated`` | ``cpu_peak_rss``
   step_bytes    CUDA: peak minus memory allocated before the step; CPU: peak RSS minus RSS before
   seconds       wall time of the step
@@ -30,7 +31,7 @@ import torch
 
 from ..recurrent import METHODS, HGRUCell, RecurrentEngine
 from ..utils import device_description, pyplot, write_results
-from ..utils.bench import SavedBytes, peak_rss_bytes, print_record, rss_bytes, run_isolated
+from ..utils.bench import SavedBytes, peak_rss_bytes, print_record, rss_bytes, run_isolated_calls
 
 __all__ = [
     "MemoryBenchmark",
@@ -163,17 +164,25 @@ def run_memory_benchmark(
     from tqdm import tqdm
 
     configs = [(m, s) for m in methods for s in steps]
+    bar = tqdm(configs, desc="benchmark", unit="config", disable=not progress)
+    if not settings.device.startswith("cuda"):
+        jobs = [
+            {"settings": dataclasses.asdict(settings), "method": method, "steps": n}
+            for method, n in configs
+        ]
+        records = []
+        for record in run_isolated_calls(_measure_job, jobs, preload=[__name__]):
+            records.append(record)
+            bar.update()
+        bar.close()
+        return records
     records = []
-    for method, n in tqdm(configs, desc="benchmark", unit="config", disable=not progress):
-        if settings.device.startswith("cuda"):
-            try:
-                records.append(measure_one(settings, method, n))
-            except torch.cuda.OutOfMemoryError:
-                records.append(_out_of_memory_record(settings, method, n))
-            torch.cuda.empty_cache()
-        else:
-            job = {"settings": dataclasses.asdict(settings), "method": method, "steps": n}
-            records.append(run_isolated("crbp_d2.benchmarks.memory", [json.dumps(job)]))
+    for method, n in bar:
+        try:
+            records.append(measure_one(settings, method, n))
+        except torch.cuda.OutOfMemoryError:
+            records.append(_out_of_memory_record(settings, method, n))
+        torch.cuda.empty_cache()
     return records
 
 
@@ -249,10 +258,13 @@ def write_memory_results(
     return write_results(stem, records, table, plot_memory, plot_path=plot_path)
 
 
+def _measure_job(job: Dict) -> Record:
+    """:func:`measure_one` of a job dict (``settings`` as a dict, ``method``, ``steps``)."""
+    return measure_one(MemoryBenchmark(**job["settings"]), job["method"], int(job["steps"]))
+
+
 def _worker(job_json: str) -> None:
-    job = json.loads(job_json)
-    settings = MemoryBenchmark(**job["settings"])
-    print_record(measure_one(settings, job["method"], int(job["steps"])))
+    print_record(_measure_job(json.loads(job_json)))
 
 
 if __name__ == "__main__":

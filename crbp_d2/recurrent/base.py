@@ -10,23 +10,61 @@ from torch import Tensor, nn
 State = Union[Tensor, Tuple[Tensor, ...]]
 
 
+class _CPUSoftplus(torch.autograd.Function):
+    """softplus with F.softplus's autograd footprint: saves its input only, and its backward
+    (differentiated by the LCP) saves the incoming gradient and the input, as torch's does."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        # The clamp keeps exp finite in the branch that is not taken.
+        return torch.where(x > 20, x, torch.log(torch.exp(x.clamp_max(30)) + 1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return _CPUSoftplusBackward.apply(grad, x)
+
+
+class _CPUSoftplusBackward(torch.autograd.Function):
+    """grad * softplus'(x) = grad * sigmoid(x) (1 above 20), differentiable once more."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(grad, x)
+        return torch.where(x > 20, grad, grad * torch.sigmoid(x))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, outer: Tensor):
+        grad, x = ctx.saved_tensors
+        above = x > 20
+        sigmoid = torch.sigmoid(x)
+        d_grad = torch.where(above, outer, outer * sigmoid)
+        d_x = torch.where(above, torch.zeros_like(x), outer * grad * sigmoid * (1 - sigmoid))
+        return d_grad, d_x
+
+
 def softplus(x: Tensor) -> Tensor:
-    """``F.softplus(x)`` (beta 1, threshold 20) as ``log(1 + exp(x))``, any shape.
+    """``F.softplus(x)`` (beta 1, threshold 20), any shape; on CPU computed as
+    ``log(1 + exp(x))``.
 
     PyTorch's CPU softplus goes through ``log1p``, which is not vectorised on some AVX-512 CPUs
     (~2 ms for a 16x64x14x14 RoI batch on 1 thread, 4x this expression); the cells call it several
     times per step. Same function to float rounding (in float32 within 6e-7 of the float64 value,
     as ``F.softplus``; below ``x = -17`` it gives 0 instead of ``exp(x)``), same gradient
-    ``sigmoid(x)`` (0.5 at 0), twice differentiable (the LCP differentiates through it).
+    (``sigmoid(x)``, 1 above 20), twice differentiable (the LCP differentiates through it), and
+    like ``F.softplus`` it saves only its input for backward. Other devices use ``F.softplus``.
 
     >>> x = torch.linspace(-30, 30, 101, dtype=torch.float64)
     >>> bool(torch.allclose(softplus(x), nn.functional.softplus(x), rtol=1e-15, atol=1e-15))
     True
     """
-    if x.dtype == torch.float16:  # exp overflows float16 above 11
-        return softplus(x.float()).to(x.dtype)
-    # The clamp only keeps exp finite in the branch not taken (its gradient is 0 there anyway).
-    return torch.where(x > 20, x, torch.log(torch.exp(x.clamp_max(30)) + 1))
+    if x.device.type != "cpu":
+        return nn.functional.softplus(x)
+    if x.dtype in (torch.float16, torch.bfloat16):  # exp overflows float16 above 11
+        return _CPUSoftplus.apply(x.float()).to(x.dtype)
+    return _CPUSoftplus.apply(x)
 
 
 NONLINEARITIES: dict[str, Callable[[Tensor], Tensor]] = {
