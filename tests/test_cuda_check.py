@@ -98,6 +98,49 @@ def test_smoke_rfpn_report(smoke_dir):
         assert all(_finite(x) for x in run["losses"] + [run["seconds_per_iter"]])
     assert set(report["seconds"]) == {"memory", "amp", "fp32"}
     assert "| CRBP-2 AMP | bfloat16 |" in (smoke_dir / "rfpn_cuda.md").read_text()
+    for run in (amp, fp32):
+        assert run["diverged"] is None and run["iterations_run"] == run["iterations"]
+        assert run["clip_norm"] == report["settings"]["clip_norm"] == 1.0
+
+
+def test_rfpn_amp_training_records_a_divergence_and_clips_gradients(monkeypatch):
+    """A run whose boxes become non-finite (Detectron2 raises FloatingPointError) is recorded as
+    diverged, with the losses up to there, instead of ending the check; and the optimizer clips
+    each parameter's gradient norm as Detectron2's SOLVER.CLIP_GRADIENTS does."""
+    pytest.importorskip("detectron2")
+    import torch
+
+    from crbp_d2.benchmarks import rfpn_cuda_check as check
+    from crbp_d2.config import get_crbp_cfg
+
+    class Diverging(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3))
+            self.calls = 0
+            head = torch.nn.Module()
+            head.predictor = torch.nn.Identity()
+            self.roi_heads = torch.nn.Module()
+            self.roi_heads.mask_head = head
+
+        def forward(self, batch):
+            self.calls += 1
+            if self.calls == 3:
+                raise FloatingPointError("Predicted boxes or scores contain Inf/NaN.")
+            self.roi_heads.mask_head.predictor(self.weight)
+            return {"loss": (self.weight * 1000.0).sum()}  # gradient norm 1732 per step
+
+    model = Diverging()
+    cfg = get_crbp_cfg(check.TINY_CONFIG, ["MODEL.DEVICE", "cpu"])
+    monkeypatch.setattr(check, "_build", lambda settings, variant, extra=(): (cfg, model, None))
+    settings = check.RFPNCheck.tiny(device="cpu", amp_iters=5, lr=0.1)
+    record = check.amp_training(settings, False, log=lambda line: None)
+    assert record["diverged"].startswith("iteration 2: Predicted boxes")
+    assert record["iterations_run"] == 2 and len(record["losses"]) == 2
+    assert not record["all_finite"]
+    # clipped to norm 1 per parameter: SGD (momentum 0.9) moved each weight by 0.1 / sqrt(3) and
+    # then 0.1 * 1.9 / sqrt(3), not by 0.1 * 1000
+    torch.testing.assert_close(model.weight.detach(), torch.full((3,), 1 - 0.29 / 3**0.5))
 
 
 def test_smoke_pathfinder_report(smoke_dir):

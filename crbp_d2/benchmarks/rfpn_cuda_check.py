@@ -82,6 +82,10 @@ class RFPNCheck:
     amp_steps: int = 10  # recurrent steps of the C-RBP model trained with AMP
     amp_iters: int = 20  # training iterations, with AMP and in float32
     lr: float = 1e-3
+    # Detectron2's per-parameter gradient-norm clipping in the AMP / float32 training (0: none):
+    # the paper config from random init (FrozenBN) starts at a loss of ~1,100 and diverges
+    # within a few unclipped SGD steps at lr 1e-3 (seen on an H200).
+    clip_norm: float = 1.0
     device: Optional[str] = None
     opts: Tuple[str, ...] = ()
 
@@ -258,7 +262,17 @@ def amp_training(settings: RFPNCheck, amp: bool, log: Log = print) -> Record:
     cfg, model, batch = _build(settings, variant, extra)
     dtype = (torch.float16 if cuda else torch.bfloat16) if amp else torch.float32
     scaler = grad_scaler(enabled=amp and cuda)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)
+    optimizer_class = torch.optim.SGD
+    if settings.clip_norm > 0:  # as Detectron2's SOLVER.CLIP_GRADIENTS: clips after unscaling
+        from detectron2.solver.build import maybe_add_gradient_clipping
+
+        clip_cfg = cfg.clone()
+        clip_cfg.defrost()
+        clip_cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+        clip_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+        clip_cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = settings.clip_norm
+        optimizer_class = maybe_add_gradient_clipping(clip_cfg, torch.optim.SGD)
+    optimizer = optimizer_class(model.parameters(), lr=settings.lr, momentum=0.9)
     logits_dtypes: List[str] = []
     model.roi_heads.mask_head.predictor.register_forward_hook(
         lambda module, inputs, output: logits_dtypes.append(str(output.dtype).split(".")[-1])
@@ -268,11 +282,17 @@ def amp_training(settings: RFPNCheck, amp: bool, log: Log = print) -> Record:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
+    diverged: Optional[str] = None
     with EventStorage():
-        for _ in range(settings.amp_iters):
+        for iteration in range(settings.amp_iters):
             autocast = torch.autocast(torch.device(device).type, dtype=dtype) if amp else None
-            with autocast or contextlib.nullcontext():
-                loss_dict = model(batch)
+            try:
+                with autocast or contextlib.nullcontext():
+                    loss_dict = model(batch)
+            except FloatingPointError as error:  # Detectron2's RPN check on non-finite boxes
+                diverged = f"iteration {iteration}: {error}"
+                log(f"{'AMP' if amp else 'float32'}: diverged at {diverged}")
+                break
             total = sum(loss_dict.values())
             optimizer.zero_grad(set_to_none=True)
             scale = scaler.get_scale() if scaler.is_enabled() else 1.0
@@ -285,6 +305,9 @@ def amp_training(settings: RFPNCheck, amp: bool, log: Log = print) -> Record:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    ran = len(losses)  # iterations with a loss (all of them unless diverged)
+    if not losses:
+        losses = [math.nan]
     finite = [x for x in losses if math.isfinite(x)]
     record: Record = {
         "variant": variant,
@@ -295,11 +318,14 @@ def amp_training(settings: RFPNCheck, amp: bool, log: Log = print) -> Record:
         "final_scale": float(scaler.get_scale()) if scaler.is_enabled() else None,
         "skipped_steps": skipped,
         "iterations": settings.amp_iters,
-        "seconds_per_iter": seconds / settings.amp_iters,
+        "iterations_run": ran,
+        "diverged": diverged,
+        "clip_norm": settings.clip_norm,
+        "seconds_per_iter": seconds / max(ran, 1),
         "losses": losses,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "all_finite": len(finite) == len(losses),
+        "all_finite": diverged is None and len(finite) == len(losses),
         "mask_logits_dtype": logits_dtypes[-1] if logits_dtypes else None,
         "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
     }
@@ -348,12 +374,26 @@ def report_table(report: Record) -> str:
     training = [r for r in (report.get("amp"), report.get("fp32")) if r]
     if training:
         text += "\n\n" + markdown_table(
-            ["training", "dtype", "GradScaler", "s / iter", "first loss", "last loss", "finite"],
+            [
+                "training",
+                "dtype",
+                "GradScaler",
+                "steps skipped (final scale)",
+                "s / iter",
+                "first loss",
+                "last loss",
+                "finite",
+            ],
             [
                 [
                     f"{r['variant']} {'AMP' if r['amp'] else 'float32'}",
                     r["dtype"],
                     "yes" if r["grad_scaler"] else "no",
+                    (
+                        f"{r['skipped_steps']} of {r['iterations']} ({r['final_scale']:g})"
+                        if r["grad_scaler"]
+                        else "-"
+                    ),
                     f"{r['seconds_per_iter']:.3f}",
                     f"{r['first_loss']:.3f}",
                     f"{r['last_loss']:.3f}",
@@ -367,8 +407,13 @@ def report_table(report: Record) -> str:
         f"\n\nMeasured on {report['device']} with torch {report['torch']}: one Panoptic FPN "
         f"training step, {os.path.basename(s['config_file'])}, {s['size']} px, batch "
         f"{s['batch']}, {s['instances']} instances per image (`tools/cuda_rfpn_check.py`; "
-        f"memory = {report['memory_measure']}).\n"
+        f"memory = {report['memory_measure']})"
     )
+    if training:
+        clip = s.get("clip_norm", 0)
+        clipped = f", each parameter's gradient norm clipped to {clip:g}" if clip else ""
+        text += f"; training: SGD at lr {s['lr']:g}, momentum 0.9{clipped}, from random init"
+    text += ".\n"
     return text
 
 
