@@ -142,6 +142,10 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
+        # Both processes reach here before gloo is torn down: a process that destroys its group
+        # and exits while the other still finishes (rank 0 evaluates and logs longer) was seen to
+        # abort at exit ("terminate called without an active exception", SIGABRT) in CI.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import sys
 import weakref
 from typing import Dict, List, Mapping, Optional
 
@@ -51,6 +52,7 @@ __all__ = [
     "Trainer",
     "build_config",
     "check_losses_finite",
+    "default_setup_plain",
     "drop_metrics_rows",
     "setup",
     "stop_on_non_finite_loss",
@@ -394,10 +396,28 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def default_setup_plain(cfg, args: argparse.Namespace) -> None:
+    """Detectron2's ``default_setup`` (logging, output dir, config dump, seeds), with the config
+    dumps as plain text unless stdout is a terminal: Detectron2 colours them with pygments, and
+    the same messages go to ``OUTPUT_DIR/log.txt`` (and to the log files ``make demo`` keeps),
+    where the colour codes are noise."""
+    import detectron2.engine.defaults as defaults
+
+    highlight = getattr(defaults, "_highlight", None)
+    if highlight is None or sys.stdout.isatty():
+        default_setup(cfg, args)
+        return
+    defaults._highlight = lambda code, filename: code
+    try:
+        default_setup(cfg, args)
+    finally:
+        defaults._highlight = highlight
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     """Build the config and do Detectron2's default setup (logging, output dir, seeds)."""
     cfg = build_config(args)
-    default_setup(cfg, args)
+    default_setup_plain(cfg, args)
     return cfg
 
 

@@ -39,7 +39,6 @@ from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
-    default_setup,
     default_writers,
     hooks,
 )
@@ -57,6 +56,7 @@ from .modeling.freeze import freeze_all_but_mask_head
 from .training import (
     _append_metrics,
     _GatherRNGStates,
+    default_setup_plain,
     drop_redone_metrics,
     restore_rng_states,
     rng_states,
@@ -286,7 +286,7 @@ def train_or_evaluate_lazy(args: argparse.Namespace):
         The evaluation results (task -> metric -> value) for ``--eval-only``, else None.
     """
     cfg = build_lazy_config(args)
-    default_setup(cfg, args)
+    default_setup_plain(cfg, args)
     if not args.eval_only:
         do_train(args, cfg)
         return None

@@ -46,6 +46,14 @@ def trained(tmp_path_factory) -> Path:
     return output
 
 
+def test_log_file_holds_the_config_without_colour_codes(trained):
+    """Detectron2 colours its config dumps with pygments; off a terminal they are logged plain,
+    so log.txt (and make demo's log files) hold no ANSI codes."""
+    text = (trained / "log.txt").read_text()
+    assert "Running with full config" in text and "ROI_MASK_HEAD:" in text
+    assert "\x1b[" not in text
+
+
 def test_eval_only_gives_finite_pq_and_ap(trained):
     weights = str(trained / "model_final.pth")
     results = training.train_or_evaluate(
