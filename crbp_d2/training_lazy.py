@@ -42,7 +42,6 @@ from detectron2.engine import (
     default_writers,
     hooks,
 )
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.registry import locate
@@ -51,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import RFPNCheckpointer
 from .data import check_dataset_name
 from .data.resumable import ResumableTrainLoader
+from .engine_launch import create_ddp_model
 from .lazy import check_lazy_overrides
 from .modeling.freeze import freeze_all_but_mask_head
 from .training import (

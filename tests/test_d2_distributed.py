@@ -212,6 +212,25 @@ def test_train_net_runs_two_cpu_processes(tmp_path):
     assert "NaiveSyncBatchNorm" in log  # the model as printed
 
 
+def test_lazyconfig_train_net_runs_two_cpu_processes(tmp_path):
+    """tools/lazyconfig_train_net.py --num-gpus 2 with a CPU config (train.device cpu): gloo, as
+    train_net.py; 2 iterations of 2 images (one per process), then the evaluation split over
+    both processes (~20 s)."""
+    from crbp_d2.cli import lazyconfig_train_net
+
+    config = REPO / "configs" / "lazy" / "quick" / "R-FPN-R50-CRBP-synthetic-test.py"
+    argv = ["--num-gpus", "2", "--dist-url", "auto", "--config-file", str(config),
+            "train.max_iter=2", "dataloader.train.total_batch_size=2",
+            f"train.output_dir={tmp_path}"]  # fmt: skip
+    assert lazyconfig_train_net.main(argv) == 0
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 1
+    metrics = (tmp_path / "metrics.json").read_text().splitlines()
+    assert any('"loss_mask"' in line and '"loss_lcp"' in line for line in metrics)
+    assert any('"panoptic_seg/PQ"' in line for line in metrics)
+    assert (tmp_path / "log.txt.rank1").exists()  # the second process ran
+
+
 def test_settings_that_cannot_run_on_several_processes_are_one_clear_error(capsys):
     """Before any process starts: torch's SyncBatchNorm in a Detectron2 module of a multi-process
     CPU run, the readout's naiveSyncBN (asserts on a process with 0 RoIs) on any device, a batch

@@ -10,7 +10,8 @@ Examples::
         model.roi_heads.mask_head.engine.TIMESTEPS=10 train.output_dir=output/lazy/crbp10
     # evaluate a checkpoint (PQ / COCO AP / mIoU)
     python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=W
-    # the smallest run, CPU, synthetic data (about a minute)
+    # the smallest run, CPU, synthetic data (about a minute); --num-gpus 2 on a CPU config
+    # starts 2 processes with gloo (as tools/train_net.py)
     python tools/lazyconfig_train_net.py \\
         --config-file configs/lazy/quick/R-FPN-R50-CRBP-synthetic-test.py
 
@@ -26,9 +27,10 @@ from typing import Optional, Sequence
 from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
 
 # isort: split
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
+from ..engine_launch import launch
 from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 
 PROG = "lazyconfig_train_net.py"
@@ -50,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     print("Command Line Args:", args)
     with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
-        build_lazy_config(args)  # fail fast, before spawning workers
+        cfg = build_lazy_config(args)  # fail fast, before spawning workers
     with training_stops_in_one_line(PROG), one_line_errors(PROG, (CheckpointFileError,)):
         launch(
             train_or_evaluate_lazy,
@@ -59,6 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
+            device=cfg.train.get("device", "cuda"),  # CUDA: Detectron2's launch; else gloo
         )
     return 0
 
