@@ -22,6 +22,8 @@ FILES = (
     "rfpn_cuda.png",
     "pathfinder_cuda.json",
     "pathfinder_cuda.md",
+    "resume_cuda.json",
+    "resume_cuda.md",
     "summary.md",
 )
 
@@ -62,7 +64,7 @@ def test_smoke_writes_the_files_of_a_gpu_run_and_nothing_else(smoke_dir):
     assert env["mode"] == "smoke" and env["cuda_available"] in (True, False) and env["torch"]
     summary = (smoke_dir / "summary.md").read_text()
     assert "CPU smoke test" in summary and "missing" not in summary
-    assert summary.count("|---|") == 4  # hGRU core, R-FPN memory + training, Pathfinder
+    assert summary.count("|---|") == 5  # hGRU core, R-FPN memory + training, Pathfinder, resume
 
 
 def test_smoke_hgru_core_memory(smoke_dir):
@@ -141,6 +143,29 @@ def test_rfpn_amp_training_records_a_divergence_and_clips_gradients(monkeypatch)
     # clipped to norm 1 per parameter: SGD (momentum 0.9) moved each weight by 0.1 / sqrt(3) and
     # then 0.1 * 1.9 / sqrt(3), not by 0.1 * 1000
     torch.testing.assert_close(model.weight.detach(), torch.full((3,), 1 - 0.29 / 3**0.5))
+
+
+def test_smoke_resume_report_is_bit_exact_on_the_cpu(smoke_dir):
+    record = json.loads((smoke_dir / "resume_cuda.json").read_text())
+    assert record["iterations"] == 6 and record["stopped_at"] == 3
+    for key in ("uninterrupted_vs_uninterrupted", "uninterrupted_vs_resumed"):
+        assert record[key]["bit_equal"] and record[key]["max_abs"] == 0.0
+        assert record[key]["tensors"] > 100 and record[key]["tensors_differing"] == 0
+    assert "| two uninterrupted runs | yes | 0 of" in (smoke_dir / "resume_cuda.md").read_text()
+
+
+def test_resume_comparison_names_the_tensors_that_differ():
+    import torch
+
+    from crbp_d2.benchmarks.resume_determinism import compare
+
+    a = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor([1e-3]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([1.0, -2.5]), "b": torch.tensor([-1e-3]), "n": torch.tensor(3)}
+    result = compare(a, b)
+    assert not result["bit_equal"] and result["tensors"] == 2 and result["tensors_differing"] == 2
+    assert result["max_abs"] == 0.5 and result["max_abs_tensor"] == "w"
+    assert result["max_rel"] == pytest.approx(2.0) and result["max_rel_tensor"] == "b"
+    assert compare(a, a)["bit_equal"] and compare(a, a)["max_abs"] == 0.0
 
 
 def test_smoke_pathfinder_report(smoke_dir):
@@ -259,9 +284,11 @@ def test_gpu_timeouts_fit_one_ten_minute_device_call(tmp_path):
         "tools/benchmark_memory.py",
         "tools/cuda_rfpn_check.py",
         "tools/cuda_pathfinder_check.py",
+        "-m",
         "tools/cuda_check_summary.py",
     ]
-    assert all("--device cuda" in p for p in parts[:3])
+    assert "crbp_d2.benchmarks.resume_determinism" in parts[3]
+    assert all("--device cuda" in p for p in parts[:4])
     assert f"--json {out}/memory_cuda.json" in parts[0] and f"--out {out}" in parts[1]
     pathfinder = parts[2].split()
     assert pathfinder[pathfinder.index("--out") + 1] == str(out)

@@ -25,6 +25,9 @@
 #   pathfinder_cuda.json     the Pathfinder check (tools/cuda_pathfinder_check.py): peak memory of
 #                            full-size PF14 BPTT-6 / C-BPTT-6 / RBP-20 / C-RBP-20, then C-RBP-20
 #                            trained for $TRAIN_MINUTES minutes (default 2) and evaluated
+#   resume_cuda.{json,md}    is a resumed Detectron2 run the uninterrupted one here? (the tiny
+#                            test config, 6 iterations: two uninterrupted runs, one stopped at 3
+#                            and resumed; python -m crbp_d2.benchmarks.resume_determinism)
 #   summary.md               the tables of all parts (tools/cuda_check_summary.py)
 # --smoke: the same files from the CPU at tiny sizes (memory = bytes saved for backward, AMP =
 # bfloat16 autocast; each JSON says which). Copy the files into docs/results/ and see README's
@@ -57,6 +60,7 @@ if [ "$MODE" = smoke ]; then
   MEMORY_ARGS=(--device cpu --batch 1 --size 24 --channels 4 --kernel 3 --steps 2 4)
   PATHFINDER_ARGS=(--device cpu --tiny)
   RFPN_ARGS=(--device cpu --tiny)
+  DEVICE=cpu
 else
   TRAIN_MINUTES="${TRAIN_MINUTES:-2}"
   if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
@@ -66,9 +70,10 @@ else
   MEMORY_ARGS=(--device cuda --batch 32 --steps 6 20 80)
   PATHFINDER_ARGS=(--device cuda)
   RFPN_ARGS=(--device cuda)
+  DEVICE=cuda
 fi
-# Timeouts: 120 + 150 + (TRAIN_MINUTES * 60 + 150) + 30 s = 9.5 minutes with the default 2 training
-# minutes. The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
+# Timeouts: 100 + 120 + (TRAIN_MINUTES * 60 + 150) + 60 + 30 s = 9.7 minutes with the default 2
+# training minutes (on an H200 the parts took 15, 33, 170 and 25 s). The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
 # the evaluation after take well under 2.5 minutes on a GPU, which its timeout adds.
 PATHFINDER_TIMEOUT=$(awk -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", m * 60 + 150 + 0.999 }')
 
@@ -104,10 +109,12 @@ run_part() {  # run_part NAME TIMEOUT_SECONDS COMMAND...
     status=1
   fi
 }
-run_part "hGRU core memory" 120 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@]}" \
+run_part "hGRU core memory" 100 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@]}" \
   --methods bptt crbp --json "$OUT/memory_cuda.json"
-run_part "R-FPN check" 150 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
+run_part "R-FPN check" 120 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
 run_part "Pathfinder check" "$PATHFINDER_TIMEOUT" "$PY" tools/cuda_pathfinder_check.py \
   "${PATHFINDER_ARGS[@]}" --out "$OUT" --train-minutes "$TRAIN_MINUTES"
+run_part "resume determinism" 60 "$PY" -m crbp_d2.benchmarks.resume_determinism \
+  --device "$DEVICE" --out "$OUT/resume_cuda.json"
 run_part "summary" 30 "$PY" tools/cuda_check_summary.py "$OUT"
 exit $status
