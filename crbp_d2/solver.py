@@ -68,13 +68,13 @@ def build_adamw(
         kwargs.update(clip_norm=clip.CLIP_VALUE, clip_norm_type=clip.NORM_TYPE)
     else:  # no clipping, or clipping by value: Detectron2's own wrapper
         optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
-    if fused is None:
+    automatic = fused is None
+    if automatic:
         fused = not solver.AMP.ENABLED
-        if fused:
-            try:
-                return optimizer_class(params, fused=True, **kwargs)
-            except RuntimeError:  # no fused AdamW for these tensors' device in this torch
-                fused = False
     if fused:
-        return optimizer_class(params, fused=True, **kwargs)
+        try:
+            return optimizer_class(params, fused=True, **kwargs)
+        except RuntimeError:  # no fused AdamW for these tensors' device in this torch
+            if not automatic:
+                raise
     return optimizer_class(params, foreach=True, **kwargs)

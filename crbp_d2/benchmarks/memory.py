@@ -12,17 +12,12 @@ For every (method, steps) a record holds, for one forward + backward:
   peak_kind     which of the two peak_bytes is: ``cuda_max_memory_allocated`` | ``cpu_peak_rss``
   step_bytes    CUDA: peak minus memory allocated before the step; CPU: peak RSS minus RSS before
   seconds       wall time of the step
-
-``python -m crbp_d2.benchmarks.memory SETTINGS_JSON`` measures one configuration and prints its
-record (the worker of :func:`run_memory_benchmark` on CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -31,7 +26,7 @@ import torch
 
 from ..recurrent import METHODS, HGRUCell, RecurrentEngine
 from ..utils import device_description, pyplot, write_results
-from ..utils.bench import SavedBytes, peak_rss_bytes, print_record, rss_bytes, run_isolated_calls
+from ..utils.bench import SavedBytes, peak_rss_bytes, rss_bytes, run_isolated_calls
 
 __all__ = [
     "MemoryBenchmark",
@@ -261,11 +256,3 @@ def write_memory_results(
 def _measure_job(job: Dict) -> Record:
     """:func:`measure_one` of a job dict (``settings`` as a dict, ``method``, ``steps``)."""
     return measure_one(MemoryBenchmark(**job["settings"]), job["method"], int(job["steps"]))
-
-
-def _worker(job_json: str) -> None:
-    print_record(_measure_job(json.loads(job_json)))
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1])

@@ -382,12 +382,11 @@ def _write_split(
     params: Mapping[str, Any],
     workers: Optional[int] = None,
 ) -> None:
-    thing_ids = frozenset(c["id"] for c in scene.thing_categories)
     paths = split_paths(out, split)
     for folder in (paths.image_root, paths.panoptic_root, os.path.dirname(paths.panoptic_json)):
         os.makedirs(folder, exist_ok=True)
     images, panoptic_annotations, instance_annotations = [], [], []
-    job = _SplitJob(scene, split, split_index, image_size, seed, dict(params), paths, thing_ids)
+    job = _SplitJob(scene, split, split_index, image_size, seed, dict(params), paths)
     for image, panoptic, instances in _map_in_order(job, count, workers):
         images.append(image)
         panoptic_annotations.append(panoptic)
@@ -433,7 +432,6 @@ class _SplitJob:
     seed: int
     params: Dict[str, Any]
     paths: Any
-    thing_ids: frozenset
 
     def __call__(self, indices: range) -> List[Tuple[Dict, Dict, List[Dict]]]:
         return [self.write_image(index) for index in indices]
@@ -443,6 +441,7 @@ class _SplitJob:
         worker), write its JPEG and panoptic PNG, and return its image entry, its panoptic
         annotation and its instance annotations (without ids)."""
         scene, paths = self.scene, self.paths
+        thing_ids = {c["id"] for c in scene.thing_categories}
         image_id = _IMAGE_ID_OFFSET[self.split] + index + 1
         stem = f"{image_id:012d}"
         rng = np.random.default_rng([self.seed, self.split_index, index])
@@ -471,7 +470,7 @@ class _SplitJob:
                     "bbox": bbox,
                 }
             )
-            if segment.category_id in self.thing_ids:
+            if segment.category_id in thing_ids:
                 instances.append(
                     {
                         "image_id": image_id,

@@ -10,6 +10,10 @@ from torch import Tensor, nn
 State = Union[Tensor, Tuple[Tensor, ...]]
 
 
+# Above this, softplus(x) is x (F.softplus's default threshold).
+_SOFTPLUS_THRESHOLD = 20
+
+
 class _CPUSoftplus(torch.autograd.Function):
     """softplus with F.softplus's autograd footprint: saves its input only, and its backward
     (differentiated by the LCP) saves the incoming gradient and the input, as torch's does."""
@@ -18,7 +22,11 @@ class _CPUSoftplus(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         # The clamp keeps exp finite in the branch that is not taken.
-        return torch.where(x > 20, x, torch.log(torch.exp(x.clamp_max(30)) + 1))
+        return torch.where(
+            x > _SOFTPLUS_THRESHOLD,
+            x,
+            torch.log(torch.exp(x.clamp_max(_SOFTPLUS_THRESHOLD + 10)) + 1),
+        )
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -32,13 +40,13 @@ class _CPUSoftplusBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad: Tensor, x: Tensor) -> Tensor:
         ctx.save_for_backward(grad, x)
-        return torch.where(x > 20, grad, grad * torch.sigmoid(x))
+        return torch.where(x > _SOFTPLUS_THRESHOLD, grad, grad * torch.sigmoid(x))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, outer: Tensor):
         grad, x = ctx.saved_tensors
-        above = x > 20
+        above = x > _SOFTPLUS_THRESHOLD
         sigmoid = torch.sigmoid(x)
         d_grad = torch.where(above, outer, outer * sigmoid)
         d_x = torch.where(above, torch.zeros_like(x), outer * grad * sigmoid * (1 - sigmoid))
