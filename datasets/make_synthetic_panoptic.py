@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from crbp_d2.data.synthetic_contours import CONTOURS_SCENE
-from crbp_d2.data.synthetic_panoptic import (
+from crbp_d2.scenes.contours import CONTOURS_SCENE
+from crbp_d2.scenes.shapes import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from crbp_d2.data.panoptic_utils import write_separated_semantic
-from crbp_d2.data.synthetic_panoptic import datasets_root
+from crbp_d2.scenes.panoptic import write_separated_semantic
+from crbp_d2.scenes.shapes import datasets_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -1,11 +1,16 @@
-"""Shared test set-up: deterministic seeds.
+"""Shared test set-up: deterministic seeds, and the Detectron2 front-end loaded once.
 
-Nothing Detectron2-related is imported here: the Detectron2 test modules import
-``crbp_d2.config`` first themselves, as a user of the pure-Python Detectron2 install must.
+With Detectron2 installed, ``crbp_d2.rfpn`` (its compatibility shim, then the head's and the
+datasets' registration) is imported before any test module, as a Detectron2 user's one line.
 """
+
+import importlib.util
 
 import pytest
 import torch
+
+if importlib.util.find_spec("detectron2") is not None:
+    import crbp_d2.rfpn  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

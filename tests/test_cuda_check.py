@@ -110,10 +110,10 @@ def test_rfpn_amp_training_records_a_divergence_and_clips_gradients(monkeypatch)
     diverged, with the losses up to there, instead of ending the check; and the optimizer clips
     each parameter's gradient norm as Detectron2's SOLVER.CLIP_GRADIENTS does."""
     pytest.importorskip("detectron2")
-    import torch
+    from crbp_d2.rfpn.config import get_crbp_cfg
+    from crbp_d2.rfpn.experiments import cuda_check as check
 
-    from crbp_d2.benchmarks import rfpn_cuda_check as check
-    from crbp_d2.config import get_crbp_cfg
+    import torch
 
     class Diverging(torch.nn.Module):
         def __init__(self) -> None:
@@ -155,9 +155,9 @@ def test_smoke_resume_report_is_bit_exact_on_the_cpu(smoke_dir):
 
 
 def test_resume_comparison_names_the_tensors_that_differ():
-    import torch
+    from crbp_d2.rfpn.experiments.resume import compare
 
-    from crbp_d2.benchmarks.resume_determinism import compare
+    import torch
 
     a = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor([1e-3]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([1.0, -2.5]), "b": torch.tensor([-1e-3]), "n": torch.tensor(3)}
@@ -287,7 +287,7 @@ def test_gpu_timeouts_fit_one_ten_minute_device_call(tmp_path):
         "-m",
         "tools/cuda_check_summary.py",
     ]
-    assert "crbp_d2.benchmarks.resume_determinism" in parts[3]
+    assert "crbp_d2.rfpn.experiments.resume" in parts[3]
     assert all("--device cuda" in p for p in parts[:4])
     assert f"--json {out}/memory_cuda.json" in parts[0] and f"--out {out}" in parts[1]
     pathfinder = parts[2].split()

@@ -1,15 +1,14 @@
-"""The R-FPN benchmark (crbp_d2.benchmarks.rfpn and its program) at a tiny size on CPU."""
+"""The R-FPN benchmark (crbp_d2.rfpn.experiments.benchmark and its program), tiny, on CPU."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
 
-from crbp_d2.benchmarks.rfpn import parse_variant, variant_opts  # noqa: E402
+from crbp_d2.rfpn.experiments.benchmark import parse_variant, variant_opts  # noqa: E402
+
 from crbp_d2.cli import benchmark_rfpn  # noqa: E402
 
 CONFIG = str(

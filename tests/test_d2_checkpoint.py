@@ -13,17 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.checkpoint import CheckpointFileError, RFPNCheckpointer, format_keys  # noqa: E402
+from crbp_d2.rfpn.config import get_crbp_cfg  # noqa: E402
+from crbp_d2.rfpn.modeling import freeze_all_but_mask_head  # noqa: E402
+from crbp_d2.rfpn.train.trainer import Trainer  # noqa: E402
 
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 
-from crbp_d2.checkpoint import CheckpointFileError, RFPNCheckpointer, format_keys  # noqa: E402
 from crbp_d2.cli import train_net  # noqa: E402
-from crbp_d2.config import get_crbp_cfg  # noqa: E402
-from crbp_d2.modeling import freeze_all_but_mask_head  # noqa: E402
-from crbp_d2.training import Trainer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FPN = str(CONFIGS / "quick" / "FPN-synthetic.yaml")

@@ -7,16 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
 
-import pycocotools.mask as mask_util  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from PIL import Image  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-
-from crbp_d2.data import (  # noqa: E402
+from crbp_d2.rfpn.data import (  # noqa: E402
     CONTOUR_CATEGORIES,
     CONTOURS_SCENE,
     SYNTHETIC_CONTOURS_DATASETS,
@@ -29,8 +22,14 @@ from crbp_d2.data import (  # noqa: E402
     rgb2id,
     split_paths,
 )
-from crbp_d2.data.synthetic_contours import CONTOUR_DEFAULTS  # noqa: E402
-from crbp_d2.evaluation import pq_compute  # noqa: E402
+from crbp_d2.rfpn.evaluation import pq_compute  # noqa: E402
+
+import pycocotools.mask as mask_util  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from PIL import Image  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+
+from crbp_d2.scenes.contours import CONTOUR_DEFAULTS  # noqa: E402
 
 SMALL = dict(num_train=12, num_val=4, image_size=128, seed=5)
 CONTOUR_ID = next(c["id"] for c in CONTOUR_CATEGORIES if c["name"] == "contour")
@@ -143,7 +142,7 @@ def test_registered_names_generate_on_first_use(tmp_path, contours_root):
     assert {a["category_id"] for d in dicts for a in d["annotations"]} <= {0, 1}
     # a folder holding the other scene is not silently used
     with pytest.raises(ValueError, match="holds a synthetic 'contours' dataset, not 'shapes'"):
-        from crbp_d2.data import SHAPES_SCENE
+        from crbp_d2.rfpn.data import SHAPES_SCENE
 
         ensure_synthetic_dataset(SHAPES_SCENE, contours_root)
     with pytest.raises(UnknownDatasetError, match="did you mean 'synthetic_contours_val"):
@@ -151,9 +150,9 @@ def test_registered_names_generate_on_first_use(tmp_path, contours_root):
 
 
 def test_training_on_contours_needs_the_bitmask_mask_format():
-    from detectron2.config import get_cfg
+    from crbp_d2.rfpn.data import check_mask_format
 
-    from crbp_d2.data import check_mask_format
+    from detectron2.config import get_cfg
 
     cfg = get_cfg()
     cfg.DATASETS.TRAIN = ("synthetic_contours_train_separated",)

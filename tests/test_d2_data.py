@@ -9,21 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
 
-import pycocotools.mask as mask_util  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import register_coco_panoptic_separated  # noqa: E402
-from detectron2.data.datasets.builtin_meta import (  # noqa: E402
-    COCO_CATEGORIES,
-    _get_builtin_metadata,
-)
-from PIL import Image  # noqa: E402
-
-from crbp_d2.data import (  # noqa: E402
+from crbp_d2.rfpn.data import (  # noqa: E402
     CATEGORIES,
     STUFF_CATEGORIES,
     SYNTHETIC_PANOPTIC_LARGE_GENERATION,
@@ -43,6 +31,16 @@ from crbp_d2.data import (  # noqa: E402
     synthetic_panoptic,
     synthetic_panoptic_metadata,
 )
+
+import pycocotools.mask as mask_util  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
+from detectron2.data.datasets import register_coco_panoptic_separated  # noqa: E402
+from detectron2.data.datasets.builtin_meta import (  # noqa: E402
+    COCO_CATEGORIES,
+    _get_builtin_metadata,
+)
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=10, num_val=4, image_size=96, seed=1)
@@ -107,7 +105,7 @@ def test_generation_is_deterministic(tmp_path, small_root):
 def test_generation_in_worker_processes_writes_the_same_bytes(tmp_path, small_root, monkeypatch):
     """Images are rendered in worker processes in tasks of a few images; the folder (images,
     PNGs, annotation ids) is the one a single process writes."""
-    from crbp_d2.data import synthetic_panoptic
+    from crbp_d2.rfpn.data import synthetic_panoptic
 
     monkeypatch.setattr(synthetic_panoptic, "_IMAGES_PER_TASK", 3)  # 10 train images: 4 tasks
     pooled = synthetic_panoptic.make_synthetic_dataset(
@@ -379,7 +377,7 @@ def test_make_synthetic_panoptic_script(tmp_path, capsys):
 
 
 def test_missing_coco_files_name_what_to_do(tmp_path, monkeypatch):
-    from crbp_d2.data import check_dataset_files
+    from crbp_d2.rfpn.data import check_dataset_files
 
     coco = tmp_path / "coco"
     for folder in ("val2017", "panoptic_val2017", "annotations"):

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.config import add_crbp_config  # noqa: E402
+from crbp_d2.rfpn.train import launch as engine_launch  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
@@ -33,9 +34,6 @@ from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from test_d2_head import training_instances  # noqa: E402  (tests/ is on sys.path)
-
-from crbp_d2 import engine_launch  # noqa: E402
-from crbp_d2.config import add_crbp_config  # noqa: E402
 
 # the heads run 3 steps: crbp warns that the state has not converged (irrelevant here)
 pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
@@ -161,7 +159,7 @@ def test_two_gloo_processes_give_the_single_process_gradient(ddp_results, method
 
 
 def test_readout_sync_norm_is_mapped_off_cuda_only():
-    from crbp_d2.modeling.recurrent_mask_head import readout_norm_for_device
+    from crbp_d2.rfpn.modeling.recurrent_mask_head import readout_norm_for_device
 
     assert readout_norm_for_device("SyncBN", "cpu") == "naiveSyncBN_N"
     assert readout_norm_for_device("nnSyncBN", torch.device("cpu")) == "naiveSyncBN_N"
@@ -235,8 +233,9 @@ def test_settings_that_cannot_run_on_several_processes_are_one_clear_error(capsy
     """Before any process starts: torch's SyncBatchNorm in a Detectron2 module of a multi-process
     CPU run, the readout's naiveSyncBN (asserts on a process with 0 RoIs) on any device, a batch
     that does not split over the processes."""
+    from crbp_d2.rfpn.config import check_sync_norms
+
     from crbp_d2.cli import train_net
-    from crbp_d2.config import check_sync_norms
 
     config = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
     with pytest.raises(SystemExit):

@@ -1,5 +1,5 @@
 """Export of the recurrent mask head: ``torch.export`` of the fixed-step inference path
-(:mod:`crbp_d2.modeling.export`) gives the eager head's mask logits, for a number of RoIs other
+(:mod:`crbp_d2.rfpn.modeling.export`) gives the eager head's mask logits, for a number of RoIs other
 than the example's, for the hGRU and the convLSTM cell; and the exported graph holds only ATen
 operations (no custom autograd Function, no Python callback)."""
 
@@ -8,16 +8,14 @@ import operator
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.config import add_crbp_config  # noqa: E402
+from crbp_d2.rfpn.modeling import RecurrentMaskHead  # noqa: E402
+from crbp_d2.rfpn.modeling.export import FixedStepMaskHead, export_mask_head  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
-
-from crbp_d2.config import add_crbp_config  # noqa: E402
-from crbp_d2.modeling import RecurrentMaskHead  # noqa: E402
-from crbp_d2.modeling.export import FixedStepMaskHead, export_mask_head  # noqa: E402
 
 WIDTH, CLASSES = 32, 3
 

@@ -1,16 +1,14 @@
-"""The fine-tuned-vs-scratch measurement (crbp_d2.benchmarks.rfpn_finetune), without training:
+"""The fine-tuned-vs-scratch measurement (crbp_d2.rfpn.experiments.finetune), without training:
 its runs, their config overrides (valid keys, the right start and freezing) and its table."""
 
 from pathlib import Path
 
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
 
-from crbp_d2.benchmarks import rfpn_finetune as ft  # noqa: E402
-from crbp_d2.config import get_crbp_cfg  # noqa: E402
+from crbp_d2.rfpn.config import get_crbp_cfg  # noqa: E402
+from crbp_d2.rfpn.experiments import finetune as ft  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,22 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.evaluation.gt_box import (  # noqa: E402
+    boundary_f_score,
+    build_gt_box_loader,
+    evaluate_masks_on_gt_boxes,
+    mask_iou,
+)
 
 import pycocotools.mask as mask_util  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode, ImageList  # noqa: E402
 from PIL import Image  # noqa: E402
-
-from crbp_d2.evaluation.gt_box import (  # noqa: E402
-    boundary_f_score,
-    build_gt_box_loader,
-    evaluate_masks_on_gt_boxes,
-    mask_iou,
-)
 
 
 def _rectangle(shape, top, left, height, width) -> np.ndarray:

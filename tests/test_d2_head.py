@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.config import add_crbp_config, get_crbp_cfg, validate_crbp_config  # noqa: E402
+from crbp_d2.rfpn.modeling import RecurrentMaskHead  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
@@ -19,8 +20,6 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # no
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from crbp_d2.config import add_crbp_config, get_crbp_cfg, validate_crbp_config  # noqa: E402
-from crbp_d2.modeling import RecurrentMaskHead  # noqa: E402
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -149,7 +148,7 @@ def _fresh_python(code: str) -> str:
 def test_add_crbp_config_registers_the_head_and_datasets_in_a_fresh_interpreter():
     """What a Detectron2 user does (configure the head) is enough: no registration call."""
     code = (
-        "from crbp_d2.config import add_crbp_config\n"
+        "from crbp_d2.rfpn.config import add_crbp_config\n"
         "from detectron2.config import get_cfg\n"
         "from detectron2.data import DatasetCatalog\n"
         "from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY\n"
@@ -157,7 +156,7 @@ def test_add_crbp_config_registers_the_head_and_datasets_in_a_fresh_interpreter(
         "print(ROI_MASK_HEAD_REGISTRY.get('RecurrentMaskHead').__module__)\n"
         "print('synthetic_panoptic_train_separated' in DatasetCatalog.list())\n"
     )
-    assert _fresh_python(code).splitlines() == ["crbp_d2.modeling.recurrent_mask_head", "True"]
+    assert _fresh_python(code).splitlines() == ["crbp_d2.rfpn.modeling.recurrent_mask_head", "True"]
 
 
 def test_importing_the_core_and_pathfinder_patches_nothing():
@@ -279,7 +278,7 @@ def test_config_errors_from_file_and_opts():
         )
     cfg = get_cfg()  # without add_crbp_config the head cannot be configured
     cfg.MODEL.ROI_MASK_HEAD.NAME = "RecurrentMaskHead"
-    with pytest.raises(ValueError, match="call crbp_d2.config.add_crbp_config"):
+    with pytest.raises(ValueError, match="call crbp_d2.rfpn.config.add_crbp_config"):
         validate_crbp_config(cfg)
 
 
@@ -335,7 +334,7 @@ def test_a_non_finite_state_stops_training_naming_the_iteration_and_method():
 
 
 def test_weights_and_device_problems_are_one_clear_error(tmp_path):
-    from crbp_d2.config import check_device, check_weights_file
+    from crbp_d2.rfpn.config import check_device, check_weights_file
 
     cfg = small_cfg()
     good = tmp_path / "good.pth"
@@ -381,7 +380,7 @@ def test_head_trains_under_bfloat16_autocast(method):
 
 
 def test_amp_on_a_cpu_is_refused_when_the_config_is_built():
-    from crbp_d2.config import check_device
+    from crbp_d2.rfpn.config import check_device
 
     cfg = small_cfg()
     cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED = "cpu", True

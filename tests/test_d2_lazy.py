@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.config import get_crbp_cfg  # noqa: E402
+from crbp_d2.rfpn.lazy_config import build_engine_from_keys, recurrent_defaults  # noqa: E402
+from crbp_d2.rfpn.modeling import build_recurrent_engine  # noqa: E402
+from crbp_d2.rfpn.train import trainer_lazy as training_lazy  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from crbp_d2 import training_lazy  # noqa: E402
 from crbp_d2.cli import lazyconfig_train_net  # noqa: E402
-from crbp_d2.config import get_crbp_cfg  # noqa: E402
-from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # noqa: E402
-from crbp_d2.modeling import build_recurrent_engine  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = str(CONFIGS / "lazy" / "quick" / "R-FPN-R50-CRBP-synthetic-test.py")

@@ -9,9 +9,15 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.data import (  # noqa: E402
+    UnknownDatasetError,
+    make_synthetic_panoptic,
+    read_panoptic_png,
+    register_synthetic_panoptic,
+)
+from crbp_d2.rfpn.evaluation import HotcocoPanopticEvaluator, build_evaluator, pq_compute  # noqa: E402
 
 import pycocotools.mask as mask_util  # noqa: E402
 import torch  # noqa: E402
@@ -20,14 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from crbp_d2.data import (  # noqa: E402
-    UnknownDatasetError,
-    make_synthetic_panoptic,
-    read_panoptic_png,
-    register_synthetic_panoptic,
-)
-from crbp_d2.data.panoptic_utils import id2rgb  # noqa: E402
-from crbp_d2.evaluation import HotcocoPanopticEvaluator, build_evaluator, pq_compute  # noqa: E402
+from crbp_d2.scenes.panoptic import id2rgb  # noqa: E402
 
 SIZE = 20
 # things a (1), b (2); stuff s (3), t (4)

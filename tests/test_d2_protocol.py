@@ -5,16 +5,15 @@ from pathlib import Path
 
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
 
-from crbp_d2.benchmarks.rfpn_protocol import (  # noqa: E402
+from crbp_d2.rfpn.experiments.cpu_protocol import (  # noqa: E402
     ProtocolRun,
     protocol_runs,
     protocol_table,
     run_protocol,
 )
+
 from crbp_d2.cli import rfpn_cpu_protocol  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

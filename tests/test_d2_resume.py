@@ -18,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn.data.resumable import ResumableTrainLoader  # noqa: E402
+from crbp_d2.rfpn.train import trainer as training  # noqa: E402
 
 import torch  # noqa: E402
 from detectron2.data.samplers import TrainingSampler  # noqa: E402
 from detectron2.engine import hooks  # noqa: E402
 
-from crbp_d2 import training  # noqa: E402
 from crbp_d2.cli import train_net  # noqa: E402
-from crbp_d2.data.resumable import ResumableTrainLoader  # noqa: E402
 from crbp_d2.utils.rng import derived_seed, preserved_rng, seeded_rng  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +42,7 @@ KILLED_RUN = f"""
 import os, signal, sys
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from crbp_d2 import training
+from crbp_d2.rfpn.train import trainer as training
 from crbp_d2.cli import train_net
 from detectron2.engine import hooks
 
@@ -230,7 +229,8 @@ def test_drop_metrics_rows(tmp_path):
 
 
 def test_lazyconfig_run_resumed_from_an_earlier_checkpoint_ends_with_the_same_weights(tmp_path):
-    from crbp_d2 import training_lazy
+    from crbp_d2.rfpn.train import trainer_lazy as training_lazy
+
     from crbp_d2.cli import lazyconfig_train_net
 
     smoke = str(REPO / "configs" / "lazy" / "quick" / "R-FPN-R50-CRBP-synthetic-test.py")

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
 pytest.importorskip("detectron2")
+
+from crbp_d2.rfpn import visualization
+from crbp_d2.rfpn.evaluation import timestep_sweep  # noqa: E402
+from crbp_d2.rfpn.train import trainer as training  # noqa: E402
 
 import torch  # noqa: E402
 
-from crbp_d2 import training, visualization  # noqa: E402
 from crbp_d2.cli import demo, train_net  # noqa: E402
 from crbp_d2.cli import timestep_sweep as sweep_cli  # noqa: E402
-from crbp_d2.evaluation import timestep_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
@@ -228,9 +228,9 @@ def test_resume_and_eval_only_may_follow_the_overrides():
 
 def _nan_from_iteration(monkeypatch, term: str, first: int) -> None:
     """Make the mask head's ``term`` NaN from iteration ``first`` on."""
-    from detectron2.utils.events import get_event_storage
+    from crbp_d2.rfpn.modeling import RecurrentMaskHead
 
-    from crbp_d2.modeling import RecurrentMaskHead
+    from detectron2.utils.events import get_event_storage
 
     original = RecurrentMaskHead._forward_train
 

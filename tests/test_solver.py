@@ -1,11 +1,11 @@
-"""The Detectron2 trainer's AdamW (crbp_d2.solver) against Detectron2's own optimizer."""
+"""The Detectron2 trainer's AdamW (crbp_d2.rfpn.train.optimizer) against Detectron2's own."""
+
+from crbp_d2.rfpn.train.optimizer import ClippedAdamW, build_adamw, clip_each_grad_norm_
 
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.solver.build import maybe_add_gradient_clipping
-
-from crbp_d2.solver import ClippedAdamW, build_adamw, clip_each_grad_norm_
 
 
 def _parameters(seed: int = 0):

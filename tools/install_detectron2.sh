@@ -9,17 +9,17 @@
 # `pb1-detectron2==0.6` holds upstream tag v0.6's Python code byte for byte but lacks the C++
 # sources (so `_C` cannot be built) and packages the model-zoo configs from the wrong folder.
 # We download it hash-pinned, move the configs, drop the extension and install it. The missing
-# `_C`, numpy>=1.24 and Pillow>=10 are handled at run time by crbp_d2/_compat.py.
+# `_C`, numpy>=1.24 and Pillow>=10 are handled at run time by crbp_d2/rfpn/_compat.py.
 set -euo pipefail
 PY="${1:-python3}"
 if "$PY" - <<'PYEOF' 2>/dev/null
 import importlib.util, sys
 sys.path.insert(0, ".")
-import crbp_d2._compat  # noqa: F401  (makes a pure-Python v0.6 importable)
+import crbp_d2.rfpn._compat  # noqa: F401  (makes a pure-Python v0.6 importable)
 import detectron2.modeling, detectron2.engine  # noqa: F401
 PYEOF
 then
-  echo "detectron2 already importable: $("$PY" -c 'import crbp_d2.config, detectron2; print(detectron2.__version__, detectron2.__file__)')"
+  echo "detectron2 already importable: $("$PY" -c 'import crbp_d2.rfpn.config, detectron2; print(detectron2.__version__, detectron2.__file__)')"
   exit 0
 fi
 TMP="$(mktemp -d)"
@@ -32,4 +32,4 @@ mv "$SRC/detectron2/model_zoo/configs" "$SRC/configs"
 sed -i 's/^    ext_modules=get_extensions(),$/    ext_modules=[],/' "$SRC/setup.py"
 grep -q '^    ext_modules=\[\],$' "$SRC/setup.py" || { echo "install_detectron2: setup.py patch did not apply" >&2; exit 1; }
 "$PY" -m pip install --no-build-isolation --no-deps "$SRC"
-"$PY" -c "import crbp_d2.config, detectron2.modeling; print('detectron2', detectron2.__version__, 'ready')"
+"$PY" -c "import crbp_d2.rfpn.config, detectron2.modeling; print('detectron2', detectron2.__version__, 'ready')"

@@ -9,7 +9,7 @@ VENV="${1:-.venv}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.crbp_setup_stamp"
 HASH="$(cat requirements.txt setup.py tools/install_detectron2.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && "$VENV/bin/python" -c "import crbp_d2.config, detectron2.modeling" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && "$VENV/bin/python" -c "import crbp_d2.rfpn.config, detectron2.modeling" 2>/dev/null; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

@@ -2,7 +2,7 @@
 """Train and evaluate Panoptic FPN / R-FPN (the C-RBP recurrent mask head) with Detectron2.
 
 The program is crbp_d2.cli.train_net (also installed as ``crbp-train-net``); the trainer is
-crbp_d2.training.Trainer.
+crbp_d2.rfpn.train.trainer.Trainer.
 """
 
 import sys

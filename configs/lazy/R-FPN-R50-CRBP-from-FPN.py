@@ -3,9 +3,8 @@
 # starts fresh and is the only part trained (train.train_only_head; set it False to fine-tune the
 # whole model). The LazyConfig twin of configs/R-FPN-R50-CRBP-from-FPN.yaml. The schedule is the
 # model zoo's 1x (batch 16, LR 0.02, 90k iterations), a starting point that has not been tuned.
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
+import crbp_d2.rfpn  # noqa: F401  (the Detectron2 front-end: its shim, the head, the datasets)
 
-# isort: split
 from detectron2.config import LazyConfig
 
 model, dataloader, optimizer, lr_multiplier, train = LazyConfig.load_rel(

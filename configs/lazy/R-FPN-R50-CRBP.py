@@ -1,14 +1,12 @@
 # R-FPN R-50, C-RBP with 20 steps, lambda 0.9 (the paper's model); the LazyConfig twin of
 # configs/R-FPN-R50-CRBP.yaml. The mask head's keys are those of the yacs node
-# MODEL.ROI_MASK_HEAD.RECURRENT with the defaults of crbp_d2.config.add_crbp_config (read from
+# MODEL.ROI_MASK_HEAD.RECURRENT with the defaults of crbp_d2.rfpn.config.add_crbp_config (read from
 # there, not copied): override one as model.roi_heads.mask_head.engine.TIMESTEPS=10.
-from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first (Detectron2 patches)
+from crbp_d2.rfpn.lazy_config import build_engine_from_keys, recurrent_defaults
+from crbp_d2.rfpn.modeling import RecurrentMaskHead
+from crbp_d2.rfpn.modeling.recurrent_mask_head import readout_norm_for_device
 
-# isort: split
 from detectron2.config import LazyCall as L
-
-from crbp_d2.modeling import RecurrentMaskHead
-from crbp_d2.modeling.recurrent_mask_head import readout_norm_for_device
 
 from .base_panoptic_fpn import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

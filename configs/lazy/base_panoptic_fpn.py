@@ -7,14 +7,12 @@
 # pycocotools' COCOeval, semantic mIoU). The shared base of configs/lazy/FPN-R50.py and
 # configs/lazy/R-FPN-R50-CRBP.py; tests/test_d2_lazy.py checks that they build the same models
 # as the yacs configs. Train / evaluate with tools/lazyconfig_train_net.py.
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
+import crbp_d2.rfpn  # noqa: F401  (the Detectron2 front-end: its shim, the head, the datasets)
+from crbp_d2.rfpn.evaluation import HotcocoPanopticEvaluator
 
-# isort: split
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.model_zoo import get_config
-
-from crbp_d2.evaluation import HotcocoPanopticEvaluator
 
 model = get_config("common/models/panoptic_fpn.py").model
 dataloader = get_config("common/data/coco_panoptic_separated.py").dataloader

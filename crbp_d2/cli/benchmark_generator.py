@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 
 from crbp_d2.pathfinder.config import REPO_ROOT
-from crbp_d2.pathfinder.data.benchmark import REFERENCE_S_PER_IMAGE, benchmark, write_benchmark
+from crbp_d2.pathfinder.experiments.generator_speed import (
+    REFERENCE_S_PER_IMAGE,
+    benchmark,
+    write_benchmark,
+)
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 Every variant is the full Panoptic FPN model of ``--config-file`` (default the paper's R-FPN R-50)
 with only the mask head changed: ``FPN`` (the 4-conv head), ``BPTT-n``, ``CRBP-n`` (also
 ``RBP-n``, ``CBPTT-n``, ``TBPTT-n``), each in its own process; see
-:mod:`crbp_d2.benchmarks.rfpn` for what is measured.
+:mod:`crbp_d2.rfpn.experiments.benchmark` for what is measured.
 
 Example::
 
@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..benchmarks.rfpn import (
+from ..rfpn.experiments.benchmark import (
     DEFAULT_CONFIG,
     DEFAULT_VARIANTS,
     RFPNBenchmark,

@@ -1,6 +1,6 @@
 """R-FPN (Detectron2) check for a CUDA machine: memory of BPTT-N vs C-RBP-N, AMP training steps.
 
-See :mod:`crbp_d2.benchmarks.rfpn_cuda_check` for what is measured and the report's keys.
+See :mod:`crbp_d2.rfpn.experiments.cuda_check` for what is measured and the report's keys.
 
     python tools/cuda_rfpn_check.py --out OUT_DIR        # OUT_DIR/rfpn_cuda.{json,md,png}
     python tools/cuda_rfpn_check.py --out report.json    # report.{json,md,png}
@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..benchmarks.rfpn import parse_variant
-from ..benchmarks.rfpn_cuda_check import (
+from ..rfpn.experiments.benchmark import parse_variant
+from ..rfpn.experiments.cuda_check import (
     REPORT_NAME,
     RFPNCheck,
     check_settings,

@@ -10,7 +10,7 @@ Example::
 
 For each image ``x.jpg`` it writes ``x_panoptic.png`` and, with ``--timecourse``,
 ``x_timecourse.png`` (one panel per step t = 1..T, T = the test steps or ``--steps``). The work is
-:func:`crbp_d2.visualization.run_demo`.
+:func:`crbp_d2.rfpn.visualization.run_demo`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from ..visualization import run_demo
+from ..rfpn.visualization import run_demo
 from ._common import one_line_errors
 
 

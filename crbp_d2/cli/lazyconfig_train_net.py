@@ -15,7 +15,7 @@ Examples::
     python tools/lazyconfig_train_net.py \\
         --config-file configs/lazy/quick/R-FPN-R50-CRBP-synthetic-test.py
 
-The training loop is :mod:`crbp_d2.training_lazy`.
+The training loop is :mod:`crbp_d2.rfpn.train.trainer_lazy`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
-
-# isort: split
-from detectron2.engine import default_argument_parser
-
-from ..checkpoint import CheckpointFileError
-from ..engine_launch import launch
+from ..rfpn.checkpoint import CheckpointFileError
+from ..rfpn.train.launch import launch
+from ..rfpn.train.trainer_lazy import build_lazy_config, train_or_evaluate_lazy
 from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 
 PROG = "lazyconfig_train_net.py"
@@ -43,6 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
     anywhere on the line (also after the ``key=value`` overrides, which its catch-all would
     otherwise swallow them into)."""
+    from detectron2.engine import default_argument_parser  # after crbp_d2.rfpn (the shim)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
     return default_argument_parser().parse_args(flags + [a for a in argv if a not in _FLAGS])

@@ -7,7 +7,7 @@ Example (about 2 hours on 2 cores; a finished run is reused when the command is 
         --schedule SOLVER.MAX_ITER 600 SOLVER.STEPS "(480, 560)"
 
 Writes every run under ``--out-dir`` and the results to ``--results``.json/.md/.png (the work is
-:mod:`crbp_d2.benchmarks.rfpn_protocol`).
+:mod:`crbp_d2.rfpn.experiments.cpu_protocol`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..benchmarks.rfpn_protocol import (
+from ..rfpn.experiments.cpu_protocol import (
     DATASET_CONFIGS,
     HEADS,
     protocol_runs,

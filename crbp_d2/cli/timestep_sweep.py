@@ -15,7 +15,7 @@ ground-truth boxes) and ``timestep_sweep.png`` into ``--output``.
 ``--mode onepass`` (default) runs the model once per image at the largest step count and rebuilds
 every step count's output from it (exact); ``--mode rerun`` re-runs the whole model for each step
 count (the authors' procedure; T times the cost). Single process only. The work is
-:func:`crbp_d2.evaluation.timestep_sweep.run_timestep_sweep`.
+:func:`crbp_d2.rfpn.evaluation.timestep_sweep.run_timestep_sweep`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from ..evaluation.timestep_sweep import MODES, Row, parse_steps, run_timestep_sweep
+from ..rfpn.evaluation.timestep_sweep import MODES, Row, parse_steps, run_timestep_sweep
 from ._common import one_line_errors
 
 

@@ -14,7 +14,7 @@ Examples::
     python tools/train_net.py --num-gpus 2 --config-file configs/quick/R-FPN-CRBP-synthetic.yaml
 
 Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). The trainer is
-:class:`crbp_d2.training.Trainer`.
+:class:`crbp_d2.rfpn.train.trainer.Trainer`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..engine_launch import launch
-from ..training import build_config, train_or_evaluate
-
-# isort: split
-from detectron2.engine import default_argument_parser
-
-from ..checkpoint import CheckpointFileError
+from ..rfpn.checkpoint import CheckpointFileError
+from ..rfpn.train.launch import launch
+from ..rfpn.train.trainer import build_config, train_or_evaluate
 from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
 
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
@@ -40,6 +36,8 @@ _FLAGS = ("--resume", "--eval-only", "--random-weights")
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
     anywhere on the line (also after the ``KEY VALUE`` overrides)."""
+    from detectron2.engine import default_argument_parser  # after crbp_d2.rfpn (the shim)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
     parser = default_argument_parser()

@@ -1,10 +1,9 @@
 """Run-time compatibility for a pure-Python Detectron2 v0.6 on numpy 2 / Pillow >= 10.
 
-Imported first by every module of the Detectron2 side (``crbp_d2.config``, ``crbp_d2.modeling``,
-``crbp_d2.data.datasets``, ``crbp_d2.evaluation``), before they import detectron2; the core and
-the Pathfinder module never import it, so they patch nothing. Nothing is patched when detectron2
-is not installed, and every patch is applied only when missing, so with upstream Detectron2
-(compiled ``_C``, newer code) it is a no-op.
+Imported first by ``crbp_d2/rfpn/__init__.py``, so before any module of the Detectron2 front-end
+imports detectron2; the core and the Pathfinder front-end never import it, so they patch nothing.
+Nothing is patched when detectron2 is not installed, and every patch is applied only when
+missing, so with upstream Detectron2 (compiled ``_C``, newer code) it is a no-op.
 """
 
 import importlib.util

@@ -21,9 +21,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
 from torch import nn

@@ -17,14 +17,11 @@ import os
 import zipfile
 from typing import Optional, Sequence
 
-from . import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from detectron2.config import CfgNode as CN
 
-from .recurrent import EngineSpec, engine_config_defaults, spec_from_node
-from .recurrent.base import NONLINEARITIES
-from .utils.configs import has_key, unknown_key_message
+from ..recurrent import EngineSpec, engine_config_defaults, spec_from_node
+from ..recurrent.base import NONLINEARITIES
+from ..utils.configs import has_key, unknown_key_message
 
 __all__ = [
     "CELLS",
@@ -62,10 +59,9 @@ def add_crbp_config(cfg: CN) -> CN:
     The head's width is ``MODEL.ROI_MASK_HEAD.CONV_DIM`` (256, = the FPN width); ``NUM_CONV`` and
     ``NORM`` of the feedforward head are not used by it. Returns ``cfg`` (modified in place).
 
-    Also registers the head in ``ROI_MASK_HEAD_REGISTRY`` and the built-in datasets (the imports
-    below), so a config that names them can be built right away.
+    The head and the built-in datasets are registered by importing :mod:`crbp_d2.rfpn` (which
+    importing this module does first), so a config that names them can be built right away.
     """
-    from . import data, modeling  # noqa: F401  (registration, as a Detectron2 project does)
 
     node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT = CN(
         engine_config_defaults(LCP_WEIGHT=1e-3, LCP_REDUCTION="sum")
@@ -104,12 +100,12 @@ def add_crbp_config(cfg: CN) -> CN:
     # Train the mask head only: every other parameter gets requires_grad False (so Detectron2's
     # optimizer leaves it out) and BatchNorm outside the head becomes FrozenBN (its statistics stop
     # moving). For fine-tuning a fresh recurrent head on a feedforward Panoptic FPN checkpoint
-    # (crbp_d2.modeling.freeze_all_but_mask_head; the lazy configs' train.train_only_head).
+    # (crbp_d2.rfpn.modeling.freeze_all_but_mask_head; the lazy configs' train.train_only_head).
     node.TRAIN_ONLY_HEAD = False
 
     # Also score the mask head alone after each evaluation: its masks on the ground-truth boxes
     # and classes, mask IoU and boundary F-score per class (task "gt_box" of the results, in
-    # metrics.json and the copypaste lines; crbp_d2.evaluation.gt_box).
+    # metrics.json and the copypaste lines; crbp_d2.rfpn.evaluation.gt_box).
     cfg.TEST.GT_BOX_MASKS = False
 
     # Optimizer of tools/train_net.py: "SGD" (Detectron2's, the paper) | "ADAMW" (the authors'
@@ -150,7 +146,7 @@ def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
         if uses_recurrent:
             raise ValueError(
                 f"MODEL.ROI_MASK_HEAD.NAME is {head.NAME!r} but the config has no "
-                "MODEL.ROI_MASK_HEAD.RECURRENT node: call crbp_d2.config.add_crbp_config(cfg) "
+                "MODEL.ROI_MASK_HEAD.RECURRENT node: call crbp_d2.rfpn.config.add_crbp_config(cfg) "
                 "before merging the config file"
             )
         return None
@@ -280,7 +276,7 @@ def check_sync_norms(cfg: CN, num_processes: int) -> None:
     - off CUDA (gloo), ``SyncBN`` / ``nnSyncBN`` (``torch.nn.SyncBatchNorm``) in a Detectron2
       module: it refuses CPU tensors once there is a process group. The recurrent head's
       ``READOUT_NORM`` is not refused: it becomes ``naiveSyncBN_N`` off CUDA (see
-      :func:`crbp_d2.modeling.recurrent_mask_head.readout_norm_for_device`);
+      :func:`crbp_d2.rfpn.modeling.recurrent_mask_head.readout_norm_for_device`);
     - on any device, ``READOUT_NORM naiveSyncBN`` (``stats_mode ""``) with > 1 process: it asserts
       on a process whose images gave no foreground RoI, and weights every process equally.
     """

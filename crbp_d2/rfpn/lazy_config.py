@@ -7,9 +7,9 @@ keys, so that both config systems give the same model (``tests/test_d2_lazy.py``
 class count interpolated from the model); a key is then overridden on the command line as
 ``model.roi_heads.mask_head.engine.TIMESTEPS=10``. Standalone:
 
->>> from crbp_d2.lazy import build_engine_from_keys, recurrent_defaults  # first
+>>> from crbp_d2.rfpn.lazy_config import build_engine_from_keys, recurrent_defaults  # first
 >>> from detectron2.config import LazyCall as L, instantiate
->>> from crbp_d2.modeling import RecurrentMaskHead
+>>> from crbp_d2.rfpn.modeling import RecurrentMaskHead
 >>> mask_head = L(RecurrentMaskHead)(
 ...     engine=L(build_engine_from_keys)(width=32, **recurrent_defaults()),
 ...     num_classes=3,
@@ -26,14 +26,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Sequence
 
-from .config import add_crbp_config
-
-# isort: split
 from detectron2.config import CfgNode, get_cfg
 
+from ..recurrent import RecurrentEngine
+from ..utils.configs import unknown_key_message
+from .config import add_crbp_config
 from .modeling.recurrent_mask_head import build_recurrent_engine
-from .recurrent import RecurrentEngine
-from .utils.configs import unknown_key_message
 
 __all__ = [
     "TRAINING_KEYS",

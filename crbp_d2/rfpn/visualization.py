@@ -12,9 +12,6 @@ import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
 import cv2
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -24,10 +21,10 @@ from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..utils import pyplot
 from .config import check_device, check_weights_file, get_crbp_cfg
 from .data import check_dataset_name, prepare_dataset_files
 from .modeling import recurrent_mask_head
-from .utils import pyplot
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..contours import GenerationError, PathfinderGenerator, PathfinderParams, get_generator
-from .synthetic_panoptic import (
+from .shapes import (
     STUFF_CATEGORIES,
     Segment,
     SyntheticScene,

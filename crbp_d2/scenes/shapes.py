@@ -38,7 +38,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..utils.procs import die_with_parent, pool_initargs
-from .panoptic_utils import id2rgb, rgb2id, write_separated_semantic
+from .panoptic import id2rgb, rgb2id, write_separated_semantic
 
 logger = logging.getLogger(__name__)
 

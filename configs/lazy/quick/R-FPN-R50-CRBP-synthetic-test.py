@@ -4,9 +4,8 @@
 # backbone, nothing frozen), 3 recurrent steps, 3 Neumann terms, GroupNorm readout, then the
 # evaluation (PQ / COCO AP / mIoU) on the 16 validation images. Numbers from it mean nothing; it
 # checks that everything connects (the twin of configs/quick/R-FPN-R50-CRBP-synthetic-test.yaml).
-import crbp_d2.config  # noqa: F401  (first: Detectron2 compatibility + registration)
+import crbp_d2.rfpn  # noqa: F401  (the Detectron2 front-end: its shim, the head, the datasets)
 
-# isort: split
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig

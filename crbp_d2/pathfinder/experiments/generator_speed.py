@@ -26,7 +26,7 @@ from crbp_d2.utils.machine import cpu_model_name
 from crbp_d2.utils.procs import die_with_parent, pool_initargs
 from crbp_d2.utils.report import markdown_table, pyplot
 
-from .storage import write_png_sample
+from ..data.storage import write_png_sample
 
 # The original generator's measured time per image on one core, PNG writing excluded.
 REFERENCE_S_PER_IMAGE = {6: 0.16, 9: 0.20, 14: 0.26, 20: 0.75, 25: 2.8}

@@ -10,7 +10,7 @@ format Panoptic FPN trains on), under the names in :data:`SYNTHETIC_PANOPTIC_DAT
   copy in ``synthetic_panoptic_large/`` (:data:`SYNTHETIC_PANOPTIC_LARGE_GENERATION`), for the
   quick recipes that train from random init (64 images are far too few for detection);
 * ``synthetic_contours_{train,val}_{separated,stuffonly}``: the "contours" set
-  (:mod:`crbp_d2.data.synthetic_contours`, :data:`SYNTHETIC_CONTOURS_GENERATION`), crossing
+  (:mod:`crbp_d2.scenes.contours`, :data:`SYNTHETIC_CONTOURS_GENERATION`), crossing
   Pathfinder contours where the mask head has to trace.
 
 The files are generated on the first ``DatasetCatalog.get`` of one of these names (not at import).
@@ -23,16 +23,13 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .. import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic_separated
 
-from .panoptic_utils import SEMANTIC_THINGS_LABEL, separated_stuff_label_map
-from .synthetic_contours import CONTOURS_SCENE
-from .synthetic_panoptic import (
+from ...scenes.contours import CONTOURS_SCENE
+from ...scenes.panoptic import SEMANTIC_THINGS_LABEL, separated_stuff_label_map
+from ...scenes.shapes import (
     SHAPES_SCENE,
     PathLike,
     SyntheticScene,
@@ -94,7 +91,7 @@ SYNTHETIC_CONTOURS_GENERATION: Dict[str, int] = {
     "seed": 0,
 }
 """Parameters of the contours set (its scene parameters are the defaults of
-:data:`crbp_d2.data.synthetic_contours.CONTOUR_DEFAULTS`)."""
+:data:`crbp_d2.scenes.contours.CONTOUR_DEFAULTS`)."""
 
 _THINGS_COLOR = [82, 18, 128]  # colour of the merged "things" label in the semantic head
 
@@ -225,7 +222,7 @@ def _unknown_dataset_message(unknown: Sequence[str], where: str) -> str:
         + (" ".join(hints) + " " if hints else "")
         + f"Panoptic FPN datasets: {', '.join(panoptic)}. "
         + f"All registered datasets: {', '.join(available)}. "
-        + "(Importing crbp_d2.data registers the synthetic ones; register your own with "
+        + "(Importing crbp_d2.rfpn.data registers the synthetic ones; register your own with "
         + "detectron2.data.datasets.register_coco_panoptic_separated.)"
     )
 

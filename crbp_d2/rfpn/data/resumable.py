@@ -18,7 +18,7 @@ ratio as Detectron2 does) with two changes that make them a function of the batc
   of the stream (sampler indices and aspect-ratio buckets, no image is read except the ones still
   waiting in a bucket) and continues with the next batch.
 
-The trainer (``crbp_d2.training.Trainer``) saves this state in each checkpoint.
+The trainer (``crbp_d2.rfpn.train.trainer.Trainer``) saves this state in each checkpoint.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from detectron2.data.samplers import (
 from detectron2.utils import comm
 from torch.utils import data as torchdata
 
-from ..utils.rng import derived_seed, seeded_rng
+from ...utils.rng import derived_seed, seeded_rng
 
 __all__ = [
     "ResumableTrainLoader",

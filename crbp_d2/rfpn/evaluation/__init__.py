@@ -1,9 +1,6 @@
 """Evaluation for the Detectron2 side: PQ through hotcoco, plus Detectron2's COCO (instances) and
 semantic segmentation evaluators, combined by :func:`build_evaluator`."""
 
-from .. import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from .build import build_evaluator, coco_tasks_from_config
 from .panoptic_evaluation import HotcocoPanopticEvaluator, pq_compute
 

@@ -24,8 +24,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ...scenes.panoptic import id2rgb
 from ..data.datasets import prepare_dataset_files
-from ..data.panoptic_utils import id2rgb
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,6 @@ import logging
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .. import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader
@@ -38,10 +35,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ...utils import atomic_write_text, pyplot, write_plot
 from ..config import check_device, check_weights_file, get_crbp_cfg
 from ..data import check_dataset_name
 from ..modeling import panoptic_at_step, recurrent_mask_head
-from ..utils import atomic_write_text, pyplot, write_plot
 from .gt_box import build_gt_box_loader, evaluate_masks_on_gt_boxes
 from .panoptic_evaluation import HotcocoPanopticEvaluator
 
@@ -65,7 +62,7 @@ logger = logging.getLogger("crbp_d2.timestep_sweep")
 
 COLUMNS = ("steps", "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 AP_COLUMN = "AP_segm"  # with segm_ap: COCO mask AP of the detections at each step count
-# with gt_box: the mask head alone on ground-truth boxes (crbp_d2.evaluation.gt_box)
+# with gt_box: the mask head alone on ground-truth boxes (crbp_d2.rfpn.evaluation.gt_box)
 GT_BOX_COLUMNS = ("gt_box_mIoU", "gt_box_mBF")
 MODES = ("onepass", "rerun")
 CSV_NAME, PLOT_NAME = "timestep_sweep.csv", "timestep_sweep.png"

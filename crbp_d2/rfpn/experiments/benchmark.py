@@ -7,7 +7,8 @@ weights, so every step does the same work) on a synthetic batch of ``batch`` ima
 ``size`` pixels with ``instances`` ground-truth instances each. The same seed builds the same
 backbone, RPN and box head for every variant, so they see the same RoIs.
 
-Each variant runs in its own process (``python -m crbp_d2.benchmarks.rfpn SETTINGS_JSON``).
+Each variant runs in its own process
+(``python -m crbp_d2.rfpn.experiments.benchmark SETTINGS_JSON``).
 Memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak RSS (``ru_maxrss``,
 which includes the ~1 GB of libraries and weights) on CPU; ``step_peak_bytes`` subtracts what was
 allocated (CUDA) or resident (CPU) before the first step.
@@ -26,11 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
-from ..utils import device_description, pyplot, write_plot, write_results
-from ..utils.bench import peak_rss_bytes, print_record, rss_bytes, run_isolated
+from ...utils import device_description, pyplot, write_plot, write_results
+from ...utils.bench import peak_rss_bytes, print_record, rss_bytes, run_isolated
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -216,7 +214,9 @@ def run_rfpn_benchmark(
     job["config_file"] = os.path.abspath(settings.config_file)
     records = []
     for variant in variants:
-        record = run_isolated("crbp_d2.benchmarks.rfpn", [json.dumps({**job, "variant": variant})])
+        record = run_isolated(
+            "crbp_d2.rfpn.experiments.benchmark", [json.dumps({**job, "variant": variant})]
+        )
         records.append(record)
         if on_record is not None:
             on_record(record)

@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..utils import atomic_write_json, cpu_description, markdown_table, pyplot, write_results
+from ...utils import atomic_write_json, cpu_description, markdown_table, pyplot, write_results
 
 __all__ = ["HEADS", "DATASET_CONFIGS", "ProtocolRun", "protocol_runs", "run_protocol"]
 
@@ -358,7 +358,7 @@ def write_protocol_results(
         f"\n\nMeasured on {cpu_description()} with torch {torch.__version__}, {jobs} one-thread "
         f"runs side by side{took}; schedule: {schedule}. Mean ± half the range over the seeds; "
         "GT-box mask IoU: the head's masks on the ground-truth boxes and classes "
-        "(`crbp_d2.evaluation.gt_box`); s/iter: Detectron2's per-iteration time; peak RSS of "
+        "(`crbp_d2.rfpn.evaluation.gt_box`); s/iter: Detectron2's per-iteration time; peak RSS of "
         "the training process (`tools/rfpn_cpu_protocol.py`).\n"
     )
     return write_results(stem, records, protocol_table(records) + note, plot_protocol)

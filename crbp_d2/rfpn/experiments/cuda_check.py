@@ -17,7 +17,7 @@ What ``memory_bytes`` holds is named by ``memory_measure``:
 
 ``saved_bytes`` is that count on both devices, ``mask_head_saved_bytes`` its part saved while
 the mask head's forward runs (what BPTT's steps add to). AMP on a CPU: ``SOLVER.AMP.ENABLED``
-is CUDA only (Detectron2 v0.6's AMPTrainer; :func:`crbp_d2.config.check_device` refuses it),
+is CUDA only (Detectron2 v0.6's AMPTrainer; :func:`crbp_d2.rfpn.config.check_device` refuses it),
 so on a CPU the same loop runs bfloat16 autocast with a disabled GradScaler, and the report says
 so (``amp.dtype``, ``amp.config_amp_enabled``, ``amp.note``).
 
@@ -37,14 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
-from ..utils import atomic_write_json, atomic_write_text, device_description, pyplot, write_plot
-from ..utils.bench import SavedBytes
-from ..utils.machine import grad_scaler
-from ..utils.report import markdown_table
-from .rfpn import DEFAULT_CONFIG, RFPNBenchmark, synthetic_batch, variant_opts
+from ...utils import atomic_write_json, atomic_write_text, device_description, pyplot, write_plot
+from ...utils.bench import SavedBytes
+from ...utils.machine import grad_scaler
+from ...utils.report import markdown_table
+from .benchmark import DEFAULT_CONFIG, RFPNBenchmark, synthetic_batch, variant_opts
 
 __all__ = [
     "AMP_VARIANT",
@@ -177,7 +174,7 @@ def memory_record(settings: RFPNCheck, variant: str) -> Record:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from .rfpn import parse_variant
+    from .benchmark import parse_variant
 
     method, steps = parse_variant(variant)
     _, model, batch = _build(settings, variant)

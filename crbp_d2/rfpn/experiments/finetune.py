@@ -18,7 +18,7 @@ go one after the other with ``threads`` OpenMP threads each; a finished run is k
 (``record.json``) and reused. Results: ``STEM.json`` (the records) and ``STEM.md``.
 
 Run it with ``make rfpn-finetune-vs-scratch`` or
-``python -m crbp_d2.benchmarks.rfpn_finetune --budgets 500 1750 --seeds 0``.
+``python -m crbp_d2.rfpn.experiments.finetune --budgets 500 1750 --seeds 0``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..utils import atomic_write_json, cpu_description, markdown_table, write_results
+from ...utils import atomic_write_json, cpu_description, markdown_table, write_results
 
 __all__ = [
     "ARMS",
@@ -258,7 +258,7 @@ def run_finetune_vs_scratch(
         note = (
             f"\n\nMeasured on {cpu_description()}, torch {torch.__version__}, one run at a time "
             f"with {threads} OpenMP thread(s), {minutes:.1f} min in all "
-            "(`python -m crbp_d2.benchmarks.rfpn_finetune`). Set: synthetic_panoptic_large "
+            "(`python -m crbp_d2.rfpn.experiments.finetune`). Set: synthetic_panoptic_large "
             "(4096 train / 128 val images of 160 px), 128 px input, R-18 FPN from random init. "
             f"The fine-tuned head starts from {start_from} (its 4-conv mask head skipped, the "
             "rest frozen: its boxes, classes and stuff are the FPN's); train min: wall time of "
@@ -273,7 +273,7 @@ def run_finetune_vs_scratch(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m crbp_d2.benchmarks.rfpn_finetune",
+        prog="python -m crbp_d2.rfpn.experiments.finetune",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -286,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--fpn-weights", default=None, help="start from this FPN checkpoint instead of training one"
     )
     args = parser.parse_args(argv)
-    from ..cli._common import one_line_errors
+    from ...cli._common import one_line_errors
 
     with one_line_errors("rfpn_finetune", (FileNotFoundError, ValueError, RuntimeError)):
         run_finetune_vs_scratch(

@@ -7,7 +7,7 @@ buffers: A vs B says whether the device's kernels repeat themselves, A vs C whet
 changes anything beyond that. On a CPU both are bit-exact (``tests/test_d2_resume.py`` checks more
 cases); on CUDA, kernels with atomic adds (RoIAlign's backward, index_add) need not repeat.
 
-    python -m crbp_d2.benchmarks.resume_determinism --device cuda --out OUT_DIR/resume_cuda.json
+    python -m crbp_d2.rfpn.experiments.resume --device cuda --out OUT_DIR/resume_cuda.json
 
 Writes the JSON record and a Markdown table beside it (``.md``).
 """
@@ -23,8 +23,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from ..utils import atomic_write_json, atomic_write_text, device_description
-from ..utils.report import markdown_table
+from ...utils import atomic_write_json, atomic_write_text, device_description
+from ...utils.report import markdown_table
 
 CONFIG = str(
     Path(__file__).resolve().parents[2] / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml"
@@ -32,8 +32,8 @@ CONFIG = str(
 
 
 def _train(work: str, name: str, device: str, iters: int, resume: bool = False) -> Dict:
-    from ..cli import train_net
-    from ..training import train_or_evaluate
+    from ...cli import train_net
+    from ..train.trainer import train_or_evaluate
 
     out = os.path.join(work, name)
     argv = ["--config-file", CONFIG, *(["--resume"] if resume else [])]
@@ -113,13 +113,13 @@ def run_resume_determinism(
         os.path.splitext(out)[0] + ".md",
         f"{table}\n\nMeasured on {record['device']} with torch {record['torch']}: "
         f"{record['config']}, SEED 0, {iters} iterations (`python -m "
-        "crbp_d2.benchmarks.resume_determinism`).\n",
+        "crbp_d2.rfpn.experiments.resume`).\n",
     )
     return record
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..cli._common import report_input_error, writable_output_file
+    from ...cli._common import report_input_error, writable_output_file
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter

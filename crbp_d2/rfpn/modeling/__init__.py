@@ -4,9 +4,6 @@ Importing this package registers ``RecurrentMaskHead`` (and its alias
 ``RecurrentMaskRCNNConvUpsampleHead``) in Detectron2's ``ROI_MASK_HEAD_REGISTRY``.
 """
 
-from .. import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from .freeze import freeze_all_but_mask_head
 from .recurrent_mask_head import (
     RecurrentMaskHead,

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .. import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 

@@ -39,14 +39,14 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage, get_event_storage
 from torch import Tensor, nn
 
-from ..config import validate_crbp_config
-from ..recurrent import (
+from ...recurrent import (
     ConvLSTMCell,
     MaskHeadHGRUCell,
     NonFiniteStateError,
     RecurrenceDiagnostics,
     RecurrentEngine,
 )
+from ..config import validate_crbp_config
 
 __all__ = [
     "RecurrentMaskHead",
@@ -102,7 +102,7 @@ def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
     if spec is None:
         raise ValueError(
             "the config has no MODEL.ROI_MASK_HEAD.RECURRENT node: call "
-            "crbp_d2.config.add_crbp_config(cfg) before merging the config file"
+            "crbp_d2.rfpn.config.add_crbp_config(cfg) before merging the config file"
         )
     node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
     hidden = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM

@@ -9,8 +9,9 @@ refuses for a CPU model. This module adds what a CPU run needs without changing 
   Detectron2's per-machine process group (``comm._LOCAL_PROCESS_GROUP``, or
   ``comm.create_local_process_group`` in newer Detectron2) as Detectron2's own worker does.
 - :func:`create_ddp_model` / :func:`ddp_on_any_device`: Detectron2's ``create_ddp_model`` with
-  ``device_ids=None`` for a CPU model; :class:`crbp_d2.training.Trainer` builds its model under
-  :func:`ddp_on_any_device`, so a CPU run started by any launcher (also ``torchrun``) works.
+  ``device_ids=None`` for a CPU model; :class:`crbp_d2.rfpn.train.trainer.Trainer` builds its
+  model under :func:`ddp_on_any_device`, so a CPU run started by any launcher (also
+  ``torchrun``) works.
 
 On CPU, ``--num-gpus N`` of ``tools/train_net.py`` is the number of worker processes. Without
 ``OMP_NUM_THREADS`` each worker gets ``cores // N`` intra-op threads (not all cores each).
@@ -18,9 +19,6 @@ On CPU, ``--num-gpus N`` of ``tools/train_net.py`` is the number of worker proce
 
 from __future__ import annotations
 
-from . import _compat  # noqa: F401  (before detectron2)
-
-# isort: split
 import logging
 import os
 import socket

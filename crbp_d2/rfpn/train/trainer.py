@@ -5,7 +5,7 @@ the ``setup`` / ``main`` pair of a Detectron2 ``train_net.py``.
 what ``launch`` runs in every worker process, as ``crbp_d2.cli.train_net`` does (skipped as a
 doctest: it trains; ``tests/test_d2_train_net.py`` runs it on tiny synthetic data):
 
->>> from crbp_d2.training import train_or_evaluate  # first (Detectron2 compatibility)
+>>> from crbp_d2.rfpn.train.trainer import train_or_evaluate  # first (Detectron2 compatibility)
 >>> from detectron2.engine import default_argument_parser, launch
 >>> argv = ["--config-file", "configs/quick/R-FPN-R50-CRBP-synthetic.yaml"]
 >>> args = default_argument_parser().parse_args(argv)
@@ -24,9 +24,6 @@ import sys
 import weakref
 from typing import Dict, List, Mapping, Optional
 
-from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import CfgNode
@@ -35,17 +32,17 @@ from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_re
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params
 
-from .checkpoint import RFPNCheckpointer
-from .config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
-from .data import check_dataset_files, check_mask_format, check_num_classes
-from .data.resumable import ResumableTrainLoader, build_resumable_train_loader
-from .engine_launch import ddp_on_any_device
-from .evaluation import build_evaluator
-from .evaluation.gt_box import GT_BOX_TASK, gt_box_results
-from .modeling.freeze import freeze_all_but_mask_head
-from .solver import build_adamw
-from .utils import atomic_write_text
-from .utils.rng import get_rng_state, preserved_rng, set_rng_state
+from ...utils import atomic_write_text
+from ...utils.rng import get_rng_state, preserved_rng, set_rng_state
+from ..checkpoint import RFPNCheckpointer
+from ..config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
+from ..data import check_dataset_files, check_mask_format, check_num_classes
+from ..data.resumable import ResumableTrainLoader, build_resumable_train_loader
+from ..evaluation import build_evaluator
+from ..evaluation.gt_box import GT_BOX_TASK, gt_box_results
+from ..modeling.freeze import freeze_all_but_mask_head
+from .launch import ddp_on_any_device
+from .optimizer import build_adamw
 
 __all__ = [
     "NonFiniteLossError",
@@ -122,13 +119,13 @@ def stop_on_non_finite_loss(trainer, output_dir: Optional[str] = None) -> None:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU), the
     ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``
-    and :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
+    and :class:`~crbp_d2.rfpn.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
     ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys);
-    multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.engine_launch`).
+    multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.rfpn.train.launch`).
 
     A resumed run (``resume_or_load(resume=True)``, ``--resume``) continues exactly: the training
-    data comes from a :class:`~crbp_d2.data.resumable.ResumableTrainLoader` whose position is in
-    each checkpoint (``trainer.data``), and so are the random generators' states of every process
+    data comes from a :class:`~crbp_d2.rfpn.data.resumable.ResumableTrainLoader` whose position is
+    in each checkpoint (``trainer.data``), and so are the random generators' states of every process
     (``trainer.rng``: Python, NumPy, torch CPU and CUDA), so it ends with the weights of the
     uninterrupted run (bit for bit on CPU; on GPU as far as the kernels are deterministic). Rows
     of ``metrics.json`` for the iterations that the resumed run does again are dropped.

@@ -5,7 +5,7 @@
 ``checkpointer``, ``eval_period``, ``log_period``, ``device``), and ``key=value`` overrides
 change it. What differs from Detectron2's script:
 
-* weights are loaded with :class:`~crbp_d2.checkpoint.RFPNCheckpointer` (a feedforward Panoptic
+* weights are loaded with :class:`~crbp_d2.rfpn.checkpoint.RFPNCheckpointer` (a feedforward Panoptic
   FPN checkpoint loads into R-FPN with a fresh recurrent head; one summary of the keys);
 * ``train.train_only_head`` (the yacs ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``) freezes
   everything but the mask head before the optimizer is built;
@@ -30,9 +30,6 @@ import logging
 import os
 from typing import Any, Dict, List
 
-from . import config as _config  # noqa: F401  (first: Detectron2 compatibility + registration)
-
-# isort: split
 import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog, build_detection_train_loader
@@ -47,13 +44,14 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import RFPNCheckpointer
-from .data import check_dataset_name
-from .data.resumable import ResumableTrainLoader
-from .engine_launch import create_ddp_model
-from .lazy import check_lazy_overrides
-from .modeling.freeze import freeze_all_but_mask_head
-from .training import (
+from ...utils.rng import preserved_rng
+from ..checkpoint import RFPNCheckpointer
+from ..data import check_dataset_name
+from ..data.resumable import ResumableTrainLoader
+from ..lazy_config import check_lazy_overrides
+from ..modeling.freeze import freeze_all_but_mask_head
+from .launch import create_ddp_model
+from .trainer import (
     _append_metrics,
     _GatherRNGStates,
     default_setup_plain,
@@ -62,7 +60,6 @@ from .training import (
     rng_states,
     stop_on_non_finite_loss,
 )
-from .utils.rng import preserved_rng
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -230,7 +227,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
 
 class _ResumeState:
     """The checkpoint's ``resume`` entry: every process's RNG state and the training data's
-    position (a :class:`~crbp_d2.data.resumable.ResumableTrainLoader`), so that a resumed run
+    position (a :class:`~crbp_d2.rfpn.data.resumable.ResumableTrainLoader`), so that a resumed run
     continues exactly (see the yacs ``Trainer``)."""
 
     def __init__(self, trainer, loader) -> None:
@@ -265,7 +262,7 @@ class _ResumeState:
 
 def _resumable_loader_config(node: DictConfig) -> DictConfig:
     """``dataloader.train`` with Detectron2's ``build_detection_train_loader`` swapped for
-    :func:`~crbp_d2.data.resumable.resumable_detection_train_loader` (same arguments)."""
+    :func:`~crbp_d2.rfpn.data.resumable.resumable_detection_train_loader` (same arguments)."""
     target = node.get("_target_")
     if isinstance(target, str):
         try:
@@ -275,7 +272,7 @@ def _resumable_loader_config(node: DictConfig) -> DictConfig:
     if target is not build_detection_train_loader:
         return node
     node = copy.deepcopy(node)
-    node._target_ = "crbp_d2.data.resumable.resumable_detection_train_loader"
+    node._target_ = "crbp_d2.rfpn.data.resumable.resumable_detection_train_loader"
     return node
 
 
