@@ -128,7 +128,7 @@ rfpn-cpu-protocol: setup
 # trained from scratch on the same budget (500 and 1750 steps), one run at a time with 2 threads:
 # about 20 min on 2 idle cores; docs/results/rfpn_finetune.{json,md}.
 rfpn-finetune-vs-scratch: setup
-	$(PY) -m crbp_d2.rfpn.experiments.finetune --budgets 500 1750 --seeds 0 --threads 2
+	$(PY) tools/rfpn_finetune.py --budgets 500 1750 --seeds 0 --threads 2
 
 lint: setup
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets configs \

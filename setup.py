@@ -50,6 +50,9 @@ setup(
             "crbp-benchmark-methods = crbp_d2.cli.benchmark_methods:main",
             "crbp-cuda-rfpn-check = crbp_d2.cli.cuda_rfpn_check:main",
             "crbp-cuda-check-summary = crbp_d2.cli.cuda_check_summary:main",
+            "crbp-rfpn-finetune = crbp_d2.cli.rfpn_finetune:main",
+            "crbp-rfpn-resume-check = crbp_d2.cli.rfpn_resume_check:main",
+            "crbp-benchmark-solvers = crbp_d2.cli.benchmark_solvers:main",
             # Pathfinder
             "crbp-generate-pathfinder = crbp_d2.cli.generate_pathfinder:main",
             "crbp-train-pathfinder = crbp_d2.cli.train_pathfinder:main",

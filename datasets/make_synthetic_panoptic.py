@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from crbp_d2.scenes.contours import CONTOURS_SCENE
-from crbp_d2.scenes.shapes import (
+from crbp_d2.scenes.shapes import SHAPES_SCENE
+from crbp_d2.scenes.writer import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
-    SHAPES_SCENE,
     contact_sheet,
     datasets_root,
     make_synthetic_dataset,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from crbp_d2.scenes.panoptic import write_separated_semantic
-from crbp_d2.scenes.shapes import datasets_root
+from crbp_d2.scenes.writer import datasets_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from crbp_d2.benchmarks import solvers
+from crbp_d2.cli import benchmark_solvers
 
 
 class LinearContraction(nn.Module):
@@ -40,7 +41,9 @@ def test_bad_arguments_and_files_are_one_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="steps"):
         solvers.solver_comparison(LinearContraction(), torch.zeros(1, 40), steps=0)
     with pytest.raises(SystemExit) as exit_info:
-        solvers.main(["--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "r")])
+        benchmark_solvers.main(
+            ["--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "r")]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.pth" in err[0]

@@ -287,7 +287,7 @@ def test_gpu_timeouts_fit_one_ten_minute_device_call(tmp_path):
         "-m",
         "tools/cuda_check_summary.py",
     ]
-    assert "crbp_d2.rfpn.experiments.resume" in parts[3]
+    assert "crbp_d2.cli.rfpn_resume_check" in parts[3]
     assert all("--device cuda" in p for p in parts[:4])
     assert f"--json {out}/memory_cuda.json" in parts[0] and f"--out {out}" in parts[1]
     pathfinder = parts[2].split()

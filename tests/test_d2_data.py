@@ -28,7 +28,6 @@ from crbp_d2.rfpn.data import (  # noqa: E402
     rgb2id,
     separated_stuff_label_map,
     split_paths,
-    synthetic_panoptic,
     synthetic_panoptic_metadata,
 )
 
@@ -41,6 +40,9 @@ from detectron2.data.datasets.builtin_meta import (  # noqa: E402
     _get_builtin_metadata,
 )
 from PIL import Image  # noqa: E402
+
+from crbp_d2.scenes import writer as synthetic_panoptic  # noqa: E402
+from crbp_d2.scenes.shapes import SHAPES_SCENE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=10, num_val=4, image_size=96, seed=1)
@@ -105,15 +107,13 @@ def test_generation_is_deterministic(tmp_path, small_root):
 def test_generation_in_worker_processes_writes_the_same_bytes(tmp_path, small_root, monkeypatch):
     """Images are rendered in worker processes in tasks of a few images; the folder (images,
     PNGs, annotation ids) is the one a single process writes."""
-    from crbp_d2.rfpn.data import synthetic_panoptic
-
     monkeypatch.setattr(synthetic_panoptic, "_IMAGES_PER_TASK", 3)  # 10 train images: 4 tasks
     pooled = synthetic_panoptic.make_synthetic_dataset(
-        synthetic_panoptic.SHAPES_SCENE, tmp_path / "pooled", workers=2, **SMALL
+        SHAPES_SCENE, tmp_path / "pooled", workers=2, **SMALL
     )
     assert _tree_digest(pooled) == _tree_digest(small_root)
     single = synthetic_panoptic.make_synthetic_dataset(
-        synthetic_panoptic.SHAPES_SCENE, tmp_path / "single", workers=1, **SMALL
+        SHAPES_SCENE, tmp_path / "single", workers=1, **SMALL
     )
     assert _tree_digest(single) == _tree_digest(small_root)
     instances = json.loads(Path(split_paths(pooled, "train").instances_json).read_text())

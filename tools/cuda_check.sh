@@ -27,7 +27,7 @@
 #                            trained for $TRAIN_MINUTES minutes (default 2) and evaluated
 #   resume_cuda.{json,md}    is a resumed Detectron2 run the uninterrupted one here? (the tiny
 #                            test config, 6 iterations: two uninterrupted runs, one stopped at 3
-#                            and resumed; python -m crbp_d2.rfpn.experiments.resume)
+#                            and resumed; tools/rfpn_resume_check.py)
 #   summary.md               the tables of all parts (tools/cuda_check_summary.py)
 # --smoke: the same files from the CPU at tiny sizes (memory = bytes saved for backward, AMP =
 # bfloat16 autocast; each JSON says which). Copy the files into docs/results/ and see README's
@@ -114,7 +114,7 @@ run_part "hGRU core memory" 100 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@
 run_part "R-FPN check" 120 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
 run_part "Pathfinder check" "$PATHFINDER_TIMEOUT" "$PY" tools/cuda_pathfinder_check.py \
   "${PATHFINDER_ARGS[@]}" --out "$OUT" --train-minutes "$TRAIN_MINUTES"
-run_part "resume determinism" 60 "$PY" -m crbp_d2.rfpn.experiments.resume \
+run_part "resume determinism" 60 "$PY" -m crbp_d2.cli.rfpn_resume_check \
   --device "$DEVICE" --out "$OUT/resume_cuda.json"
 run_part "summary" 30 "$PY" tools/cuda_check_summary.py "$OUT"
 exit $status

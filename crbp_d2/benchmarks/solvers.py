@@ -7,7 +7,7 @@ residual ``||F(h) - h|| / ||F(h)||``; each Anderson setting (window, damping) th
 target as its tolerance and a budget of ``budget_factor x steps`` evaluations. A record's
 ``evaluation_share`` is its evaluations / ``steps`` (below 1: Anderson is cheaper).
 
-    python -m crbp_d2.benchmarks.solvers --checkpoint RUN/last.pth --images 16 \\
+    python tools/benchmark_solvers.py --checkpoint RUN/last.pth --images 16 \\
         --out docs/results/anderson_cpu
 
 The Pathfinder checkpoint is any trainer checkpoint (e.g. the CPU protocol's C-RBP run); its
@@ -16,7 +16,6 @@ test images come from its own config's data source.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,9 +25,9 @@ from torch import Tensor, nn
 
 from ..recurrent.base import cell_init_state, cell_prepare
 from ..recurrent.solvers import solve
-from ..utils import cpu_description, markdown_table, write_results
+from ..utils import markdown_table
 
-__all__ = ["solver_comparison", "pathfinder_solver_comparison", "solver_table", "main"]
+__all__ = ["solver_comparison", "pathfinder_solver_comparison", "solver_table"]
 
 Record = Dict[str, object]
 
@@ -124,34 +123,7 @@ def solver_table(records: Sequence[Record]) -> str:
     return markdown_table(header, rows, align="l" + "r" * 6)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m crbp_d2.benchmarks.solvers",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--checkpoint", required=True, help="a Pathfinder trainer checkpoint")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=None, help="N (default: training steps)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", required=True, help="results stem: OUT.json and OUT.md")
-    args = parser.parse_args(argv)
-    from ..cli._common import one_line_errors
+if __name__ == "__main__":  # the command before tools/benchmark_solvers.py, for one version
+    from .._deprecated import run_moved_program
 
-    torch.set_num_threads(args.threads)
-    with one_line_errors("solvers", (FileNotFoundError, ValueError)):
-        records = pathfinder_solver_comparison(args.checkpoint, args.images, args.steps)
-    target = records[0]
-    note = (
-        f"\n\nTarget: the relative residual {target['target_residual']:.2e} of "
-        f"{target['steps']} plain iterations, on {args.images} test images of `{args.checkpoint}`; "
-        f"Anderson's budget {records[-1]['budget']} evaluations. Measured on {cpu_description()}, "
-        f"torch {torch.__version__}, {args.threads} thread(s) (`python -m "
-        "crbp_d2.benchmarks.solvers`).\n"
-    )
-    write_results(args.out, records, solver_table(records) + note)
-    print(solver_table(records) + note)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_moved_program(__spec__.name, "crbp_d2.cli.benchmark_solvers"))

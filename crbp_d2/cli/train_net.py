@@ -19,34 +19,14 @@ Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). Th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 from ..rfpn.checkpoint import CheckpointFileError
+from ..rfpn.train.arguments import parse_train_args as parse_args
 from ..rfpn.train.launch import launch
 from ..rfpn.train.trainer import build_config, train_or_evaluate
 from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
-
-# Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
-# flags when they come after an override; they are moved to the front first.
-_FLAGS = ("--resume", "--eval-only", "--random-weights")
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
-    anywhere on the line (also after the ``KEY VALUE`` overrides)."""
-    from detectron2.engine import default_argument_parser  # after crbp_d2.rfpn (the shim)
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in _FLAGS]
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
-    )
-    return parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,14 +23,16 @@ from .shapes import (
     SHAPES_SCENE,
     STUFF_CATEGORIES,
     THING_CATEGORIES,
+    ensure_synthetic_panoptic,
+    make_synthetic_panoptic,
+)
+from .writer import (
     SyntheticScene,
     contact_sheet,
     datasets_root,
     default_synthetic_root,
     ensure_synthetic_dataset,
-    ensure_synthetic_panoptic,
     make_synthetic_dataset,
-    make_synthetic_panoptic,
     split_paths,
 )
 

@@ -33,14 +33,13 @@ import numpy as np
 from ..contours import GenerationError, PathfinderGenerator, PathfinderParams, get_generator
 from .shapes import (
     STUFF_CATEGORIES,
-    Segment,
-    SyntheticScene,
     pixel_grid,
     random_color,
     render_stuff,
     stuff_segments,
     visible_mask_is_valid,
 )
+from .writer import Segment, SyntheticScene
 
 __all__ = [
     "CONTOUR_CATEGORIES",

@@ -29,8 +29,8 @@ from detectron2.data.datasets import register_coco_panoptic_separated
 
 from ...scenes.contours import CONTOURS_SCENE
 from ...scenes.panoptic import SEMANTIC_THINGS_LABEL, separated_stuff_label_map
-from ...scenes.shapes import (
-    SHAPES_SCENE,
+from ...scenes.shapes import SHAPES_SCENE
+from ...scenes.writer import (
     PathLike,
     SyntheticScene,
     default_synthetic_root,

@@ -18,12 +18,11 @@ go one after the other with ``threads`` OpenMP threads each; a finished run is k
 (``record.json``) and reused. Results: ``STEM.json`` (the records) and ``STEM.md``.
 
 Run it with ``make rfpn-finetune-vs-scratch`` or
-``python -m crbp_d2.rfpn.experiments.finetune --budgets 500 1750 --seeds 0``.
+``python tools/rfpn_finetune.py --budgets 500 1750 --seeds 0``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -258,7 +257,7 @@ def run_finetune_vs_scratch(
         note = (
             f"\n\nMeasured on {cpu_description()}, torch {torch.__version__}, one run at a time "
             f"with {threads} OpenMP thread(s), {minutes:.1f} min in all "
-            "(`python -m crbp_d2.rfpn.experiments.finetune`). Set: synthetic_panoptic_large "
+            "(`python tools/rfpn_finetune.py`). Set: synthetic_panoptic_large "
             "(4096 train / 128 val images of 160 px), 128 px input, R-18 FPN from random init. "
             f"The fine-tuned head starts from {start_from} (its 4-conv mask head skipped, the "
             "rest frozen: its boxes, classes and stuff are the FPN's); train min: wall time of "
@@ -269,31 +268,3 @@ def run_finetune_vs_scratch(
         )
         write_results(results_stem, records, finetune_table(records) + note)
     return records
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m crbp_d2.rfpn.experiments.finetune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--budgets", type=int, nargs="+", default=[500, RECIPE_STEPS])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--threads", type=int, default=2, help="OpenMP threads of each run")
-    parser.add_argument("--out-dir", default="output/rfpn_finetune", help="the runs")
-    parser.add_argument("--results", default="docs/results/rfpn_finetune", help="results stem")
-    parser.add_argument(
-        "--fpn-weights", default=None, help="start from this FPN checkpoint instead of training one"
-    )
-    args = parser.parse_args(argv)
-    from ...cli._common import one_line_errors
-
-    with one_line_errors("rfpn_finetune", (FileNotFoundError, ValueError, RuntimeError)):
-        run_finetune_vs_scratch(
-            args.budgets, args.seeds, args.out_dir, args.results, args.threads, args.fpn_weights
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

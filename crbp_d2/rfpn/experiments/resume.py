@@ -7,19 +7,17 @@ buffers: A vs B says whether the device's kernels repeat themselves, A vs C whet
 changes anything beyond that. On a CPU both are bit-exact (``tests/test_d2_resume.py`` checks more
 cases); on CUDA, kernels with atomic adds (RoIAlign's backward, index_add) need not repeat.
 
-    python -m crbp_d2.rfpn.experiments.resume --device cuda --out OUT_DIR/resume_cuda.json
+    python tools/rfpn_resume_check.py --device cuda --out OUT_DIR/resume_cuda.json
 
 Writes the JSON record and a Markdown table beside it (``.md``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 
@@ -32,14 +30,14 @@ CONFIG = str(
 
 
 def _train(work: str, name: str, device: str, iters: int, resume: bool = False) -> Dict:
-    from ...cli import train_net
+    from ..train.arguments import parse_train_args
     from ..train.trainer import train_or_evaluate
 
     out = os.path.join(work, name)
     argv = ["--config-file", CONFIG, *(["--resume"] if resume else [])]
     argv += ["MODEL.DEVICE", device, "SEED", "0", "SOLVER.MAX_ITER", str(iters)]
     argv += ["SOLVER.CHECKPOINT_PERIOD", "100000", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
-    train_or_evaluate(train_net.parse_args(argv))
+    train_or_evaluate(parse_train_args(argv))
     checkpoint = torch.load(
         os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False
     )
@@ -112,35 +110,7 @@ def run_resume_determinism(
     atomic_write_text(
         os.path.splitext(out)[0] + ".md",
         f"{table}\n\nMeasured on {record['device']} with torch {record['torch']}: "
-        f"{record['config']}, SEED 0, {iters} iterations (`python -m "
-        "crbp_d2.rfpn.experiments.resume`).\n",
+        f"{record['config']}, SEED 0, {iters} iterations (`python "
+        "tools/rfpn_resume_check.py`).\n",
     )
     return record
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ...cli._common import report_input_error, writable_output_file
-
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", required=True, help="a .json file, or a folder for resume.json")
-    parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--stop-at", type=int, default=3)
-    args = parser.parse_args(argv)
-    try:
-        out = writable_output_file(args.out, "resume.json")
-        if not 0 < args.stop_at < args.iters:
-            raise ValueError(f"need 0 < --stop-at < --iters, got {args.stop_at}, {args.iters}")
-    except ValueError as error:
-        return report_input_error("resume_determinism", error)
-    record = run_resume_determinism(out, args.device, args.iters, args.stop_at)
-    for key in ("uninterrupted_vs_uninterrupted", "uninterrupted_vs_resumed"):
-        print(f"{key}: bit-equal {record[key]['bit_equal']}, max abs {record[key]['max_abs']:.3g}")
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Deprecated: moved to :mod:`crbp_d2.rfpn.modeling.export`."""
+
+from .._deprecated import alias_module
+
+alias_module(__name__, "crbp_d2.rfpn.modeling.export")

@@ -1,0 +1,29 @@
+"""The command line of ``tools/train_net.py`` (Detectron2's ``default_argument_parser`` plus
+``--random-weights``), here so that library code which runs a training the way the program does
+(:mod:`crbp_d2.rfpn.experiments.resume`) needs no import from ``crbp_d2.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+# Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
+# flags when they come after an override; they are moved to the front first.
+_FLAGS = ("--resume", "--eval-only", "--random-weights")
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
+    anywhere on the line (also after the ``KEY VALUE`` overrides)."""
+    from detectron2.engine import default_argument_parser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a in _FLAGS]
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
+    )
+    return parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
