@@ -133,7 +133,7 @@ class SegmenterOutput:
 
     Attributes:
         logits: (B, 2, H, W) class scores.
-        lcp: the Lipschitz penalty (0-d; differentiable under cbptt/crbp), or None.
+        lcp: the Lipschitz penalty (0-d; differentiable under the LCP_METHODS), or None.
         diagnostics: the engine's diagnostics (Neumann fields filled after backward), or None for
             the feed-forward controls.
         states: detached hidden states h_1..h_N (B, C, H, W) when ``record_states`` was asked.

@@ -6,8 +6,14 @@ Methods (one switch everywhere):
 - ``tbptt``: N - k steps without a graph, then k tracked steps.
 - ``rbp``: N - 1 steps without a graph, one tracked step from the detached state h_{N-1}, and
   the truncated Neumann series in backward (memory constant in N).
-- ``cbptt`` / ``crbp``: the same as ``bptt`` / ``rbp`` plus the Lipschitz Coefficient Penalty,
+- ``jfb``: like ``rbp`` with the Jacobian-free backward (the identity in place of the series).
+- ``phantom``: N - k steps without a graph, then k damped tracked steps (phantom gradients).
+- ``cbptt`` / ``crbp`` / ``cjfb`` / ``cphantom``: the same plus the Lipschitz Coefficient Penalty,
   computed with ``create_graph=True`` so that it trains the cell towards a contraction.
+
+The sets are named once in :mod:`.spec`: ``METHODS``, ``LCP_METHODS`` (train the LCP),
+``NEUMANN_METHODS`` (the Neumann backward), ``FIXED_POINT_METHODS`` (assume h_N is a fixed
+point), ``BPTT_METHODS`` and ``PHANTOM_METHODS``.
 
 When autograd is off (``torch.no_grad`` / inference) the engine only iterates, optionally halting
 once the relative residual falls under a tolerance. :meth:`RecurrentEngine.iterate` gives the
@@ -18,7 +24,7 @@ must run once backward has gone through the recurrence (e.g. logging the Neumann
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -34,7 +40,7 @@ from .diagnostics import (
 from .lcp import lipschitz_penalty
 from .neumann import NeumannStats, rbp_attach
 from .solvers import SolverStats, solve
-from .spec import METHODS, EngineSpec
+from .spec import BPTT_METHODS, METHODS, PHANTOM_METHODS, EngineSpec
 
 __all__ = [
     "METHODS",
@@ -52,9 +58,6 @@ class NonFiniteStateError(RuntimeError):
     """The recurrent state became NaN or infinite; the message names the step and the method."""
 
 
-_SPEC_FIELDS = frozenset(f.name for f in fields(EngineSpec))
-
-
 @dataclass
 class RecurrenceOutput:
     """Result of :meth:`RecurrentEngine.forward`.
@@ -62,7 +65,8 @@ class RecurrenceOutput:
     Attributes:
         state: the final state h_N (a tensor, or a tuple for cells like the convLSTM), carrying
             the gradient of the chosen method.
-        lcp: the penalty to add to the loss (0-d, differentiable) under cbptt/crbp, else None
+        lcp: the penalty to add to the loss (0-d, differentiable) under the
+            LCP_METHODS, else None
             (a penalty computed only for monitoring is in ``diagnostics.lcp``).
         diagnostics: see :class:`RecurrenceDiagnostics`.
         states: every state h_1..h_N, detached, when ``record_states=True`` (else None).
@@ -162,25 +166,42 @@ class RecurrentEngine(nn.Module):
         return engine
 
     # -- the settings, read from the spec -----------------------------------------------------
-    # Every field of the spec reads as an attribute (``engine.neumann_steps``); assigning one
-    # (``engine.halt_tolerance = 0.5``) replaces the spec by a validated copy. ``test_steps``
-    # reads as the steps actually run in eval mode.
+    # ``engine.spec`` (an EngineSpec) holds every setting; read it there (``engine.spec.method``).
+    # The settings callers change after building have properties: assigning one replaces the
+    # spec by a validated copy.
 
-    def __getattr__(self, name: str):
-        if name in _SPEC_FIELDS:
-            value = getattr(self.spec, name)
-            return self.spec.eval_steps if name == "test_steps" else value
-        return super().__getattr__(name)
+    @property
+    def steps(self) -> int:
+        """N, the steps in train mode (``spec.steps``)."""
+        return self.spec.steps
 
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SPEC_FIELDS:
-            self.spec = self.spec.replace(**{name: value})
-        else:
-            super().__setattr__(name, value)
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.spec = self.spec.replace(steps=value)
+
+    @property
+    def test_steps(self) -> int:
+        """The steps actually run in eval mode (``spec.test_steps``, else ``spec.steps``);
+        assigning ``None`` makes them ``steps`` again."""
+        return self.spec.eval_steps
+
+    @test_steps.setter
+    def test_steps(self, value: Optional[int]) -> None:
+        self.spec = self.spec.replace(test_steps=value)
+
+    @property
+    def halt_tolerance(self) -> Optional[float]:
+        """Inference halts once the relative residual falls under it (None: never)."""
+        return self.spec.halt_tolerance
+
+    @halt_tolerance.setter
+    def halt_tolerance(self, value: Optional[float]) -> None:
+        self.spec = self.spec.replace(halt_tolerance=value)
 
     @property
     def uses_lcp(self) -> bool:
-        """True when the LCP is trained (cbptt, crbp): ``forward(...).lcp`` is then a tensor."""
+        """True when the LCP is trained (the methods of ``LCP_METHODS``): ``forward(...).lcp`` is
+        then a tensor."""
         return self.spec.uses_lcp
 
     def extra_repr(self) -> str:
@@ -228,14 +249,14 @@ class RecurrentEngine(nn.Module):
         # the probe sits on the input, so its backward runs after the whole recurrence's
         x = _BackwardProbe.apply(hooks, x if x.requires_grad else x.detach().requires_grad_())
         drive = cell_prepare(self.cell, x)
-        if self.method in ("bptt", "cbptt"):
+        if self.spec.method in BPTT_METHODS:
             out = self._unrolled(drive, n, n, recorder)
-        elif self.method == "tbptt":
+        elif self.spec.method == "tbptt":
             k = self.spec.tbptt_steps if self.spec.tbptt_steps is not None else (n + 1) // 2
             out = self._unrolled(drive, n, min(k, n), recorder)
-        elif self.method in ("phantom", "cphantom"):
+        elif self.spec.method in PHANTOM_METHODS:
             out = self._unrolled(drive, n, min(self.spec.phantom_steps, n), recorder, damped=True)
-        else:  # rbp, crbp, jfb, cjfb: one tracked step
+        else:  # FIXED_POINT_METHODS (rbp, crbp, jfb, cjfb): one tracked step
             out = self._one_step(drive, n, recorder)
         hooks.diagnostics = out.diagnostics
         out._hooks = hooks
@@ -258,8 +279,8 @@ class RecurrentEngine(nn.Module):
             diag.nonfinite_step = step
         diag.converged = bool(diag.residual <= spec.convergence_tol)
         if not diag.converged and spec.assumes_fixed_point and self.training:
-            if not self.__dict__.get("_warned_unconverged", False):
-                self.__dict__["_warned_unconverged"] = True
+            if not getattr(self, "_warned_unconverged", False):
+                self._warned_unconverged = True
                 warnings.warn(
                     f"{spec.method}: the state has not converged after {diag.steps} steps "
                     f"(relative residual {diag.residual:.3g} > CONVERGENCE_TOL "
@@ -305,7 +326,7 @@ class RecurrentEngine(nn.Module):
                     halted = True
                     break
             previous = state
-        diag = RecurrenceDiagnostics(self.method, t, residual, halted=halted)
+        diag = RecurrenceDiagnostics(self.spec.method, t, residual, halted=halted)
         return RecurrenceOutput(state, None, diag, recorder)
 
     def _run_without_graph(
@@ -408,7 +429,7 @@ class RecurrentEngine(nn.Module):
     ) -> RecurrenceOutput:
         """Diagnostics and the LCP of the last cell evaluation ``last = F(previous)``."""
         diag = RecurrenceDiagnostics(
-            self.method,
+            self.spec.method,
             0,  # set by the caller through forward_evaluations
             relative_residual(last, previous),
             neumann=stats,

@@ -25,6 +25,8 @@ METHODS = ("bptt", "tbptt", "rbp", "cbptt", "crbp", "jfb", "cjfb", "phantom", "c
 LCP_METHODS = ("cbptt", "crbp", "cjfb", "cphantom")  # the methods that train the LCP
 NEUMANN_METHODS = ("rbp", "crbp")  # the methods whose backward runs the Neumann series
 FIXED_POINT_METHODS = ("rbp", "crbp", "jfb", "cjfb")  # gradients that assume h_N is a fixed point
+BPTT_METHODS = ("bptt", "cbptt")  # unroll all N steps with the full graph
+PHANTOM_METHODS = ("phantom", "cphantom")  # a few damped tracked steps after N - k untracked
 NONFINITE_ACTIONS = ("error", "warn")
 
 # config key -> EngineSpec field; the config value "0" means "unset" for the keys in _ZERO_IS_UNSET
@@ -192,17 +194,18 @@ class EngineSpec:
 
     @property
     def uses_lcp(self) -> bool:
-        """True for the methods that train the LCP (cbptt, crbp)."""
+        """True for the methods that train the LCP (``LCP_METHODS``)."""
         return self.method in LCP_METHODS
 
     @property
     def uses_neumann(self) -> bool:
-        """True for the methods whose backward runs the Neumann series (rbp, crbp)."""
+        """True for the methods whose backward runs the Neumann series (``NEUMANN_METHODS``)."""
         return self.method in NEUMANN_METHODS
 
     @property
     def assumes_fixed_point(self) -> bool:
-        """True for the methods whose gradient assumes h_N is a fixed point."""
+        """True for the methods whose gradient assumes h_N is a fixed point
+        (``FIXED_POINT_METHODS``)."""
         return self.method in FIXED_POINT_METHODS
 
     @property

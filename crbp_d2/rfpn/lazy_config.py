@@ -18,7 +18,7 @@ class count interpolated from the model); a key is then overridden on the comman
 ... )
 >>> mask_head.engine.TIMESTEPS = 10  # what ...mask_head.engine.TIMESTEPS=10 does
 >>> head = instantiate(mask_head)
->>> head.engine.steps, head.engine.method, head.lcp_weight
+>>> head.engine.steps, head.engine.spec.method, head.lcp_weight
 (10, 'crbp', 0.001)
 """
 

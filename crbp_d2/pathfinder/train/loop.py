@@ -1,7 +1,7 @@
 """The Pathfinder training loop (the CLI is :mod:`crbp_d2.cli.train_pathfinder`).
 
 One :class:`Trainer` handles every model and every learning method: focal or cross-entropy loss
-(+ ``LCP_WEIGHT`` x LCP for cbptt/crbp), Adam, evaluation each ``EVAL_PERIOD`` epochs on the test
+(+ ``LCP_WEIGHT`` x LCP, ``LCP_METHODS``), Adam, evaluation each ``EVAL_PERIOD`` epochs on the test
 set, best/last checkpoints (written atomically), exact ``resume`` (model, optimizer, scaler,
 epoch, RNG states), CSV + TensorBoard logs, CPU/CUDA, DistributedDataParallel under ``torchrun``
 (gloo on CPU, NCCL on CUDA) and autocast on CUDA.

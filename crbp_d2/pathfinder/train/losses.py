@@ -43,13 +43,13 @@ def compute_loss(
     model: nn.Module, image: Tensor, label: Tensor, cfg
 ) -> Tuple[Tensor, Tensor, SegmenterOutput]:
     """(total loss, task loss, model output) for a (B, 1, H, W) image batch and its (B, H, W)
-    labels; total = task + ``MODEL.RECURRENT.LCP_WEIGHT`` x LCP (cbptt, crbp)."""
+    labels; total = task + ``MODEL.RECURRENT.LCP_WEIGHT`` x LCP (the LCP_METHODS)."""
     out = model(image)
     task = segmentation_loss(
         out.logits, label, cfg.SOLVER.LOSS, cfg.SOLVER.FOCAL_GAMMA, cfg.SOLVER.CONTOUR_WEIGHT
     )
     total = task
-    if out.lcp is not None:  # the methods that train the LCP (cbptt, crbp)
+    if out.lcp is not None:  # the methods that train the LCP (LCP_METHODS)
         total = task + cfg.MODEL.RECURRENT.LCP_WEIGHT * out.lcp.float()
     return total, task, out
 

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 Record = Dict[str, object]
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "R-FPN-R50-CRBP.yaml")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "R-FPN-R50-CRBP.yaml")
 DEFAULT_VARIANTS = ("FPN", "BPTT-1", "BPTT-3", "BPTT-5", "CRBP-5", "CRBP-10", "CRBP-20")
 _VARIANT = re.compile(
     r"^(FPN|BPTT|TBPTT|RBP|CBPTT|CRBP|JFB|CJFB|PHANTOM|CPHANTOM)(?:-(\d+))?$", re.IGNORECASE

@@ -60,7 +60,7 @@ Record = Dict[str, object]
 Log = Callable[[str], None]
 REPORT_NAME = "rfpn_cuda.json"
 TINY_CONFIG = str(
-    Path(__file__).resolve().parents[2] / "configs/quick/R-FPN-R50-CRBP-synthetic-test.yaml"
+    Path(__file__).resolve().parents[3] / "configs/quick/R-FPN-R50-CRBP-synthetic-test.yaml"
 )
 AMP_VARIANT = "CRBP-{steps}"
 

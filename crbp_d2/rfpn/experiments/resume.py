@@ -25,7 +25,7 @@ from ...utils import atomic_write_json, atomic_write_text, device_description
 from ...utils.report import markdown_table
 
 CONFIG = str(
-    Path(__file__).resolve().parents[2] / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml"
+    Path(__file__).resolve().parents[3] / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml"
 )
 
 

@@ -7,7 +7,7 @@ Data flow for R RoIs (C = ``MODEL.ROI_MASK_HEAD.CONV_DIM``, 256 in the paper)::
       --1x1 predictor--> mask logits (R, num_classes, 28, 28)
 
 In training the head returns ``loss_mask`` (Mask R-CNN per-class BCE) and, for the methods with a
-Lipschitz Coefficient Penalty (cbptt, crbp), ``loss_lcp`` = LCP_WEIGHT x LCP, the way PointRend's
+Lipschitz Coefficient Penalty (LCP_METHODS), ``loss_lcp`` = LCP_WEIGHT x LCP, the way PointRend's
 implicit head returns its extra regulariser: no ROIHeads subclass is needed. At inference it runs
 the test steps (or halts adaptively) and, when :attr:`RecurrentMaskHead.return_timecourse` is set,
 also returns the mask probabilities of every step as ``pred_masks_steps``.
@@ -243,7 +243,7 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
                 detections with ``pred_classes``), R in total.
 
         Returns:
-            Training: ``{"loss_mask", "loss_lcp"}`` (``loss_lcp`` only for cbptt / crbp).
+            Training: ``{"loss_mask", "loss_lcp"}`` (``loss_lcp`` only for the LCP_METHODS).
             Inference: ``instances`` with ``pred_masks`` (and ``pred_masks_steps``).
         """
         if self.training:
