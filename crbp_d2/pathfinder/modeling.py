@@ -37,7 +37,7 @@ from crbp_d2.recurrent import (
 
 ARCHITECTURES = ("hgru", "convlstm", "cnn", "ff_hgru")
 INPUT_INITS = ("gabor_dog", "gabor_disk", "random")
-READOUT_NORMS = ("BN", "GN", "none")
+READOUT_NORMS = ("BN", "GN", "none", "")  # "none": off ("" accepted, as Detectron2 spells it)
 READOUT_BIASES = ("zero", "authors", "prior")
 
 
@@ -176,7 +176,8 @@ class Readout(nn.Module):
     """Norm + 1x1 conv to 2 classes. (B, C, H, W) -> (B, 2, H, W).
 
     Args:
-        norm: ``BN`` (batch statistics always, eps 1e-3, as the authors), ``GN`` or ``none``.
+        norm: ``BN`` (batch statistics always, eps 1e-3, as the authors), ``GN`` or ``none``
+            (``""`` accepted).
         bias_init: ``zero``; ``authors`` (both biases log(0.99/0.01): cancels in the softmax);
             ``prior`` (the intended prior: contour bias -log(99), i.e. p(contour) = 0.01 at init).
     """

@@ -38,9 +38,19 @@ __all__ = [
 CELLS = ("hgru", "convlstm")
 OPTIMIZERS = ("SGD", "ADAMW")
 # Norms allowed *inside* the cell: it is double-differentiated by the LCP and must be a per-ROI map.
-CELL_NORMS = ("GN", "IN", "")
+CELL_NORMS = ("GN", "IN", "none", "")  # "none": off ("" accepted, as Detectron2 spells it)
 # Norms Detectron2's get_norm accepts for the readout (outside the recurrence, so any of them).
-READOUT_NORMS = ("", "BN", "SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN", "FrozenBN", "GN")
+READOUT_NORMS = (
+    "none",
+    "",
+    "BN",
+    "SyncBN",
+    "naiveSyncBN",
+    "naiveSyncBN_N",
+    "nnSyncBN",
+    "FrozenBN",
+    "GN",
+)
 _BATCH_NORMS = (
     "BN",
     "SyncBN",
@@ -90,12 +100,13 @@ def add_crbp_config(cfg: CN) -> CN:
     node.LESS_SOFTPLUS = True
     # Chronos gate-bias init log U(1, T-1) (True, the intent) or U(1, T-1) (False, authors' code).
     node.CHRONOS_LOG = True
-    # Norm inside the cell: "GN" | "IN" | "" (authors: NORM = "GN"). BN/SyncBN are rejected.
+    # Norm inside the cell: "GN" | "IN" | "none" ("" accepted) (authors: NORM = "GN"). BN/SyncBN
+    # are rejected.
     node.CELL_NORM = "GN"
     # Groups of the GroupNorm inside the cell (CONV_DIM must be divisible by it).
     node.CELL_NORM_GROUPS = 32
-    # Norm on the final state before the deconv, any detectron2 get_norm name (authors: OUTPUTNORM
-    # = "SyncBN"; use "GN" on CPU / single-image batches).
+    # Norm on the final state before the deconv, any detectron2 get_norm name or "none" (authors:
+    # OUTPUTNORM = "SyncBN"; use "GN" on CPU / single-image batches).
     node.READOUT_NORM = "SyncBN"
     # Train the mask head only: every other parameter gets requires_grad False (so Detectron2's
     # optimizer leaves it out) and BatchNorm outside the head becomes FrozenBN (its statistics stop
@@ -164,7 +175,7 @@ def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
             "batch norms cannot be inside the recurrent cell: SyncBN has no double backward (the "
             "LCP needs one), FrozenBN is not a norm of the state, and BN's batch statistics mix "
             "all RoIs of the batch into every RoI's map (and change between train and test). Use "
-            "'GN' (the paper), 'IN' or ''; BN/SyncBN belong in READOUT_NORM",
+            "'GN' (the paper), 'IN' or 'none'; BN/SyncBN belong in READOUT_NORM",
         )
     _check_choice(node, "CELL_NORM", CELL_NORMS)
     _check_choice(node, "READOUT_NORM", READOUT_NORMS)

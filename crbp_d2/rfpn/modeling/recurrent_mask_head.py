@@ -186,7 +186,9 @@ class RecurrentMaskHead(BaseMaskRCNNHead):
         width = engine.cell.hidden_channels
         self.engine = engine
         self.lcp_weight = float(lcp_weight)
-        self.readout_norm = get_norm(readout_norm, width) or nn.Identity()
+        # "none" is off, as in the Pathfinder config; Detectron2's get_norm spells it ""
+        self.readout_norm = get_norm("" if readout_norm == "none" else readout_norm, width)
+        self.readout_norm = self.readout_norm or nn.Identity()
         self._synchronised_readout = readout_norm in SYNC_NORMS
         self.deconv = ConvTranspose2d(width, width, kernel_size=2, stride=2, padding=0)
         self.predictor = Conv2d(width, num_classes, kernel_size=1)
