@@ -22,11 +22,11 @@ def test_pathfinder_readout_norm_unknown_is_one_clear_error():
 @pytest.mark.parametrize("off", ["none", ""])
 def test_rfpn_head_norms_off_either_way(off):
     pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import add_crbp_config, validate_crbp_config
+
     from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
-
-    from crbp_d2.rfpn.config import add_crbp_config, validate_crbp_config
 
     cfg = get_cfg()
     add_crbp_config(cfg)
@@ -47,9 +47,9 @@ def test_rfpn_head_norms_off_either_way(off):
 
 def test_rfpn_norm_unknown_is_one_clear_error():
     pytest.importorskip("detectron2")
-    from detectron2.config import get_cfg
-
     from crbp_d2.rfpn.config import add_crbp_config, validate_crbp_config
+
+    from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_crbp_config(cfg)

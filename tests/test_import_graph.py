@@ -181,6 +181,18 @@ def test_front_ends_do_not_import_each_other():
     assert crossing == []
 
 
+def test_pathfinder_evaluation_does_not_import_its_trainer():
+    graph = import_graph()
+    leaning = [
+        (a, b)
+        for a, targets in graph.items()
+        if a.startswith("crbp_d2.pathfinder.evaluation")
+        for b in targets
+        if b.startswith("crbp_d2.pathfinder.train")
+    ]
+    assert leaning == []
+
+
 def test_every_room_has_a_floor():
     rooms = {room(m) for m in import_graph()} - {"crbp_d2"}
     assert {r.split(".")[-1] for r in rooms} <= set(FLOORS), rooms

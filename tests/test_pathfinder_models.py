@@ -7,6 +7,7 @@ import torch
 
 from crbp_d2.pathfinder.config import load_config
 from crbp_d2.pathfinder.evaluation.evaluator import evaluate_model
+from crbp_d2.pathfinder.losses import compute_loss
 from crbp_d2.pathfinder.modeling import (
     FeedforwardCNN,
     RecurrentSegmenter,
@@ -17,7 +18,6 @@ from crbp_d2.pathfinder.modeling import (
     gabor_bank,
     gabor_filter,
 )
-from crbp_d2.pathfinder.train.losses import compute_loss
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS
 from crbp_d2.recurrent.diagnostics import relative_residual
 

@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 from crbp_d2.cli import cuda_pathfinder_check, train_pathfinder
 from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
 from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter, confusion_counts, f1_to_iou
+from crbp_d2.pathfinder.losses import compute_loss, segmentation_loss
 from crbp_d2.pathfinder.modeling import build_model
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
-from crbp_d2.pathfinder.train.losses import compute_loss, segmentation_loss
 from crbp_d2.recurrent import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

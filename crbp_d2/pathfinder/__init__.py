@@ -2,12 +2,13 @@
 
 - ``config``: the experiment configuration (every key commented there).
 - ``data.storage``: writing and reading generated datasets (numpy/OpenCV; no torch);
-  ``data.datasets``: the torch datasets and the C-RBP transform; ``data.benchmark``: the
-  generator's speed. The generator itself is :mod:`crbp_d2.contours`.
-- ``modeling``: the models and their input filter bank.
-- ``train``: the :class:`Trainer` loop, the loss, the device and process-group set-up.
+  ``data.datasets``: the torch datasets and the C-RBP transform. The generator itself is
+  :mod:`crbp_d2.contours`.
+- ``modeling``: the models and their input filter bank; ``losses``: the loss; ``dist``: the
+  device, process-group and autocast set-up (both used by ``train`` and ``evaluation``).
+- ``train``: the :class:`Trainer` loop.
 - ``evaluation``: metrics, evaluation at several step counts, baselines, analyses, figures.
-- ``experiments``: the CPU protocol and the CUDA check.
+- ``experiments``: the CPU protocol, the CUDA check and the generator's speed.
 
 The public names below are imported from their module on first use (PEP 562), so
 ``import crbp_d2.pathfinder`` imports neither torch nor OpenCV; e.g. the dataset generator's

@@ -12,9 +12,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..dist import autocast, unwrap
+from ..losses import segmentation_loss
 from ..modeling import RecurrentSegmenter
-from ..train.dist import autocast, unwrap
-from ..train.losses import segmentation_loss
 from .metrics import SegmentationMeter
 
 Device = Union[str, torch.device]

@@ -1,2 +1,3 @@
 """Recipes that train and evaluate several Pathfinder models and write their results: the CPU
-protocol (:mod:`.cpu_protocol`) and the check for a CUDA machine (:mod:`.cuda_check`)."""
+protocol (:mod:`.cpu_protocol`), the check for a CUDA machine (:mod:`.cuda_check`) and the
+generator's speed (:mod:`.generator_speed`)."""

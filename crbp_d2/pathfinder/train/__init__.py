@@ -1,2 +1,3 @@
-"""Training Pathfinder models: the :class:`~.loop.Trainer` (:mod:`.loop`), the loss
-(:mod:`.losses`), and the device / process-group / autocast set-up (:mod:`.dist`)."""
+"""Training Pathfinder models: the :class:`~.loop.Trainer` (:mod:`.loop`). The loss
+(:mod:`crbp_d2.pathfinder.losses`) and the device / process-group / autocast set-up
+(:mod:`crbp_d2.pathfinder.dist`) sit one level up, shared with ``evaluation/``."""

@@ -32,16 +32,12 @@ from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import grad_scaler
 
+from ...utils.errors import NonFiniteLossError
 from ..data.datasets import build_dataset
+from ..dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
 from ..evaluation.evaluator import evaluate_model
+from ..losses import compute_loss, gradient_fidelity
 from ..modeling import build_model, count_parameters
-from .dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
-from .losses import compute_loss, gradient_fidelity
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last diagnostics."""
-
 
 # -- logs and random state ------------------------------------------------------------------
 

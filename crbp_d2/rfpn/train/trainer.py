@@ -33,6 +33,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.solver.build import get_default_optimizer_params
 
 from ...utils import atomic_write_text
+from ...utils.errors import NonFiniteLossError
 from ...utils.rng import get_rng_state, preserved_rng, set_rng_state
 from ..checkpoint import RFPNCheckpointer
 from ..config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
@@ -57,11 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("detectron2")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message (one line) names the term(s), the
-    iteration and the checkpoints kept."""
 
 
 def check_losses_finite(

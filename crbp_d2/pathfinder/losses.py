@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from crbp_d2.recurrent import cell_output
 
-from ..modeling import SegmenterOutput
+from .modeling import SegmenterOutput
 
 
 def segmentation_loss(
