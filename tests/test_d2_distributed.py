@@ -33,7 +33,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
-from test_d2_head import training_instances  # noqa: E402  (tests/ is on sys.path)
+from helpers import training_instances  # noqa: E402
 
 # the heads run 3 steps: crbp warns that the state has not converged (irrelevant here)
 pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")

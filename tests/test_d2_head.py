@@ -19,6 +19,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from helpers import training_instances  # noqa: E402
 
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS  # noqa: E402
 
@@ -47,28 +48,6 @@ def build_head(cfg) -> RecurrentMaskHead:
     return ROI_MASK_HEAD_REGISTRY.get(cfg.MODEL.ROI_MASK_HEAD.NAME)(
         cfg, ShapeSpec(channels=WIDTH, height=14, width=14)
     )
-
-
-def training_instances(
-    counts=(3, 2), size=64, classes=CLASSES, dtype=torch.float32, generator=None
-):
-    """Per-image proposals with gt boxes (``dtype``), classes and square bit masks, drawn from
-    ``generator`` (default: a new one seeded with 1)."""
-    generator = generator if generator is not None else torch.Generator().manual_seed(1)
-    images = []
-    for n in counts:
-        inst = Instances((size, size))
-        xy = torch.randint(0, size // 2, (n, 2), generator=generator).to(dtype)
-        wh = torch.randint(8, size // 2, (n, 2), generator=generator).to(dtype)
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        masks = torch.zeros(n, size, size, dtype=torch.bool)
-        for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
-            masks[i, y0 : (y0 + y1) // 2 + 1, x0:x1] = True
-        inst.proposal_boxes = Boxes(boxes)
-        inst.gt_classes = torch.randint(0, classes, (n,), generator=generator)
-        inst.gt_masks = BitMasks(masks)
-        images.append(inst)
-    return images
 
 
 def features(rois: int) -> torch.Tensor:

@@ -169,7 +169,7 @@ def test_lazy_training_step_then_evaluation_on_the_synthetic_set(tmp_path):
 
 
 def test_lazy_training_stops_on_a_non_finite_loss_naming_it(tmp_path, monkeypatch, capsys):
-    from test_d2_train_net import _nan_from_iteration
+    from helpers import _nan_from_iteration
 
     _nan_from_iteration(monkeypatch, "loss_mask", 1)
     argv = ["--config-file", SMOKE, f"train.output_dir={tmp_path}", "train.max_iter=3",

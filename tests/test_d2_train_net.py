@@ -11,11 +11,12 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from crbp_d2.rfpn import visualization
+from crbp_d2.rfpn import visualization  # noqa: E402
 from crbp_d2.rfpn.evaluation import timestep_sweep  # noqa: E402
 from crbp_d2.rfpn.train import trainer as training  # noqa: E402
 
 import torch  # noqa: E402
+from helpers import _nan_from_iteration  # noqa: E402
 
 from crbp_d2.cli import demo, train_net  # noqa: E402
 from crbp_d2.cli import timestep_sweep as sweep_cli  # noqa: E402
@@ -224,23 +225,6 @@ def test_resume_and_eval_only_may_follow_the_overrides():
     assert args.resume and args.opts == ["SOLVER.MAX_ITER", "3"]
     args = train_net.parse_args(["--config-file", CONFIG, "MODEL.WEIGHTS", "w.pth", "--eval-only"])
     assert args.eval_only and not args.resume and args.opts == ["MODEL.WEIGHTS", "w.pth"]
-
-
-def _nan_from_iteration(monkeypatch, term: str, first: int) -> None:
-    """Make the mask head's ``term`` NaN from iteration ``first`` on."""
-    from crbp_d2.rfpn.modeling import RecurrentMaskHead
-
-    from detectron2.utils.events import get_event_storage
-
-    original = RecurrentMaskHead._forward_train
-
-    def forward_train(self, x, instances):
-        losses = original(self, x, instances)
-        if get_event_storage().iter >= first:
-            losses[term] = losses[term] * float("nan")
-        return losses
-
-    monkeypatch.setattr(RecurrentMaskHead, "_forward_train", forward_train)
 
 
 NAN_RUN = ("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1")

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from test_recurrent_gradients import CELLS, DTYPE, LinearCell, _dense_jacobian, _input_for
+from helpers import CELLS, DTYPE, LinearCell, _dense_jacobian, _input_for
 from torch.func import functional_call
 
 from crbp_d2.recurrent import (

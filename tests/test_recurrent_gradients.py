@@ -2,85 +2,26 @@
 
 import pytest
 import torch
+from helpers import (
+    CELLS,
+    DTYPE,
+    LinearCell,
+    _dense_jacobian,
+    _flat,
+    _input_for,
+    _param_grads_from_vector,
+    _rel_err,
+)
 from torch import nn
 from torch.func import functional_call
 
 from crbp_d2.recurrent import (
     ConvLSTMCell,
-    HGRUCell,
-    MaskHeadHGRUCell,
-    RecurrentCell,
     RecurrentEngine,
     neumann_series,
 )
 from crbp_d2.recurrent.base import state_parts
 from crbp_d2.recurrent.spec import METHODS
-
-DTYPE = torch.float64
-
-
-class LinearCell(RecurrentCell):
-    """F(x, h) = A h + B x on flattened (B, n, 1, 1) states: the exact gradients are known."""
-
-    def __init__(self, n: int, spectral_radius: float = 0.7) -> None:
-        super().__init__()
-        self.hidden_channels = n
-        a = torch.randn(n, n, dtype=DTYPE)
-        a = a * (spectral_radius / torch.linalg.eigvals(a).abs().max())
-        self.a = nn.Parameter(a)
-        self.b = nn.Parameter(torch.randn(n, n, dtype=DTYPE) / n**0.5)
-
-    def forward(self, drive, state):
-        h, x = state[..., 0, 0], drive[..., 0, 0]
-        return (h @ self.a.T + x @ self.b.T)[..., None, None]
-
-
-def _contractive_d2_cell() -> MaskHeadHGRUCell:
-    cell = MaskHeadHGRUCell(channels=4, kernel_size=3, timesteps=6, norm_groups=2).to(DTYPE)
-    with (
-        torch.no_grad()
-    ):  # open the update gate so the fixed point is reached in a few hundred steps
-        cell.gate_exc.bias.fill_(2.0)
-    return cell
-
-
-CELLS = {
-    "hgru": lambda: HGRUCell(channels=3, kernel_size=3).to(DTYPE),
-    "hgru_gn": lambda: HGRUCell(channels=3, kernel_size=3, norm="GN").to(DTYPE),
-    "hgru_d2": _contractive_d2_cell,
-    "convlstm": lambda: ConvLSTMCell(3, 3, kernel_size=3).to(DTYPE),
-}
-
-
-def _input_for(cell: RecurrentCell) -> torch.Tensor:
-    channels = cell.hidden_channels if not isinstance(cell, ConvLSTMCell) else 3
-    return torch.rand(2, channels, 5, 5, dtype=DTYPE)
-
-
-def _flat(parts):
-    return torch.cat([p.reshape(-1) for p in parts])
-
-
-def _unflat(vector, like):
-    out, i = [], 0
-    for p in like:
-        out.append(vector[i : i + p.numel()].view_as(p))
-        i += p.numel()
-    return tuple(out)
-
-
-def _dense_jacobian(cell, drive, state):
-    """J[i, j] = d F(state)_i / d state_j over all parts, flattened."""
-    parts = state_parts(state)
-
-    def step(flat):
-        new = cell(
-            drive,
-            type(state)(_unflat(flat, parts)) if isinstance(state, tuple) else flat.view_as(state),
-        )
-        return _flat(state_parts(new))
-
-    return torch.autograd.functional.jacobian(step, _flat(parts))
 
 
 def _fixed_point(cell, x, steps=600):
@@ -91,15 +32,6 @@ def _fixed_point(cell, x, steps=600):
     return out.state
 
 
-def _param_grads_from_vector(cell, drive_fn, x, state, vector):
-    """(dF/dtheta)^T v and (dF/dx)^T v at ``state`` for a flattened adjoint ``vector``."""
-    x = x.detach().requires_grad_()
-    new = state_parts(cell(drive_fn(x), state))
-    params = [p for p in cell.parameters()]
-    grads = torch.autograd.grad(new, params + [x], _unflat(vector, new), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [x], grads)]
-
-
 def _rbp_grads(cell, x, steps, terms, weights):
     engine = RecurrentEngine(cell, steps=steps, method="rbp", neumann_steps=terms)
     x = x.detach().requires_grad_()
@@ -108,11 +40,6 @@ def _rbp_grads(cell, x, steps, terms, weights):
     loss = sum((w * p).sum() for w, p in zip(weights, state_parts(out.state)))
     loss.backward()
     return [p.grad.clone() for p in cell.parameters()] + [x.grad.clone()], out
-
-
-def _rel_err(got, want):
-    got, want = torch.cat([g.reshape(-1) for g in got]), torch.cat([w.reshape(-1) for w in want])
-    return float((got - want).norm() / want.norm())
 
 
 @pytest.mark.parametrize("name", ["linear"] + list(CELLS))

@@ -3,7 +3,7 @@ and the gradient-fidelity diagnostic, against exact float64 references."""
 
 import pytest
 import torch
-from test_recurrent_gradients import (
+from helpers import (
     CELLS,
     DTYPE,
     LinearCell,

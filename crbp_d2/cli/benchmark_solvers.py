@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -38,3 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_results(args.out, records, solvers.solver_table(records) + note)
     print(solvers.solver_table(records) + note)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

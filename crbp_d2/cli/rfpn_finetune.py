@@ -4,6 +4,7 @@ same budget (:mod:`crbp_d2.rfpn.experiments.finetune`); writes ``docs/results/rf
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from ..rfpn.experiments import finetune
@@ -30,3 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.budgets, args.seeds, args.out_dir, args.results, args.threads, args.fpn_weights
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -34,3 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{key}: bit-equal {record[key]['bit_equal']}, max abs {record[key]['max_abs']:.3g}")
     print(f"wrote {out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
