@@ -13,7 +13,9 @@ export OMP_NUM_THREADS ?= 2
 setup:
 	bash tools/setup_env.sh $(VENV)
 
+# make test = lint (ruff, pinned in requirements.txt) then the tests.
 test: setup
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q --durations=15
 
 test-all: setup
@@ -130,6 +132,8 @@ rfpn-cpu-protocol: setup
 rfpn-finetune-vs-scratch: setup
 	$(PY) tools/rfpn_finetune.py --budgets 500 1750 --seeds 0 --threads 2
 
+# The same checks as .pre-commit-config.yaml (settings in pyproject.toml).
+LINT_PATHS := crbp_d2 tools tests datasets configs setup.py
 lint: setup
-	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check crbp_d2 tools tests datasets configs \
-		&& $(VENV)/bin/ruff format --check crbp_d2 tools tests datasets configs setup.py
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
