@@ -1,4 +1,4 @@
-"""Worker processes that die with their parent.
+"""Worker processes that die with their parent, and training subprocesses run with a log.
 
 A pool worker forked by a process that is then killed (``kill -9``, the OOM killer) is
 re-parented and would otherwise run on, writing files nobody waits for. :func:`die_with_parent`
@@ -8,6 +8,9 @@ re-parented and would otherwise run on, writing files nobody waits for. :func:`d
 * everywhere it starts a daemon thread that ends the worker (``os._exit``) as soon as its parent
   process changes (the parent died and the worker was re-parented), checked every
   ``poll_s`` seconds.
+
+:func:`run_logged` runs a training or evaluation program as a subprocess with a log file and
+returns its seconds and peak memory (the experiments of both front-ends use it).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 import sys
 import threading
-from typing import Optional
+import time
+from typing import Dict, Optional, Sequence
 
 PR_SET_PDEATHSIG = 1
 # Exit status of a worker that ended itself because its parent was gone.
@@ -66,3 +71,41 @@ def pool_initargs() -> tuple:
     import multiprocessing
 
     return (os.getpid(),) if multiprocessing.get_start_method() == "fork" else ()
+
+
+def run_logged(
+    command: Sequence[str],
+    log_path: str,
+    threads: int = 1,
+    cwd: Optional[str] = None,
+    check: bool = True,
+) -> Dict[str, float]:
+    """Run ``command`` (a training or evaluation subprocess) with ``threads`` OpenMP / MKL
+    threads and unbuffered output, its stdout and stderr going to ``log_path``.
+
+    Returns ``{"seconds": wall time, "peak_rss_mib": the process's peak resident memory,
+    "returncode": its exit status}``. With ``check`` (the default) a failed command raises
+    ``RuntimeError`` naming the command, its exit status and the log, with the log's tail.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["PYTHONUNBUFFERED"] = "1"
+    start = time.time()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.time() - start
+    if check and process.returncode != 0:
+        with open(log_path) as log:
+            tail = log.read()[-3000:]
+        raise RuntimeError(
+            f"{' '.join(map(str, command[:5]))} ... failed ({process.returncode}); "
+            f"{log_path}:\n{tail}"
+        )
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "returncode": process.returncode,
+    }

@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import cpu_model_name
+from crbp_d2.utils.procs import run_logged
 from crbp_d2.utils.report import markdown_table
 
 from ..config import CONFIG_DIR, REPO_ROOT
@@ -86,15 +86,11 @@ def train_slot(
             os.path.join(out_dir, method),
             *overrides,
         ]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        tic = time.time()
-        with open(os.path.join(out_dir, f"{method}.log"), "w") as log:
-            code = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
-            ).returncode
-        timings[method] = time.time() - tic
-        if code != 0:
-            timings[f"{method}_failed"] = float(code)
+        log = os.path.join(out_dir, f"{method}.log")
+        done = run_logged(command, log, threads=1, cwd=str(REPO_ROOT), check=False)
+        timings[method] = done["seconds"]
+        if done["returncode"] != 0:
+            timings[f"{method}_failed"] = float(done["returncode"])
 
 
 def slots_for(methods: Sequence[str]) -> Tuple[Tuple[str, ...], ...]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ...utils import atomic_write_json, cpu_description, markdown_table, pyplot, write_results
+from ...utils.procs import run_logged
+from .metrics import final_results, seconds_per_iter
 
 __all__ = ["HEADS", "DATASET_CONFIGS", "ProtocolRun", "protocol_runs", "run_protocol"]
 
@@ -97,47 +98,6 @@ def protocol_runs(
     return sorted(runs, key=lambda r: (cost[r.head], r.seed, r.dataset))
 
 
-def _one_thread_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _run_logged(command: List[str], log_path: str) -> Dict[str, float]:
-    """Run ``command`` with its output in ``log_path``; its wall time and peak RSS (wait4)."""
-    start = time.time()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=_one_thread_env()
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-3000:]
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{tail}")
-    return {"seconds": time.time() - start, "peak_rss_mib": usage.ru_maxrss / 1024}
-
-
-def _final_results(metrics_path: str) -> Dict[str, float]:
-    """The evaluation results of the last line of Detectron2's metrics.json that has them."""
-    with open(metrics_path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    evaluated = [line for line in lines if "panoptic_seg/PQ" in line]
-    if not evaluated:
-        raise RuntimeError(f"{metrics_path} holds no evaluation results")
-    return evaluated[-1]
-
-
-def _seconds_per_iter(metrics_path: str) -> Optional[float]:
-    """Median of Detectron2's per-iteration ``time`` (data loading excluded) over the run; None
-    for a run too short to have logged it (every 20 iterations)."""
-    with open(metrics_path) as f:
-        times = [json.loads(line).get("time") for line in f if line.strip()]
-    times = [t for t in times if t is not None]
-    return float(np.median(times)) if times else None
-
-
 def _head_params(checkpoint: str) -> int:
     import torch
 
@@ -162,13 +122,13 @@ def run_one(
     config = os.path.abspath((configs or DATASET_CONFIGS)[run.dataset])
     python = [sys.executable, "-m"]
     opts = [*run.head_opts(), "SEED", str(run.seed)]
-    train = _run_logged(
+    train = run_logged(
         python + ["crbp_d2.cli.train_net", "--config-file", config, "OUTPUT_DIR", folder]
         + [*opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
         os.path.join(folder, "train.log"),
     )  # fmt: skip
     metrics_path = os.path.join(folder, "metrics.json")
-    final = _final_results(metrics_path)
+    final = final_results(metrics_path)
     weights = os.path.join(folder, "model_final.pth")
     base = {
         "dataset": run.dataset,
@@ -176,7 +136,7 @@ def run_one(
         "seed": run.seed,
         "train_steps": run.train_steps,
         "head_params": _head_params(weights),
-        "seconds_per_iter": _seconds_per_iter(metrics_path),
+        "seconds_per_iter": seconds_per_iter(metrics_path),
         "peak_rss_mib": train["peak_rss_mib"],
         "train_minutes": train["seconds"] / 60,
     }
@@ -191,7 +151,7 @@ def run_one(
     if run.head != "fpn":
         sweep_dir = os.path.join(folder, "sweep")
         top = 3 * run.train_steps
-        _run_logged(
+        run_logged(
             python + ["crbp_d2.cli.timestep_sweep", "--config-file", config, "--output", sweep_dir]
             + ["--steps", f"1-{top}", "--segm-ap", "--gt-box", "MODEL.WEIGHTS", weights, *opts]
             + list(schedule_opts),

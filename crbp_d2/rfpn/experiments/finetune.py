@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ...utils import atomic_write_json, cpu_description, markdown_table, write_results
+from ...utils.procs import run_logged
+from .metrics import eval_only_results, seconds_per_iter
 
 __all__ = [
     "ARMS",
@@ -103,36 +104,6 @@ def finetune_runs(budgets: Sequence[int], seeds: Sequence[int]) -> List[Finetune
     return runs
 
 
-def _run_logged(command: List[str], log_path: str, threads: int) -> float:
-    """Run ``command`` with ``threads`` OpenMP threads, output to ``log_path``; its seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONUNBUFFERED"] = "1"
-    start = time.time()
-    with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        with open(log_path) as log:
-            tail = log.read()[-3000:]
-        raise RuntimeError(f"{' '.join(command[:5])} ... failed ({code}); {log_path}:\n{tail}")
-    return time.time() - start
-
-
-def _eval_line(metrics_path: str) -> Dict[str, float]:
-    with open(metrics_path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    evaluated = [line for line in lines if line.get("eval_only")]
-    if not evaluated:
-        raise RuntimeError(f"{metrics_path} holds no --eval-only results")
-    return evaluated[-1]
-
-
-def _seconds_per_iter(metrics_path: str) -> Optional[float]:
-    with open(metrics_path) as f:
-        times = [json.loads(line).get("time") for line in f if line.strip()]
-    times = [t for t in times if t is not None]
-    return float(np.median(times)) if times else None
-
-
 def run_one(
     run: FinetuneRun,
     out_dir: str,
@@ -150,21 +121,21 @@ def run_one(
     os.makedirs(folder, exist_ok=True)
     config = (configs or CONFIGS)[run.arm]
     program = [sys.executable, "-m", "crbp_d2.cli.train_net", "--config-file", config]
-    train_seconds = _run_logged(
+    train_seconds = run_logged(
         program + ["OUTPUT_DIR", folder, *run.train_opts(fpn_weights), "DATASETS.TEST", "()"],
         os.path.join(folder, "train.log"),
         threads,
-    )
+    )["seconds"]
     weights = os.path.join(folder, "model_final.pth")
     eval_dir = os.path.join(folder, "eval")
-    eval_seconds = _run_logged(
+    eval_seconds = run_logged(
         program
         + ["--eval-only", "OUTPUT_DIR", eval_dir, "MODEL.WEIGHTS", weights]
         + ["TEST.GT_BOX_MASKS", "True"],
         os.path.join(folder, "eval.log"),
         threads,
-    )
-    results = _eval_line(os.path.join(eval_dir, "metrics.json"))
+    )["seconds"]
+    results = eval_only_results(os.path.join(eval_dir, "metrics.json"))
     record = {
         "arm": run.arm,
         "budget_steps": run.budget,
@@ -172,7 +143,7 @@ def run_one(
         "start": "FPN checkpoint" if run.arm == "finetune" else "random init",
         "train_minutes": train_seconds / 60,
         "eval_minutes": eval_seconds / 60,
-        "seconds_per_iter": _seconds_per_iter(os.path.join(folder, "metrics.json")),
+        "seconds_per_iter": seconds_per_iter(os.path.join(folder, "metrics.json")),
         "threads": threads,
         "pq": results["panoptic_seg/PQ"],
         "pq_things": results["panoptic_seg/PQ_th"],
