@@ -45,12 +45,17 @@ def device_description(device: "str | object" = "cpu") -> str:
 
 
 def machine_record(device: "str | object" = "cpu") -> dict:
-    """What to store beside a result: device, torch version, torch threads."""
+    """The machine a result came from, as every result record stores it: ``device`` (the CPU
+    model and cores, or the GPU), ``cpu`` (model name), ``cores``, ``torch``, ``python`` and
+    ``threads`` (torch's intra-op threads)."""
     import torch
 
     return {
         "device": device_description(device),
+        "cpu": cpu_model_name(),
+        "cores": os.cpu_count(),
         "torch": torch.__version__,
+        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
     }
 

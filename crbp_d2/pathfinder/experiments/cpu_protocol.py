@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
-from crbp_d2.utils.machine import cpu_model_name
+from crbp_d2.utils.machine import machine_record
 from crbp_d2.utils.procs import run_logged
 from crbp_d2.utils.report import markdown_table
 
@@ -56,16 +55,6 @@ Log = Callable[[str], None]
 
 class TrainingFailed(RuntimeError):
     """A training job of the protocol exited with an error (its log names it)."""
-
-
-def machine() -> Dict[str, object]:
-    """The machine as the summary records it: cpu, cores, torch, python."""
-    return {
-        "cpu": cpu_model_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def train_slot(
@@ -266,7 +255,7 @@ def run_protocol(
     stem = os.path.join(results_dir, stem_name)
     atomic_write_json(records, stem + ".json")
     summary = {
-        "machine": machine(),
+        "machine": machine_record(),
         "train_wall_seconds": train_seconds,
         "eval_wall_seconds": eval_seconds,
         "job_seconds": timings,

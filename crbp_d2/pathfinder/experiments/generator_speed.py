@@ -22,7 +22,7 @@ import numpy as np
 
 from crbp_d2.contours.generator import get_generator, preset
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
-from crbp_d2.utils.machine import cpu_model_name
+from crbp_d2.utils.machine import machine_record
 from crbp_d2.utils.procs import die_with_parent, pool_initargs
 from crbp_d2.utils.report import markdown_table, pyplot
 
@@ -59,12 +59,13 @@ def _run(length: int, seed: int, start: int, stop: int, out_dir: str) -> dict:
 
 
 def machine_description() -> dict:
-    """CPU, cores, platform, Python, numpy and the load average now."""
+    """:func:`~crbp_d2.utils.machine.machine_record` plus the platform, numpy and the load
+    average now (``cpu_model`` repeats ``cpu``, the key of the records written before)."""
+    machine = machine_record()
     return {
-        "cpu_model": cpu_model_name(),
-        "cores": os.cpu_count(),
+        **machine,
+        "cpu_model": machine["cpu"],
         "platform": platform.platform(),
-        "python": platform.python_version(),
         "numpy": np.__version__,
         "load_average_at_start": list(os.getloadavg()),
     }
