@@ -11,7 +11,14 @@ from typing import Any, Dict, Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["derived_seed", "get_rng_state", "preserved_rng", "seeded_rng", "set_rng_state"]
+__all__ = [
+    "derived_seed",
+    "get_rng_state",
+    "preserved_rng",
+    "seed_everything",
+    "seeded_rng",
+    "set_rng_state",
+]
 
 
 def get_rng_state(cuda: bool = True) -> Dict[str, Any]:
@@ -59,6 +66,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, ``np.random`` (``seed`` mod 2**32) and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager

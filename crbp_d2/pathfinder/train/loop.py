@@ -16,12 +16,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import random
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -33,6 +31,7 @@ from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_
 from crbp_d2.utils.machine import grad_scaler
 
 from ...utils.errors import NonFiniteLossError
+from ...utils.rng import get_rng_state, seed_everything, set_rng_state
 from ..data.datasets import build_dataset
 from ..dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
 from ..evaluation.evaluator import evaluate_model
@@ -97,31 +96,6 @@ EVAL_FIELDS = (
     "spectral_radius",
     "seconds",
 )
-
-
-def get_rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 # -- the trainer -----------------------------------------------------------------------------
