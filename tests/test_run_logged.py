@@ -4,10 +4,9 @@ reader of Detectron2's metrics.json."""
 import json
 import sys
 
-from crbp_d2.rfpn.experiments import metrics
-
 import pytest
 
+from crbp_d2.utils import metrics_json as metrics
 from crbp_d2.utils.procs import run_logged
 
 PRINT_THREADS = "import os; print('threads', os.environ['OMP_NUM_THREADS'], flush=True)"

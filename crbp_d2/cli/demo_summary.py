@@ -20,6 +20,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from ..utils import atomic_write_text, cpu_description, markdown_table, write_results
+from ..utils.metrics_json import metrics_lines
 from ._common import one_line_errors
 
 
@@ -68,8 +69,7 @@ def rfpn_lines(out: str) -> List[str]:
     metrics_path = os.path.join(out, "rfpn", "eval", "metrics.json")
     if not os.path.isfile(metrics_path):
         raise FileNotFoundError(f"{metrics_path} is missing: did the R-FPN evaluation run?")
-    with open(metrics_path) as f:
-        final = json.loads(f.read().strip().splitlines()[-1])
+    final = metrics_lines(metrics_path)[-1]
     lines = [
         "R-FPN C-RBP (synthetic shapes, from random init): "
         f"PQ {final['panoptic_seg/PQ']:.1f}, PQ things {final['panoptic_seg/PQ_th']:.1f}, "

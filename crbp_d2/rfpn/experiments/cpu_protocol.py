@@ -34,8 +34,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ...utils import atomic_write_json, cpu_description, markdown_table, pyplot, write_results
+from ...utils.metrics_json import final_results, seconds_per_iter
 from ...utils.procs import run_logged
-from .metrics import final_results, seconds_per_iter
 
 __all__ = ["HEADS", "DATASET_CONFIGS", "ProtocolRun", "protocol_runs", "run_protocol"]
 

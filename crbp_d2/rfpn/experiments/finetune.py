@@ -33,8 +33,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ...utils import atomic_write_json, cpu_description, markdown_table, write_results
+from ...utils.metrics_json import eval_only_results, seconds_per_iter
 from ...utils.procs import run_logged
-from .metrics import eval_only_results, seconds_per_iter
 
 __all__ = [
     "ARMS",

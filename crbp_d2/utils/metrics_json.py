@@ -1,5 +1,6 @@
 """Reading Detectron2's ``metrics.json`` (one JSON object per line, written by its
-``JSONWriter``): the experiments' one reader of it. Needs no Detectron2."""
+``JSONWriter``): the one reader of it, for the R-FPN experiments and the demo summary. Plain
+JSON, so it needs no Detectron2 (and sits below both front-ends)."""
 
 from __future__ import annotations
 
