@@ -19,14 +19,20 @@ Trailing ``KEY VALUE`` pairs override the config (unknown keys are an error). Th
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Optional, Sequence
 
 from ..rfpn.checkpoint import CheckpointFileError
-from ..rfpn.train.arguments import parse_train_args as parse_args
+from ..rfpn.train.arguments import parse_train_args
 from ..rfpn.train.launch import launch
 from ..rfpn.train.trainer import build_config, train_or_evaluate
 from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The program's command line (:func:`crbp_d2.rfpn.train.arguments.parse_train_args`)."""
+    return parse_train_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

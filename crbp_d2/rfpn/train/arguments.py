@@ -8,22 +8,33 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from detectron2.engine import default_argument_parser
+
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
 # flags when they come after an override; they are moved to the front first.
-_FLAGS = ("--resume", "--eval-only", "--random-weights")
+FLAGS = ("--resume", "--eval-only", "--random-weights")
 
 
-def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
-    anywhere on the line (also after the ``KEY VALUE`` overrides)."""
-    from detectron2.engine import default_argument_parser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in _FLAGS]
+def train_argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` with ``--random-weights``."""
     parser = default_argument_parser()
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
     )
-    return parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    return parser
+
+
+def parse_train_args(
+    argv: Optional[Sequence[str]] = None,
+    parser: Optional[argparse.ArgumentParser] = None,
+    flags: Sequence[str] = FLAGS,
+) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` (default :func:`train_argument_parser`); the ``flags``
+    (``--resume``, ``--eval-only``, ...) may stand anywhere on the line (also after the
+    ``KEY VALUE`` overrides)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = parser if parser is not None else train_argument_parser()
+    first = [a for a in argv if a in flags]
+    return parser.parse_args(first + [a for a in argv if a not in flags])
