@@ -19,6 +19,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode, ImageList  # noqa: E402
 from PIL import Image  # noqa: E402
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 
 def _rectangle(shape, top, left, height, width) -> np.ndarray:
     mask = np.zeros(shape, bool)

@@ -24,6 +24,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from crbp_d2.cli import lazyconfig_train_net  # noqa: E402
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = str(CONFIGS / "lazy" / "quick" / "R-FPN-R50-CRBP-synthetic-test.py")
 

@@ -21,6 +21,10 @@ from helpers import _nan_from_iteration  # noqa: E402
 from crbp_d2.cli import demo, train_net  # noqa: E402
 from crbp_d2.cli import timestep_sweep as sweep_cli  # noqa: E402
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
 

@@ -18,6 +18,10 @@ from crbp_d2.pathfinder.evaluation.analysis import (
 from crbp_d2.pathfinder.evaluation.evaluator import evaluate_at, iou_over_steps
 from crbp_d2.pathfinder.train.loop import Trainer
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 
 def load_tool(name):
     return importlib.import_module(f"crbp_d2.cli.{name}")

@@ -18,6 +18,10 @@ from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter
 from crbp_d2.pathfinder.experiments import cpu_protocol, cuda_check
 from crbp_d2.pathfinder.train.loop import Trainer
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 
 def test_cuda_check_memory_run_uses_the_trainer_step(monkeypatch):
     calls = []

@@ -21,6 +21,10 @@ from crbp_d2.pathfinder.modeling import (
 from crbp_d2.recurrent import LCP_METHODS, METHODS, NEUMANN_METHODS
 from crbp_d2.recurrent.diagnostics import relative_residual
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 
 def small_cfg(*overrides):
     base = ["MODEL.CHANNELS", 5, "MODEL.KERNEL_SIZE", 3, "MODEL.RECURRENT.TIMESTEPS", 4]

@@ -19,6 +19,10 @@ from crbp_d2.recurrent.base import state_like, state_parts
 from crbp_d2.recurrent.neumann import NeumannStats
 from crbp_d2.recurrent.solvers import anderson, iterate
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 
 def _cell_and_input(name):
     if name == "linear":
