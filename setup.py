@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="crbp-d2",
-    version="0.1.0",
+    version="0.2.0",
     description="Contractor recurrent back-propagation (C-RBP): recurrent vision models with "
     "constant memory in the number of steps, for Pathfinder and Detectron2 Panoptic FPN.",
     license="Apache-2.0",

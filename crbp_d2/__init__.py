@@ -14,4 +14,4 @@
 Importing ``crbp_d2`` itself imports nothing else and patches nothing.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
