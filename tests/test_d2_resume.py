@@ -30,6 +30,10 @@ from detectron2.engine import hooks  # noqa: E402
 from crbp_d2.cli import train_net  # noqa: E402
 from crbp_d2.utils.rng import derived_seed, preserved_rng, seeded_rng  # noqa: E402
 
+# short recurrences on purpose: the fixed-point methods warn that the state has not converged
+# (tests/test_recurrent_engine.py asserts that warning with pytest.warns)
+pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml")
 # 4 iterations of 2 images, a checkpoint every 2 (after iterations 1 and 3), a fixed seed
