@@ -11,7 +11,10 @@ Caffe2 / ImageNet names, native ``.pth`` checkpoints) plus three things:
   ``roi_heads.mask_head.engine.*`` keys: an R-FPN run, ``--resume``) loads as usual;
 * one log message that lists the keys loaded, skipped (and why) and newly initialised, grouped
   by module (also :attr:`RFPNCheckpointer.last_report`, a :class:`LoadReport`);
-* a missing or unreadable file is one :class:`CheckpointFileError` line naming it.
+* a missing or unreadable file is one :class:`CheckpointFileError` line naming it;
+* files are read as data, never as code (:mod:`crbp_d2.utils.safe_load`): ``.pth`` with
+  ``torch.load(weights_only=True)``, model-zoo ``.pkl`` with an unpickler that builds NumPy arrays
+  only; a file that would run code when loaded is refused in one line.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from torch import nn
 
 from .modeling.freeze import MASK_HEAD_PREFIX
 from .modeling.recurrent_mask_head import RecurrentMaskHead
+from .utils.safe_load import CheckpointReadError, load_pickle_weights, load_torch_file
 
 __all__ = ["CheckpointFileError", "LoadReport", "RFPNCheckpointer", "format_keys"]
 
 RECURRENT_HEAD_MARKER = MASK_HEAD_PREFIX + ".engine."
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(CheckpointReadError):
     """A checkpoint file that does not exist or cannot be read as one (message: one line)."""
 
 
@@ -129,6 +133,34 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def _read_weights_file(filename: str) -> Dict[str, Any]:
+    """Detectron2's ``DetectionCheckpointer._load_file`` (model-zoo ``.pkl`` of Detectron2 or
+    Caffe2, pycls ``.pyth``, native ``.pth``), reading every file as data only."""
+    if filename.endswith(".pkl"):
+        data = load_pickle_weights(filename)
+        if not isinstance(data, Mapping):
+            raise CheckpointFileError(f"cannot read checkpoint {filename}: it holds no dict")
+        if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+            return dict(data)
+        if "blobs" in data:  # Caffe2 / Detectron1 detection models
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    data = load_torch_file(filename, map_location="cpu")
+    if filename.endswith(".pyth"):  # pycls
+        if not isinstance(data, Mapping) or "model_state" not in data:
+            raise CheckpointFileError(
+                f"cannot read checkpoint {filename}: a pycls .pyth file must hold 'model_state'"
+            )
+        state = {
+            k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")
+        }
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if isinstance(data, Mapping) and "model" not in data:
+        data = {"model": data}
+    return data
+
+
 class RFPNCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that loads a feedforward Panoptic FPN checkpoint into R-FPN with a
     fresh recurrent mask head, logs one summary of the keys and names unreadable files.
@@ -148,7 +180,9 @@ class RFPNCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            data = super()._load_file(filename)
+            data = _read_weights_file(filename)
+        except CheckpointReadError as error:
+            raise CheckpointFileError(str(error)) from None
         except Exception as error:  # torch.load / pickle errors, or not a dict
             raise CheckpointFileError(
                 f"cannot read checkpoint {filename}: not a Detectron2 checkpoint (.pth: a "

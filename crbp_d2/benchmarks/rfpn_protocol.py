@@ -139,9 +139,9 @@ def _seconds_per_iter(metrics_path: str) -> Optional[float]:
 
 
 def _head_params(checkpoint: str) -> int:
-    import torch
+    from ..utils.safe_load import load_torch_file
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_torch_file(checkpoint, map_location="cpu")["model"]
     return int(sum(v.numel() for k, v in state.items() if k.startswith("roi_heads.mask_head.")))
 
 

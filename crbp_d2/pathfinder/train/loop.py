@@ -31,6 +31,8 @@ from tqdm import tqdm
 from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import grad_scaler
+from crbp_d2.utils.rng import get_rng_state, set_rng_state
+from crbp_d2.utils.safe_load import CheckpointReadError, load_torch_file
 
 from ..data.datasets import build_dataset
 from ..evaluation.evaluator import evaluate_model
@@ -101,25 +103,6 @@ EVAL_FIELDS = (
     "spectral_radius",
     "seconds",
 )
-
-
-def get_rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -282,12 +265,30 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str, weights_only: bool = False) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        unwrap(self.model).load_state_dict(state["model"])
+        """Load a trainer checkpoint (read as data only: :mod:`crbp_d2.utils.safe_load`); with
+        ``weights_only`` the model's weights only, else the whole training state."""
+        state = load_torch_file(path, map_location=self.device)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise CheckpointReadError(
+                f"{path} is not a Pathfinder trainer checkpoint (no 'model' dict of weights)"
+            )
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+        except RuntimeError as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointReadError(
+                f"checkpoint {path} does not fit the configured model ({first}; "
+                "is it from another MODEL.ARCH / MODEL.CHANNELS?)"
+            ) from None
         if weights_only:
             return
+        missing = [
+            k for k in ("optimizer", "scaler", "epoch", "iteration", "rng") if k not in state
+        ]
+        if missing:
+            raise CheckpointReadError(
+                f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]

@@ -1,0 +1,134 @@
+"""The fault suite: bad inputs and faults on both front-ends, each answered by one line naming the
+bad thing, with nothing already written lost (docs/faults.md is the table of what the user sees).
+
+Fast by default; the cases that start processes and kill them are marked slow."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from crbp_d2.utils.safe_load import CheckpointReadError, load_pickle_weights, load_torch_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _RunsCode:
+    """Unpickling this creates ``marker`` (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted(tmp_path, name: str, pickler: str = "torch"):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / name
+    payload = {"model": {"w": _RunsCode(str(marker))}, "config": "x", "__author__": "x"}
+    if pickler == "torch":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    return path, marker
+
+
+def _pathfinder_argv(tmp_path, *extra: str) -> list:
+    """A tiny Pathfinder config (few small on-the-fly images) and ``extra`` arguments."""
+    config = tmp_path / "pf.yaml"
+    config.write_text(
+        f"OUTPUT_DIR: {tmp_path / 'run'}\nMODEL: {{CHANNELS: 4, KERNEL_SIZE: 3}}\n"
+        "DATA: {SOURCE: on_the_fly, TRAIN_SIZE: 4, TEST_SIZE: 4, IMAGE_SIZE: 32, "
+        "CANVAS_SIZE: 150}\nSOLVER: {BATCH_SIZE: 4, EPOCHS: 1}\nTEST: {BATCH_SIZE: 4}\n"
+    )
+    return ["--config-file", str(config), "--no-progress", *extra]
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- 1. checkpoints are data, never code ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pickler", ["torch", "pickle"])
+def test_a_crafted_checkpoint_runs_no_code_and_is_refused_naming_the_file(tmp_path, pickler):
+    path, marker = _crafted(tmp_path, "evil.pth" if pickler == "torch" else "evil.pkl", pickler)
+    load = load_torch_file if pickler == "torch" else load_pickle_weights
+    with pytest.raises(CheckpointReadError, match="refused checkpoint .*evil") as info:
+        load(str(path))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_pathfinder_eval_only_refuses_a_crafted_checkpoint(tmp_path, capsys):
+    from crbp_d2.cli import train_pathfinder
+
+    path, marker = _crafted(tmp_path, "evil.pth")
+    argv = _pathfinder_argv(tmp_path, "--eval-only", "--weights", str(path))
+    assert train_pathfinder.main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "refused checkpoint" in line and str(path) in line
+    assert not marker.exists()
+
+
+def test_pathfinder_steps_refuses_a_crafted_checkpoint(tmp_path, capsys):
+    from crbp_d2.cli import pathfinder_steps
+
+    path, marker = _crafted(tmp_path, "evil.pth")
+    argv = ["--checkpoints", f"a={path}", "--out", str(tmp_path / "out"), "--max-steps", "2"]
+    assert pathfinder_steps.main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "refused checkpoint" in line and str(path) in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_detectron2_checkpointer_refuses_a_crafted_checkpoint(tmp_path, suffix):
+    from crbp_d2.checkpoint import CheckpointFileError, RFPNCheckpointer
+
+    pickler = "pickle" if suffix == ".pkl" else "torch"
+    path, marker = _crafted(tmp_path, "evil" + suffix, pickler)
+    checkpointer = RFPNCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
+    with pytest.raises(CheckpointFileError, match="refused checkpoint") as info:
+        checkpointer.load(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_detectron2_checkpointer_still_reads_model_zoo_pickles(tmp_path):
+    import numpy as np
+
+    from crbp_d2.checkpoint import RFPNCheckpointer
+
+    model = torch.nn.Linear(2, 3)
+    weights = {"weight": np.full((3, 2), 0.5, np.float32), "bias": np.arange(3, dtype=np.float32)}
+    path = tmp_path / "zoo.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": weights, "__author__": "test"}, f, protocol=2)
+    RFPNCheckpointer(model, save_dir=str(tmp_path)).load(str(path))
+    assert torch.equal(model.weight, torch.full((3, 2), 0.5))
+    assert torch.equal(model.bias, torch.arange(3.0))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a checkpoint\n", bytes(range(256)) * 4, b"PK\x03\x04" + bytes(64)],
+    ids=["empty", "text", "random", "cut-zip"],
+)
+def test_garbage_weights_are_one_line_on_the_pathfinder_side(tmp_path, capsys, content):
+    from crbp_d2.cli import train_pathfinder
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    argv = _pathfinder_argv(tmp_path, "--eval-only", "--weights", str(path))
+    assert train_pathfinder.main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"cannot read checkpoint {path}" in line
