@@ -132,3 +132,102 @@ def test_garbage_weights_are_one_line_on_the_pathfinder_side(tmp_path, capsys, c
     assert train_pathfinder.main(argv) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"cannot read checkpoint {path}" in line
+
+
+# -- 2. one run per folder --------------------------------------------------------------------
+
+D2_CONFIG = os.path.join(ROOT, "configs/quick/R-FPN-R50-CRBP-synthetic-test.yaml")
+LAZY_CONFIG = os.path.join(ROOT, "configs/lazy/quick/R-FPN-R50-CRBP-synthetic-test.py")
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path):
+    from crbp_d2.utils.run_dir import LOCK_NAME, RunDirBusyError, RunDirLock
+
+    with RunDirLock(str(tmp_path)):
+        holder = (tmp_path / LOCK_NAME).read_text()
+        assert f"pid={os.getpid()}" in holder and "host=" in holder
+        with pytest.raises(RunDirBusyError, match=f"in use by another run \\(pid={os.getpid()}"):
+            RunDirLock(str(tmp_path)).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()  # released
+    RunDirLock(str(tmp_path)).acquire().release()  # and free again
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):
+    from crbp_d2.utils.run_dir import LOCK_NAME, RunDirLock
+
+    (tmp_path / LOCK_NAME).write_text("pid=999999999 host=elsewhere since=2020-01-01T00:00:00\n")
+    lock = RunDirLock(str(tmp_path), "prog").acquire()
+    try:
+        line = _one_line(capsys.readouterr().err)
+        assert "taking over the lock of a run that is no longer running (pid=999999999" in line
+        assert f"pid={os.getpid()}" in (tmp_path / LOCK_NAME).read_text()
+    finally:
+        lock.release()
+
+
+def test_pathfinder_training_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    from crbp_d2.cli import train_pathfinder
+    from crbp_d2.utils.run_dir import RunDirLock
+
+    with RunDirLock(str(tmp_path / "run")):  # another run holds it
+        assert train_pathfinder.main(_pathfinder_argv(tmp_path)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "is in use by another run" in line and str(tmp_path / "run") in line
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def _d2_main(program, argv):
+    with pytest.raises(SystemExit) as info:
+        program.main(argv)
+    return info.value.code
+
+
+@pytest.mark.parametrize("program_name", ["train_net", "lazyconfig_train_net"])
+def test_detectron2_training_into_a_folder_holding_a_run_is_refused(
+    tmp_path, capsys, program_name
+):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net, train_net
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"old weights")
+    (run / "metrics.json").write_text('{"iteration": 9}\n')
+    if program_name == "train_net":
+        program, argv = train_net, ["--config-file", D2_CONFIG, "OUTPUT_DIR", str(run)]
+    else:
+        program = lazyconfig_train_net
+        argv = ["--config-file", LAZY_CONFIG, f"train.output_dir={run}"]
+    assert _d2_main(program, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"OUTPUT_DIR '{run}' holds a run (metrics.json, model_final.pth)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert (run / "model_final.pth").read_bytes() == b"old weights"  # nothing lost
+    assert (run / "metrics.json").read_text() == '{"iteration": 9}\n'
+    # --resume where there is nothing to resume (a typo in the folder) is refused too
+    empty = str(tmp_path / "typo")
+    if program_name == "train_net":
+        argv = ["--config-file", D2_CONFIG, "--resume", "OUTPUT_DIR", empty]
+    else:
+        argv = ["--config-file", LAZY_CONFIG, "--resume", f"train.output_dir={empty}"]
+    assert _d2_main(program, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "holds no run to continue" in line and "--resume-or-start" in line
+
+
+def test_detectron2_overwrite_removes_the_old_runs_files_only(tmp_path):
+    import argparse
+
+    from crbp_d2.cli._common import run_dir_guard
+
+    for name in ("model_0000004.pth", "model_final.pth", "last_checkpoint", "metrics.json"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "events.out.tfevents.1.host").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    args = argparse.Namespace(eval_only=False, resume=False, overwrite=True)
+    with run_dir_guard("prog", str(tmp_path), args):
+        assert sorted(os.listdir(tmp_path)) == [".run.lock", "notes.txt"]
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    fresh = argparse.Namespace(eval_only=False, resume=True, overwrite=False, resume_or_start=True)
+    with run_dir_guard("prog", str(tmp_path / "new"), fresh):  # nothing to resume: starts
+        pass

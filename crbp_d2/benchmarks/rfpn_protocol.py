@@ -163,8 +163,8 @@ def run_one(
     python = [sys.executable, "-m"]
     opts = [*run.head_opts(), "SEED", str(run.seed)]
     train = _run_logged(
-        python + ["crbp_d2.cli.train_net", "--config-file", config, "OUTPUT_DIR", folder]
-        + [*opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
+        python + ["crbp_d2.cli.train_net", "--config-file", config, "--overwrite"]
+        + ["OUTPUT_DIR", folder, *opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
         os.path.join(folder, "train.log"),
     )  # fmt: skip
     metrics_path = os.path.join(folder, "metrics.json")

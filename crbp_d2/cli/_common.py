@@ -3,11 +3,22 @@ paths checked before the work starts."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, Tuple, Type
+from typing import Iterator, Optional, Tuple, Type
+
+from crbp_d2.utils.run_dir import (
+    DETECTRON2_OVERWRITTEN,
+    DETECTRON2_RUN_FILES,
+    RunDirBusyError,
+    RunDirLock,
+    check_output_dir,
+    is_main_launcher,
+    prepare_output_dir,
+)
 
 # What the library raises for bad input: a missing file, an unknown config key or dataset name,
 # an invalid value. Anything else is a bug and keeps its traceback.
@@ -70,3 +81,56 @@ def writable_output_file(path: str, default_name: str) -> str:
     except OSError as error:
         raise ValueError(f"cannot write {target}: {error.strerror or error}") from None
     return target
+
+
+# -- the Detectron2 programs' output folder ---------------------------------------------------
+
+RUN_DIR_FLAGS = ("--overwrite", "--resume-or-start")
+
+
+def add_run_dir_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--overwrite`` and ``--resume-or-start`` (with ``--resume``: what a folder holding a run,
+    or holding none, does)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an OUTPUT_DIR that holds a run (its checkpoints, metrics.json and "
+        "events files are removed first); without it such a folder is refused unless --resume",
+    )
+    parser.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="--resume if OUTPUT_DIR holds a run, else start a new one there (plain --resume "
+        "refuses a folder with nothing to resume: a typo in the folder?)",
+    )
+    return parser
+
+
+@contextmanager
+def run_dir_guard(prog: str, output_dir: str, args: argparse.Namespace) -> Iterator[None]:
+    """One run per folder for ``train_net`` / ``lazyconfig_train_net``: ``output_dir`` is checked
+    (a writable folder), locked for the block (:class:`crbp_d2.utils.run_dir.RunDirLock`; in the
+    launcher only, its worker processes run inside it) and, for training, refused when it holds a
+    run unless ``--resume`` / ``--overwrite``, or holds none under ``--resume`` unless
+    ``--resume-or-start``. Faults: one line, exit status 2."""
+    lock: Optional[RunDirLock] = None
+    with one_line_errors(prog, INPUT_ERRORS + (OSError, RunDirBusyError)):
+        check_output_dir(output_dir)
+        if is_main_launcher():
+            lock = RunDirLock(output_dir, prog).acquire()
+    try:
+        with one_line_errors(prog, INPUT_ERRORS + (OSError,)):
+            if not args.eval_only:
+                prepare_output_dir(
+                    output_dir,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                    patterns=DETECTRON2_RUN_FILES,
+                    removed=DETECTRON2_OVERWRITTEN,
+                    fresh_ok=getattr(args, "resume_or_start", False),
+                    fresh_flag="--resume-or-start",
+                )
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

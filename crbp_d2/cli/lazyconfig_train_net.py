@@ -31,12 +31,19 @@ from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
 from ..engine_launch import launch
-from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
+from ._common import (
+    INPUT_ERRORS,
+    RUN_DIR_FLAGS,
+    add_run_dir_flags,
+    one_line_errors,
+    run_dir_guard,
+    training_stops_in_one_line,
+)
 
 PROG = "lazyconfig_train_net.py"
 
 
-_FLAGS = ("--resume", "--eval-only")
+_FLAGS = ("--resume", "--eval-only") + RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -45,7 +52,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     otherwise swallow them into)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
-    return default_argument_parser().parse_args(flags + [a for a in argv if a not in _FLAGS])
+    parser = add_run_dir_flags(default_argument_parser())
+    args = parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    args.resume = args.resume or args.resume_or_start
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -53,7 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("Command Line Args:", args)
     with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
         cfg = build_lazy_config(args)  # fail fast, before spawning workers
-    with training_stops_in_one_line(PROG), one_line_errors(PROG, (CheckpointFileError,)):
+    with (
+        run_dir_guard(PROG, cfg.train.output_dir, args),  # one run per folder
+        training_stops_in_one_line(PROG),
+        one_line_errors(PROG, (CheckpointFileError,)),
+    ):
         launch(
             train_or_evaluate_lazy,
             args.num_gpus,

@@ -30,11 +30,18 @@ from ..training import build_config, train_or_evaluate
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
-from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
+from ._common import (
+    INPUT_ERRORS,
+    RUN_DIR_FLAGS,
+    add_run_dir_flags,
+    one_line_errors,
+    run_dir_guard,
+    training_stops_in_one_line,
+)
 
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
 # flags when they come after an override; they are moved to the front first.
-_FLAGS = ("--resume", "--eval-only", "--random-weights")
+_FLAGS = ("--resume", "--eval-only", "--random-weights") + RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,13 +49,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     anywhere on the line (also after the ``KEY VALUE`` overrides)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
-    parser = default_argument_parser()
+    parser = add_run_dir_flags(default_argument_parser())
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
     )
-    return parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    args = parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    args.resume = args.resume or args.resume_or_start
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -57,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
         cfg = build_config(args)  # fail fast, before spawning workers
     with (
+        run_dir_guard("train_net.py", cfg.OUTPUT_DIR, args),  # one run per folder
         training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
         one_line_errors("train_net.py", (CheckpointFileError,)),  # an unreadable checkpoint
     ):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
+from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
 from ._common import report_input_error
 
@@ -63,26 +65,36 @@ def main(argv=None) -> int:
         return report_input_error("train_pathfinder.py", ValueError(message))
     try:
         cfg = load_config(args.config_file, args.opts)
-        resume = (args.resume_from or args.resume) if not args.eval_only else False
-        if not args.eval_only:
-            prepare_output_dir(cfg.OUTPUT_DIR, bool(resume), args.overwrite)
-        trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
-        if args.eval_only:
-            table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
-            print(json.dumps(table, indent=2))
-            return 0
-        best = trainer.train()
-        if trainer.dist.is_main:
-            print(
-                f"[pathfinder] done; best IoU {best.get('iou', float('nan')):.4f} at epoch "
-                f"{best.get('epoch')}; outputs in {cfg.OUTPUT_DIR}"
-            )
-        return 0
+        check_output_dir(cfg.OUTPUT_DIR)
+        # One run per folder: the lock first, then the "holds a run" check (two runs started
+        # together cannot both pass it); torchrun's other ranks run inside rank 0's lock.
+        lock = RunDirLock(cfg.OUTPUT_DIR, "train_pathfinder.py")
+        with lock if is_main_launcher() else nullcontext():
+            return _run(args, cfg)
     except NonFiniteLossError as err:
         print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, OSError, ValueError) as err:
+    except (ConfigError, OSError, ValueError, RunDirBusyError) as err:
         return report_input_error("train_pathfinder.py", err)
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
+    """Check the folder (under its lock), then train or evaluate."""
+    resume = (args.resume_from or args.resume) if not args.eval_only else False
+    if not args.eval_only:
+        prepare_output_dir(cfg.OUTPUT_DIR, bool(resume), args.overwrite)
+    trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
+    if args.eval_only:
+        table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
+        print(json.dumps(table, indent=2))
+        return 0
+    best = trainer.train()
+    if trainer.dist.is_main:
+        print(
+            f"[pathfinder] done; best IoU {best.get('iou', float('nan')):.4f} at epoch "
+            f"{best.get('epoch')}; outputs in {cfg.OUTPUT_DIR}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import grad_scaler
 from crbp_d2.utils.rng import get_rng_state, set_rng_state
+from crbp_d2.utils.run_dir import PATHFINDER_RUN_FILES
+from crbp_d2.utils.run_dir import prepare_output_dir as _prepare_output_dir
 from crbp_d2.utils.safe_load import CheckpointReadError, load_torch_file
 
 from ..data.datasets import build_dataset
@@ -114,29 +116,15 @@ def seed_everything(seed: int) -> None:
 # -- the trainer -----------------------------------------------------------------------------
 
 
-RUN_FILES = ("last.pth", "best.pth", "train_log.csv", "eval_log.csv", "metrics.json")
+RUN_FILES = PATHFINDER_RUN_FILES
 
 
 def prepare_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
     """Check ``output_dir`` before anything is built: it must be a folder (or not exist yet),
     and a folder holding a run (finished or partial) is continued only with ``resume`` or
-    started again only with ``overwrite`` (which removes the old run's files)."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"OUTPUT_DIR {output_dir!r} is a file, not a folder")
-    found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
-    if found and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"OUTPUT_DIR {output_dir!r} holds a run ({', '.join(found)}): continue it with "
-                "--resume, or start again with --overwrite (its files are replaced)"
-            )
-        for name in found:
-            os.remove(os.path.join(output_dir, name))
-    existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):  # nothing is created here: the nearest existing folder
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise PermissionError(f"OUTPUT_DIR {output_dir!r} cannot be written ({existing})")
+    started again only with ``overwrite`` (which removes the old run's files); see
+    :func:`crbp_d2.utils.run_dir.prepare_output_dir`."""
+    _prepare_output_dir(output_dir, resume, overwrite, patterns=PATHFINDER_RUN_FILES)
 
 
 class Trainer:
