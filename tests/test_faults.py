@@ -43,8 +43,9 @@ def _pathfinder_argv(tmp_path, *extra: str) -> list:
     config = tmp_path / "pf.yaml"
     config.write_text(
         f"OUTPUT_DIR: {tmp_path / 'run'}\nMODEL: {{CHANNELS: 4, KERNEL_SIZE: 3}}\n"
-        "DATA: {SOURCE: on_the_fly, TRAIN_SIZE: 4, TEST_SIZE: 4, IMAGE_SIZE: 32, "
-        "CANVAS_SIZE: 150}\nSOLVER: {BATCH_SIZE: 4, EPOCHS: 1}\nTEST: {BATCH_SIZE: 4}\n"
+        "DATA: {SOURCE: memory, TRAIN_SIZE: 4, TEST_SIZE: 4, IMAGE_SIZE: 32, CANVAS_SIZE: 128, "
+        "TRAIN_LENGTH: 9, TEST_LENGTH: 9, GENERATOR: {padding: 10, num_distractors: 3}}\n"
+        "SOLVER: {BATCH_SIZE: 4, EPOCHS: 1}\nTEST: {BATCH_SIZE: 4}\n"
     )
     return ["--config-file", str(config), "--no-progress", *extra]
 
@@ -183,9 +184,7 @@ def _d2_main(program, argv):
 
 
 @pytest.mark.parametrize("program_name", ["train_net", "lazyconfig_train_net"])
-def test_detectron2_training_into_a_folder_holding_a_run_is_refused(
-    tmp_path, capsys, program_name
-):
+def test_detectron2_training_into_a_folder_holding_a_run_is_refused(tmp_path, capsys, program_name):
     pytest.importorskip("detectron2")
     from crbp_d2.cli import lazyconfig_train_net, train_net
 
@@ -231,3 +230,146 @@ def test_detectron2_overwrite_removes_the_old_runs_files_only(tmp_path):
     fresh = argparse.Namespace(eval_only=False, resume=True, overwrite=False, resume_or_start=True)
     with run_dir_guard("prog", str(tmp_path / "new"), fresh):  # nothing to resume: starts
         pass
+
+
+# -- 3. no orphans ----------------------------------------------------------------------------
+
+_LAUNCHER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from crbp_d2.engine_launch import launch
+
+def rank_sleeps(folder):
+    import torch.distributed as dist
+    path = os.path.join(folder, f"rank{{dist.get_rank()}}.pid")
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    while True:  # a training that would run for hours
+        time.sleep(0.1)
+
+if __name__ == "__main__":
+    launch(rank_sleeps, 2, dist_url="auto", device="cpu", args=({folder!r},))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_cpu_ranks_stop_within_seconds_when_the_launcher_is_killed(tmp_path):
+    """``--num-gpus 2`` on the CPU (crbp_d2.engine_launch): kill -9 of the launcher ends both
+    ranks (about 10-20 s on a shared machine, mostly the workers' imports)."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("detectron2")
+    script = tmp_path / "launcher.py"
+    script.write_text(_LAUNCHER.format(root=ROOT, folder=str(tmp_path)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # As `tools/train_net.py ... &` from a script starts it: SIGINT ignored (inherited by the
+    # ranks), so torch's own parent-death SIGINT does not stop them.
+    launcher = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=str(tmp_path),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+        assert _wait_for(lambda: all(p.exists() for p in pid_files), 120), "ranks did not start"
+        ranks = [int(p.read_text()) for p in pid_files]
+        assert all(_alive(pid) for pid in ranks)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        assert _wait_for(lambda: not any(_alive(pid) for pid in ranks), 5), "orphaned ranks"
+    finally:
+        launcher.kill()
+        for p in tmp_path.glob("rank*.pid"):
+            try:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def test_a_rendezvous_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    pytest.importorskip("detectron2")
+    from crbp_d2.engine_launch import DistUrlError, launch
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        url = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(DistUrlError, match=f"--dist-url {url}: port .* is in use"):
+            launch(print, 2, dist_url=url, device="cpu")
+
+
+def _children(parent: int):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().split(")")[-1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_pathfinder_ranks_stop_within_seconds_when_torchrun_is_killed(tmp_path):
+    """The README's multi-process Pathfinder command (torchrun, gloo on the CPU): kill -9 of
+    torchrun ends both ranks (they would otherwise train on as orphans)."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = _pathfinder_argv(tmp_path, "SOLVER.EPOCHS", "100000", "NUM_THREADS", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += [os.path.join(ROOT, "tools", "train_pathfinder.py"), *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    torchrun = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    ranks = []
+    try:
+        log = tmp_path / "run" / "train_log.csv"
+        assert _wait_for(lambda: log.exists() and len(_children(torchrun.pid)) == 2, 120)
+        ranks = _children(torchrun.pid)
+        torchrun.send_signal(signal.SIGKILL)
+        torchrun.wait()
+        assert _wait_for(lambda: not any(_alive(pid) for pid in ranks), 8), "orphaned ranks"
+    finally:
+        torchrun.kill()
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -30,7 +30,8 @@ from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
-from ..engine_launch import launch
+from ..engine_launch import DistUrlError, launch
+from ..utils.procs import die_with_torchrun
 from ._common import (
     INPUT_ERRORS,
     RUN_DIR_FLAGS,
@@ -60,13 +61,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     print("Command Line Args:", args)
     with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
         cfg = build_lazy_config(args)  # fail fast, before spawning workers
     with (
         run_dir_guard(PROG, cfg.train.output_dir, args),  # one run per folder
         training_stops_in_one_line(PROG),
-        one_line_errors(PROG, (CheckpointFileError,)),
+        one_line_errors(PROG, (CheckpointFileError, DistUrlError)),
     ):
         launch(
             train_or_evaluate_lazy,

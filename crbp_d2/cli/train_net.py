@@ -23,13 +23,14 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..engine_launch import launch
+from ..engine_launch import DistUrlError, launch
 from ..training import build_config, train_or_evaluate
 
 # isort: split
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
+from ..utils.procs import die_with_torchrun
 from ._common import (
     INPUT_ERRORS,
     RUN_DIR_FLAGS,
@@ -62,13 +63,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     print("Command Line Args:", args)
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
         cfg = build_config(args)  # fail fast, before spawning workers
     with (
         run_dir_guard("train_net.py", cfg.OUTPUT_DIR, args),  # one run per folder
         training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
-        one_line_errors("train_net.py", (CheckpointFileError,)),  # an unreadable checkpoint
+        # an unreadable checkpoint, a rendezvous port in use
+        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError)),
     ):
         launch(
             train_or_evaluate,

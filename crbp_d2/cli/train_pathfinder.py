@@ -16,6 +16,7 @@ from contextlib import nullcontext
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
+from crbp_d2.utils.procs import die_with_torchrun
 from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
 from ._common import report_input_error
@@ -60,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     if any(s < 0 for s in args.eval_steps):
         message = f"--eval-steps must be step counts >= 0, got {args.eval_steps}"
         return report_input_error("train_pathfinder.py", ValueError(message))
