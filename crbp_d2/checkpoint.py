@@ -19,6 +19,7 @@ Caffe2 / ImageNet names, native ``.pth`` checkpoints) plus three things:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,13 +36,29 @@ from .modeling.freeze import MASK_HEAD_PREFIX
 from .modeling.recurrent_mask_head import RecurrentMaskHead
 from .utils.safe_load import CheckpointReadError, load_pickle_weights, load_torch_file
 
-__all__ = ["CheckpointFileError", "LoadReport", "RFPNCheckpointer", "format_keys"]
+__all__ = [
+    "CheckpointFileError",
+    "LoadReport",
+    "MAX_NEW_SHARE",
+    "PartialWeightsError",
+    "RFPNCheckpointer",
+    "check_weights_cover_model",
+    "format_keys",
+]
+
+# --eval-only refuses a checkpoint that leaves more than this share of the model's weights at
+# their random initialisation (unless asked: --allow-partial-weights).
+MAX_NEW_SHARE = 0.01
 
 RECURRENT_HEAD_MARKER = MASK_HEAD_PREFIX + ".engine."
 
 
 class CheckpointFileError(CheckpointReadError):
     """A checkpoint file that does not exist or cannot be read as one (message: one line)."""
+
+
+class PartialWeightsError(CheckpointFileError):
+    """A checkpoint that sets too few of the model's weights to evaluate it (one line)."""
 
 
 def format_keys(keys: Sequence[str], max_groups: int = 12) -> str:
@@ -118,6 +135,34 @@ class LoadReport:
             f"  newly initialised ({len(self.new)}): {format_keys(self.new)}",
         ]
         return "\n".join(lines)
+
+
+def check_weights_cover_model(
+    report: Optional["LoadReport"],
+    allow_partial: bool = False,
+    max_new_share: float = MAX_NEW_SHARE,
+    flag: str = "--allow-partial-weights",
+) -> None:
+    """Before an evaluation: raise :class:`PartialWeightsError` (one line listing the groups) when
+    the load of ``report`` left more than ``max_new_share`` of the model's weights (state-dict
+    keys) at their random initialisation; with ``allow_partial`` log it as a warning instead."""
+    if report is None:
+        return
+    counted = lambda keys: [k for k in keys if not k.endswith("num_batches_tracked")]  # noqa: E731
+    loaded, new = counted(report.loaded), counted(report.new)  # (counters, not weights)
+    total = len(loaded) + len(new)
+    if not total or len(new) <= max_new_share * total:
+        return
+    skipped = report.skipped_head + report.skipped_unused + [k for k, *_ in report.skipped_shape]
+    message = (
+        f"{report.path} sets {len(loaded)} of the model's {total} weights: "
+        f"{len(new)} ({len(new) / total:.0%}) would be evaluated at their random "
+        f"initialisation ({format_keys(new)}); {len(skipped)} of the file's keys were "
+        f"skipped ({format_keys(skipped)}). Is it a checkpoint of this config's model?"
+    )
+    if not allow_partial:
+        raise PartialWeightsError(f"{message} ({flag} evaluates it anyway)")
+    logging.getLogger("detectron2").warning("EVALUATING A PARTLY RANDOM MODEL: %s", message)
 
 
 def _recurrent_head_prefixes(model: nn.Module) -> List[str]:

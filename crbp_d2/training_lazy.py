@@ -47,7 +47,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import RFPNCheckpointer
+from .checkpoint import RFPNCheckpointer, check_weights_cover_model
 from .data import check_dataset_name
 from .data.resumable import ResumableTrainLoader
 from .engine_launch import create_ddp_model
@@ -292,7 +292,15 @@ def train_or_evaluate_lazy(args: argparse.Namespace):
         return None
     model = _build_model(cfg)
     model = create_ddp_model(model)
-    RFPNCheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    checkpointer = RFPNCheckpointer(model, cfg.train.output_dir)
+    if args.resume:  # the folder's last checkpoint (else train.init_checkpoint)
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+    else:
+        checkpointer.load(cfg.train.init_checkpoint)
+    if cfg.train.init_checkpoint or checkpointer.has_checkpoint() and args.resume:
+        check_weights_cover_model(
+            checkpointer.last_report, getattr(args, "allow_partial_weights", False)
+        )
     results = do_test(cfg, model)
     if comm.is_main_process() and results:
         _append_metrics(cfg.train.output_dir, flatten_results_dict(results))

@@ -51,7 +51,10 @@ def _pathfinder_argv(tmp_path, *extra: str) -> list:
 
 
 def _one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    """The one line of ``err`` that reports the fault (``PROG: error: ...`` / ``warning``), and no
+    traceback (other lines, e.g. torch's own import-time log lines, are not the program's)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if ": error: " in line or "warning" in line]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -373,3 +376,138 @@ def test_pathfinder_ranks_stop_within_seconds_when_torchrun_is_killed(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# -- 4. evaluation loads what it says ---------------------------------------------------------
+
+
+def _d2_eval_argv(output, *extra):
+    return ["--config-file", D2_CONFIG, "--eval-only", *extra, "OUTPUT_DIR", str(output)]
+
+
+def test_eval_only_refuses_a_checkpoint_that_leaves_the_model_mostly_random(
+    tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("detectron2")
+    from crbp_d2 import training
+    from crbp_d2.cli import train_net
+
+    evaluated = []
+    monkeypatch.setattr(
+        training.Trainer, "test", classmethod(lambda *a, **k: evaluated.append(1) or {})
+    )
+    other = tmp_path / "other_model.pth"  # e.g. an R-50 checkpoint for an R-18 recipe
+    torch.save({"model": {"backbone.other.conv.weight": torch.zeros(3, 3)}}, other)
+    argv = _d2_eval_argv(tmp_path / "eval", "MODEL.WEIGHTS", str(other))
+    assert _d2_main(train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{other} sets 0 of the model's" in line and "random initialisation" in line
+    assert "backbone." in line and "--allow-partial-weights" in line
+    assert not evaluated
+    # asked for: evaluated, with a warning
+    assert train_net.main(argv + ["--allow-partial-weights"]) == 0
+    assert evaluated
+
+
+def test_eval_only_resume_evaluates_the_folders_last_checkpoint(tmp_path, monkeypatch):
+    pytest.importorskip("detectron2")
+    from crbp_d2 import training
+    from crbp_d2.checkpoint import RFPNCheckpointer
+    from crbp_d2.cli import train_net
+
+    run = tmp_path / "run"
+    cfg = training.build_config(train_net.parse_args(_d2_eval_argv(run, "--random-weights")))
+    model = training.Trainer.build_model(cfg)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(0.25)
+    run.mkdir()
+    RFPNCheckpointer(model, save_dir=str(run)).save("model_0000003")  # + last_checkpoint
+    seen = {}
+
+    def fake_test(cls, cfg, model, evaluators=None):
+        seen["values"] = {float(p.flatten()[0]) for p in model.parameters()}
+        return {}
+
+    monkeypatch.setattr(training.Trainer, "test", classmethod(fake_test))
+    assert train_net.main(_d2_eval_argv(run, "--resume")) == 0  # no MODEL.WEIGHTS needed
+    assert seen["values"] == {0.25}
+    with pytest.raises(SystemExit):  # nothing there to evaluate: one line
+        train_net.main(_d2_eval_argv(tmp_path / "typo", "--resume"))
+
+
+# -- 5. logs and JSON stay valid, labels say their step, evaluation reads no training data ----
+
+
+def test_pathfinder_train_log_has_no_duplicate_rows_after_a_resume(tmp_path):
+    import csv
+
+    from test_pathfinder_trainer import LineDataset, tiny_cfg  # (tests/ is on sys.path)
+
+    from crbp_d2.pathfinder.train.loop import Trainer
+
+    one = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 1)
+    first = Trainer(one, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    first.train()  # last.pth after epoch 1
+    log_path = os.path.join(one.OUTPUT_DIR, "train_log.csv")
+    with open(log_path) as f:
+        header = f.readline().strip().split(",")
+    with open(log_path, "a", newline="") as f:  # epoch 2's rows of a run killed before last.pth
+        writer = csv.DictWriter(f, header)
+        for step in (1, 2):
+            writer.writerow({"epoch": 2, "iteration": first.iteration + step, "loss": 9.0})
+    two = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 2)  # the same OUTPUT_DIR
+    resumed = Trainer(two, LineDataset(8), LineDataset(4, seed=1), resume=True, progress=False)
+    resumed.train()
+    with open(log_path) as f:
+        iterations = [int(r["iteration"]) for r in csv.DictReader(f)]
+    assert iterations == sorted(set(iterations)), iterations  # each iteration once, in order
+    assert iterations[-1] == resumed.iteration
+
+
+def test_json_records_write_nan_as_null(tmp_path):
+    import json
+
+    from crbp_d2.utils.io import atomic_write_json
+
+    path = tmp_path / "metrics.json"
+    atomic_write_json(
+        {"best": {"iou": float("nan"), "f1": 0.5}, "curve": [1.0, float("inf")]}, path
+    )
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {"best": {"iou": None, "f1": 0.5}, "curve": [1.0, None]}
+
+
+def test_pathfinder_steps_labels_say_the_step_they_report():
+    from crbp_d2.pathfinder.evaluation.reports import steps_summary
+
+    rows = [{"iou": v} for v in (0.1, 0.4, 0.3, 0.2)]  # t = 0..3
+    line = steps_summary(rows, train_steps=10, max_steps=3)
+    assert "IoU@N=10" not in line and "N=10 is past --max-steps 3" in line
+    assert "best 0.4000 (t=1)" in line and "IoU@3 0.2000" in line
+    assert steps_summary(rows, train_steps=2, max_steps=3).startswith("IoU@N=2 0.3000")
+
+
+def test_eval_only_does_not_need_the_training_split(tmp_path):
+    pytest.importorskip("detectron2")
+    from crbp_d2 import training
+    from crbp_d2.cli import train_net
+
+    weights = tmp_path / "w.pth"
+    torch.save({"model": {}}, weights)
+    # a training split whose files are not there (COCO's train2017 not downloaded)
+    opts = [
+        "DATASETS.TRAIN",
+        "('coco_2017_train_panoptic_separated',)",
+        "OUTPUT_DIR",
+        str(tmp_path),
+    ]
+    opts += ["MODEL.WEIGHTS", str(weights)]
+    argv = ["--config-file", D2_CONFIG, *opts]
+    with pytest.raises((FileNotFoundError, ValueError)):
+        training.build_config(train_net.parse_args(argv))  # training needs it
+    training.build_config(train_net.parse_args(argv + ["--eval-only"]))  # evaluation does not

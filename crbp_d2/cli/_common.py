@@ -103,6 +103,12 @@ def add_run_dir_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="--resume if OUTPUT_DIR holds a run, else start a new one there (plain --resume "
         "refuses a folder with nothing to resume: a typo in the folder?)",
     )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="--eval-only: evaluate even when the checkpoint leaves more than 1%% of the model's "
+        "weights at their random initialisation (refused by default, listing them)",
+    )
     return parser
 
 

@@ -44,7 +44,7 @@ from ._common import (
 PROG = "lazyconfig_train_net.py"
 
 
-_FLAGS = ("--resume", "--eval-only") + RUN_DIR_FLAGS
+_FLAGS = ("--resume", "--eval-only", "--allow-partial-weights") + RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -42,7 +42,8 @@ from ._common import (
 
 # Detectron2's parser ends with a catch-all for the KEY VALUE overrides, which would swallow these
 # flags when they come after an override; they are moved to the front first.
-_FLAGS = ("--resume", "--eval-only", "--random-weights") + RUN_DIR_FLAGS
+_FLAGS = ("--resume", "--eval-only", "--random-weights", "--allow-partial-weights")
+_FLAGS += RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

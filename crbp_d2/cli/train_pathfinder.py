@@ -10,12 +10,12 @@ torchrun --nproc_per_node 2 tools/train_pathfinder.py --config-file ...   # DDP 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import nullcontext
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
+from crbp_d2.utils.io import json_dumps
 from crbp_d2.utils.procs import die_with_torchrun
 from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace, cfg) -> int:
     trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
     if args.eval_only:
         table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
-        print(json.dumps(table, indent=2))
+        print(json_dumps(table))  # NaN as null: valid JSON
         return 0
     best = trainer.train()
     if trainer.dist.is_main:

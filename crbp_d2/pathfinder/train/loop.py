@@ -14,6 +14,7 @@ each process's share of the batch, as the authors' DataParallel did over each GP
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
@@ -53,7 +54,11 @@ class NonFiniteLossError(RuntimeError):
 class CsvLog:
     """Append-only CSV with a fixed header (new columns are ignored), flushed every row."""
 
-    def __init__(self, path: str, fields: Sequence[str]) -> None:
+    def __init__(
+        self, path: str, fields: Sequence[str], keep_through: Optional[int] = None
+    ) -> None:
+        """``keep_through``: drop the existing rows whose ``iteration`` is above it (a resumed run
+        redoes the iterations after its checkpoint: their rows are written again, not twice)."""
         self.path = path
         self.fields = list(fields)
         exists = os.path.isfile(path) and os.path.getsize(path) > 0
@@ -61,11 +66,32 @@ class CsvLog:
             with open(path) as f:
                 header = f.readline().strip().split(",")
             self.fields = header
+            if keep_through is not None:
+                self._drop_rows_after(keep_through)
         self._file = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._file, self.fields, extrasaction="ignore")
         if not exists:
             self._writer.writeheader()
             self._file.flush()
+
+    def _drop_rows_after(self, iteration: int) -> None:
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+
+        def kept(row: Dict[str, str]) -> bool:
+            try:
+                return int(float(row.get("iteration") or 0)) <= iteration
+            except ValueError:  # a row cut off mid-write
+                return False
+
+        keep = [r for r in rows if kept(r) and None not in r]
+        if len(keep) == len(rows):
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(keep)
+        atomic_write_text(self.path, buffer.getvalue())
 
     def write(self, row: Dict[str, float]) -> None:
         self._writer.writerow(row)
@@ -346,8 +372,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(os.path.join(self.output_dir, "tb"))
-            train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS)
-            eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS)
+            # rows of iterations after the checkpoint this run starts from are redone: drop them
+            done = self.iteration
+            train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS, done)
+            eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS, done)
             print(
                 f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.MODEL.RECURRENT.METHOD}, "
                 f"{count_parameters(unwrap(self.model)):,} parameters, device {self.device}, "
