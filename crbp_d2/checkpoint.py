@@ -34,10 +34,12 @@ from torch import nn
 
 from .modeling.freeze import MASK_HEAD_PREFIX
 from .modeling.recurrent_mask_head import RecurrentMaskHead
+from .utils.io import atomic_torch_save, atomic_write_text
 from .utils.safe_load import CheckpointReadError, load_pickle_weights, load_torch_file
 
 __all__ = [
     "CheckpointFileError",
+    "CheckpointWriteError",
     "LoadReport",
     "MAX_NEW_SHARE",
     "PartialWeightsError",
@@ -55,6 +57,11 @@ RECURRENT_HEAD_MARKER = MASK_HEAD_PREFIX + ".engine."
 
 class CheckpointFileError(CheckpointReadError):
     """A checkpoint file that does not exist or cannot be read as one (message: one line)."""
+
+
+class CheckpointWriteError(CheckpointFileError):
+    """A checkpoint that could not be written (disk full, folder gone; one line). The file and
+    ``last_checkpoint`` are as before: the previous checkpoints are intact."""
 
 
 class PartialWeightsError(CheckpointFileError):
@@ -222,6 +229,32 @@ class RFPNCheckpointer(DetectionCheckpointer):
             raise CheckpointFileError(f"checkpoint file not found: {path}")
         self._path = path
         return super().load(path, *args, **kwargs)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's ``save`` written atomically: ``NAME.pth`` and then ``last_checkpoint`` are
+        each either the old file or the whole new one (never a half-written checkpoint, also on a
+        full disk or ``kill -9``); a failed write is one :class:`CheckpointWriteError` line."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if _is_remote(self.save_dir):
+            super().save(name, **kwargs)
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        try:
+            atomic_torch_save(data, path)
+            atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), basename)
+        except OSError as error:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else None
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {error.strerror or error}; nothing was half "
+                "written" + (f" and the last checkpoint {last} is intact" if last else "")
+            ) from None
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:

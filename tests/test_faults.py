@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -50,11 +51,14 @@ def _pathfinder_argv(tmp_path, *extra: str) -> list:
     return ["--config-file", str(config), "--no-progress", *extra]
 
 
+_PROGRAM_LINE = re.compile(r"^[\w.]+: (error|warning|interrupted)")
+
+
 def _one_line(err: str) -> str:
     """The one line of ``err`` that reports the fault (``PROG: error: ...`` / ``warning``), and no
     traceback (other lines, e.g. torch's own import-time log lines, are not the program's)."""
     assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if ": error: " in line or "warning" in line]
+    lines = [line for line in err.splitlines() if _PROGRAM_LINE.match(line)]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -511,3 +515,203 @@ def test_eval_only_does_not_need_the_training_split(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError)):
         training.build_config(train_net.parse_args(argv))  # training needs it
     training.build_config(train_net.parse_args(argv + ["--eval-only"]))  # evaluation does not
+
+
+# -- 6. one line for every bad input ----------------------------------------------------------
+
+
+def test_a_detectron2_checkpoint_is_never_half_written(tmp_path, monkeypatch):
+    """Disk full in the middle of a checkpoint: one line naming it; the previous checkpoint and
+    ``last_checkpoint`` are intact and no partial file is left."""
+    import errno
+
+    from crbp_d2.checkpoint import CheckpointWriteError, RFPNCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    checkpointer = RFPNCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000001")
+    before = (tmp_path / "model_0000001.pth").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, stream, *args, **kwargs):
+        real_save(obj, stream, *args, **kwargs)  # some bytes reach the file, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpointer.save("model_0000002")
+    message = str(info.value)
+    assert "\n" not in message and "model_0000002.pth" in message and "No space left" in message
+    assert "model_0000001.pth is intact" in message
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "model_0000001.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_ctrl_c_stops_cleanly_naming_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from crbp_d2.cli import train_pathfinder
+
+    def interrupted(args, cfg):
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        torch.save({}, os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_pathfinder, "_run", interrupted)
+    with pytest.raises(SystemExit) as info:
+        train_pathfinder.main(_pathfinder_argv(tmp_path))
+    assert info.value.code == 130
+    line = _one_line(capsys.readouterr().err)
+    assert "interrupted (Ctrl-C); the last checkpoint is" in line
+    assert str(tmp_path / "run" / "last.pth") in line and "--resume" in line
+    assert not (tmp_path / "run" / ".run.lock").exists()  # the folder's lock is released
+
+
+def test_ctrl_c_in_train_net_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import train_net
+
+    (tmp_path / "model_0000009.pth").write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_net, "launch", interrupted)
+    argv = ["--config-file", D2_CONFIG, "--resume", "OUTPUT_DIR", str(tmp_path)]
+    assert _d2_main(train_net, argv) == 130
+    line = _one_line(capsys.readouterr().err)
+    assert f"the last checkpoint is {tmp_path / 'model_0000009.pth'}" in line
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_num_gpus_below_one_is_refused(capsys, count):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net, train_net
+
+    for program in (train_net, lazyconfig_train_net):
+        with pytest.raises(SystemExit) as info:
+            program.parse_args(["--config-file", "x", "--num-gpus", count])
+        assert info.value.code == 2
+        assert "--num-gpus must be >= 1" in _one_line(capsys.readouterr().err)
+
+
+def test_yaml_syntax_errors_are_one_line_naming_file_and_line(tmp_path, capsys):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import train_net, train_pathfinder
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('OUTPUT_DIR: "x\nMODEL:\n  DEVICE: cpu\n')
+    assert train_pathfinder.main(["--config-file", str(bad)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"cannot parse {bad}: line" in line and "a YAML syntax error" in line
+    assert _d2_main(train_net, ["--config-file", str(bad)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"cannot parse {bad}: line" in line and "a YAML syntax error" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_pathfinder_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    from crbp_d2.cli import train_pathfinder
+
+    assert train_pathfinder.main(_pathfinder_argv(tmp_path, "DEVICE", "cuda")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "DEVICE 'cuda' asked for but CUDA is not available" in line
+
+
+def test_detectron2_output_dir_faults_are_one_line(tmp_path, capsys):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import train_net
+
+    taken = tmp_path / "a_file"
+    taken.write_text("mine")
+    argv = ["--config-file", D2_CONFIG, "OUTPUT_DIR", str(taken)]
+    assert _d2_main(train_net, argv) == 2
+    assert f"OUTPUT_DIR '{taken}' is a file, not a folder" in _one_line(capsys.readouterr().err)
+    assert taken.read_text() == "mine"
+    below = str(taken / "run")
+    assert _d2_main(train_net, ["--config-file", D2_CONFIG, "OUTPUT_DIR", below]) == 2
+    assert f"{taken} is a file" in _one_line(capsys.readouterr().err)
+
+
+def test_detectron2_programs_describe_themselves_in_help(capsys):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net, train_net
+
+    for program, expected in ((train_net, "KEY VALUE"), (lazyconfig_train_net, "key=value")):
+        with pytest.raises(SystemExit):
+            program.parse_args(["--help"])
+        out = capsys.readouterr().out
+        assert "Train and evaluate Panoptic FPN / R-FPN" in out and expected in out
+        assert "--overwrite" in out and "--allow-partial-weights" in out
+        assert "/path/to/weight.pth" not in out  # not Detectron2's generic yacs examples
+
+
+def test_counts_and_ranges_are_checked_in_one_parser():
+    from crbp_d2.utils.counts import parse_counts
+
+    assert parse_counts("1-3,10,2") == [1, 2, 3, 10]
+    with pytest.raises(ValueError, match=r"the range '5-1' is reversed \(write 1-5\)"):
+        parse_counts("5-1")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        parse_counts("0-2")
+    with pytest.raises(ValueError, match="expected integers or ranges"):
+        parse_counts("3-x")
+    assert parse_counts("0,4", minimum=0) == [0, 4]
+
+
+@pytest.mark.parametrize(
+    "tool, option",
+    [
+        ("pathfinder_steps", "--max-steps"),
+        ("pathfinder_state_space", "--images"),
+        ("pathfinder_generalization", "--lengths"),
+        ("pathfinder_steps", "--batch-size"),
+    ],
+)
+def test_negative_counts_in_the_pathfinder_analysis_tools_are_one_line(capsys, tool, option):
+    import importlib
+
+    module = importlib.import_module(f"crbp_d2.cli.{tool}")
+    with pytest.raises(SystemExit) as info:
+        module.main(["--checkpoints", "a=x.pth", "--out", "o", option, "-3"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be an integer >= " in err and "got '-3'" in err
+
+
+def test_step_counts_above_a_sane_bound_are_warned():
+    from crbp_d2.recurrent import engine_config_defaults
+    from crbp_d2.recurrent.spec import spec_from_node
+
+    node = engine_config_defaults()
+    node["TIMESTEPS"] = 1_000_000
+    with pytest.warns(UserWarning, match=r"RECURRENT.TIMESTEPS = 1000000 is above 10,000"):
+        spec_from_node(node)
+
+
+def test_a_bad_training_image_is_named(capsys):
+    """A truncated JPEG of the user's own COCO data: the error names the image file (also when
+    raised in a DataLoader worker, whose message carries the worker's traceback)."""
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli._common import report_input_error
+    from crbp_d2.data.resumable import DatasetItemError, _SeededMap  # (before detectron2.data)
+
+    from detectron2.data.common import DatasetFromList  # isort: skip
+
+    def mapper(item):
+        raise OSError("image file is truncated (12 bytes not processed)")
+
+    items = DatasetFromList([{"file_name": "/data/mine/000042.jpg"}], copy=False, serialize=False)
+    with pytest.raises(DatasetItemError, match="image /data/mine/000042.jpg: OSError: image file"):
+        _SeededMap(items, mapper)(seed=0, position=0, index=0)
+    in_worker = DatasetItemError(
+        "Caught DatasetItemError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\ncrbp_d2.data.resumable.DatasetItemError: cannot '
+        "load training item 0 of the dataset, image /data/mine/000042.jpg: OSError: truncated\n"
+    )
+    assert report_input_error("train_net.py", in_worker) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (
+        "train_net.py: error: cannot load training item 0 of the dataset, image "
+        "/data/mine/000042.jpg: OSError: truncated"
+    )

@@ -30,12 +30,16 @@ from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
+from ..data.resumable import DatasetItemError
 from ..engine_launch import DistUrlError, launch
 from ..utils.procs import die_with_torchrun
 from ._common import (
     INPUT_ERRORS,
     RUN_DIR_FLAGS,
     add_run_dir_flags,
+    check_process_counts,
+    detectron2_last_checkpoint,
+    interrupt_stops_cleanly,
     one_line_errors,
     run_dir_guard,
     training_stops_in_one_line,
@@ -53,8 +57,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     otherwise swallow them into)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
-    parser = add_run_dir_flags(default_argument_parser())
+    parser = add_run_dir_flags(default_argument_parser(epilog=__doc__))
+    parser.description = (
+        "Train and evaluate Panoptic FPN / R-FPN from a LazyConfig .py file (trailing key=value "
+        "overrides, e.g. train.max_iter=100; +key=value adds a key)."
+    )
     args = parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    check_process_counts(parser, args)
     args.resume = args.resume or args.resume_or_start
     return args
 
@@ -67,8 +76,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = build_lazy_config(args)  # fail fast, before spawning workers
     with (
         run_dir_guard(PROG, cfg.train.output_dir, args),  # one run per folder
+        interrupt_stops_cleanly(PROG, detectron2_last_checkpoint(cfg.train.output_dir)),
         training_stops_in_one_line(PROG),
-        one_line_errors(PROG, (CheckpointFileError, DistUrlError)),
+        one_line_errors(PROG, (CheckpointFileError, DistUrlError, DatasetItemError)),
     ):
         launch(
             train_or_evaluate_lazy,

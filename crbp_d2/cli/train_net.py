@@ -30,11 +30,15 @@ from ..training import build_config, train_or_evaluate
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
+from ..data.resumable import DatasetItemError
 from ..utils.procs import die_with_torchrun
 from ._common import (
     INPUT_ERRORS,
     RUN_DIR_FLAGS,
     add_run_dir_flags,
+    check_process_counts,
+    detectron2_last_checkpoint,
+    interrupt_stops_cleanly,
     one_line_errors,
     run_dir_guard,
     training_stops_in_one_line,
@@ -51,13 +55,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     anywhere on the line (also after the ``KEY VALUE`` overrides)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
-    parser = add_run_dir_flags(default_argument_parser())
+    parser = add_run_dir_flags(default_argument_parser(epilog=__doc__))
+    parser.description = (
+        "Train and evaluate Panoptic FPN / R-FPN (yacs .yaml configs; trailing KEY VALUE pairs "
+        "override the config)."
+    )
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model",
     )
     args = parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    check_process_counts(parser, args)
     args.resume = args.resume or args.resume_or_start
     return args
 
@@ -70,9 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = build_config(args)  # fail fast, before spawning workers
     with (
         run_dir_guard("train_net.py", cfg.OUTPUT_DIR, args),  # one run per folder
+        interrupt_stops_cleanly("train_net.py", detectron2_last_checkpoint(cfg.OUTPUT_DIR)),
         training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
         # an unreadable checkpoint, a rendezvous port in use
-        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError)),
+        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError, DatasetItemError)),
     ):
         launch(
             train_or_evaluate,

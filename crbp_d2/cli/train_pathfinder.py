@@ -10,6 +10,7 @@ torchrun --nproc_per_node 2 tools/train_pathfinder.py --config-file ...   # DDP 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import nullcontext
 
@@ -19,7 +20,9 @@ from crbp_d2.utils.io import json_dumps
 from crbp_d2.utils.procs import die_with_torchrun
 from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
-from ._common import report_input_error
+from ._common import interrupt_stops_cleanly, report_input_error
+
+PROG = "train_pathfinder.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +74,11 @@ def main(argv=None) -> int:
         # One run per folder: the lock first, then the "holds a run" check (two runs started
         # together cannot both pass it); torchrun's other ranks run inside rank 0's lock.
         lock = RunDirLock(cfg.OUTPUT_DIR, "train_pathfinder.py")
-        with lock if is_main_launcher() else nullcontext():
+        last = os.path.join(cfg.OUTPUT_DIR, "last.pth")
+        with (
+            lock if is_main_launcher() else nullcontext(),
+            interrupt_stops_cleanly(PROG, lambda: last if os.path.isfile(last) else None),
+        ):
             return _run(args, cfg)
     except NonFiniteLossError as err:
         print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)

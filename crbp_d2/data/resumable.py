@@ -48,6 +48,7 @@ from torch.utils import data as torchdata
 from ..utils.rng import derived_seed, seeded_rng
 
 __all__ = [
+    "DatasetItemError",
     "ResumableTrainLoader",
     "build_resumable_train_loader",
     "resumable_detection_train_loader",
@@ -226,6 +227,10 @@ class ResumableTrainLoader:
                 yield batch
 
 
+class DatasetItemError(ValueError):
+    """A training item that cannot be loaded (message: one line naming its image file)."""
+
+
 class _SeededMap:
     """The mapped sample at a rank's stream position, with ``random``, ``np.random`` and torch's
     CPU generator seeded from (stream seed, rank, position) and restored afterwards."""
@@ -238,13 +243,27 @@ class _SeededMap:
     def __call__(self, seed: int, position: int, index: int) -> dict:
         with seeded_rng(derived_seed(seed, self.rank, position)):
             for _ in range(100):
-                data = self.mapper(self.dataset[index])
+                data = self._map(index)
                 if data is not None:
                     return data
                 # the seeded generator picks the replacement: the same on every replay
                 logger.warning("The mapper skipped dataset item %d; trying another one", index)
                 index = int(np.random.randint(len(self.dataset)))
         raise RuntimeError("the mapper returned None for 100 samples in a row")
+
+    def _map(self, index: int) -> Optional[dict]:
+        item = self.dataset[index]
+        try:
+            return self.mapper(item)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as error:  # a truncated / unreadable image, a bad annotation
+            name = item.get("file_name", "?") if isinstance(item, dict) else "?"
+            detail = " ".join(str(error).split())[:200]
+            raise DatasetItemError(
+                f"cannot load training item {index} of the dataset, image {name}: "
+                f"{type(error).__name__}: {detail}"
+            ) from error
 
 
 class _MappedStream(torchdata.IterableDataset):
