@@ -35,7 +35,11 @@ from . import config as _config  # noqa: F401  (first: Detectron2 compatibility 
 # isort: split
 import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -276,7 +280,21 @@ def _resumable_loader_config(node: DictConfig) -> DictConfig:
         return node
     node = copy.deepcopy(node)
     node._target_ = "crbp_d2.data.resumable.resumable_detection_train_loader"
+    dataset = node.get("dataset")
+    if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
+        # an empty dataset or a category id not in its file: one line naming the file
+        dataset._target_ = "crbp_d2.data.resumable.load_training_dicts"
     return node
+
+
+def _is_target(node: DictConfig, function) -> bool:
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except ImportError:
+            return False
+    return target is function
 
 
 def train_or_evaluate_lazy(args: argparse.Namespace):

@@ -30,7 +30,7 @@ from ..training_lazy import build_lazy_config, train_or_evaluate_lazy
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
-from ..data.resumable import DatasetItemError
+from ..data.resumable import DatasetError
 from ..engine_launch import DistUrlError, launch
 from ..utils.procs import die_with_torchrun
 from ._common import (
@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_dir_guard(PROG, cfg.train.output_dir, args),  # one run per folder
         interrupt_stops_cleanly(PROG, detectron2_last_checkpoint(cfg.train.output_dir)),
         training_stops_in_one_line(PROG),
-        one_line_errors(PROG, (CheckpointFileError, DistUrlError, DatasetItemError)),
+        one_line_errors(PROG, (CheckpointFileError, DistUrlError, DatasetError)),
     ):
         launch(
             train_or_evaluate_lazy,

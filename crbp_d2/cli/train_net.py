@@ -30,7 +30,7 @@ from ..training import build_config, train_or_evaluate
 from detectron2.engine import default_argument_parser
 
 from ..checkpoint import CheckpointFileError
-from ..data.resumable import DatasetItemError
+from ..data.resumable import DatasetError
 from ..utils.procs import die_with_torchrun
 from ._common import (
     INPUT_ERRORS,
@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         interrupt_stops_cleanly("train_net.py", detectron2_last_checkpoint(cfg.OUTPUT_DIR)),
         training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
         # an unreadable checkpoint, a rendezvous port in use
-        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError, DatasetItemError)),
+        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError, DatasetError)),
     ):
         launch(
             train_or_evaluate,
