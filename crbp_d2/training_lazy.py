@@ -116,6 +116,34 @@ def check_lazy_datasets(cfg: DictConfig) -> None:
                     )
 
 
+ENGINE_KEY = "model.roi_heads.mask_head.engine"
+
+
+def check_lazy_engine(cfg: DictConfig) -> None:
+    """Build the mask head's recurrent engine node (``model.roi_heads.mask_head.engine``, made by
+    :func:`crbp_d2.lazy.build_engine_from_keys`) once before training, so that an invalid value is
+    one ``ValueError`` naming the lazy key (``model.roi_heads.mask_head.engine.TIMESTEPS = -1:
+    must be an integer >= 1``), not a traceback from inside the model's instantiation with the
+    yacs key name."""
+    from .lazy import build_engine_from_keys
+
+    node: Any = cfg
+    for part in ENGINE_KEY.split("."):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return
+    if not _is_target(node, build_engine_from_keys):
+        return
+    keys = {k: node[k] for k in node.keys() if isinstance(k, str) and k.isupper()}
+    try:
+        build_engine_from_keys(32, **keys)
+    except (ValueError, KeyError) as error:
+        message = str(error.args[0] if error.args else error)
+        for yacs_prefix in ("cfg.MODEL.ROI_MASK_HEAD.RECURRENT.", "MODEL.ROI_MASK_HEAD.RECURRENT."):
+            message = message.replace(yacs_prefix, ENGINE_KEY + ".")
+        raise type(error)(message) from None
+
+
 def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     """The LazyConfig of ``args.config_file`` with the ``args.opts`` overrides, after every check
     that can fail before training starts (the file, the required keys, unknown override keys,
@@ -143,6 +171,7 @@ def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     except OverrideParseException as error:
         raise ValueError(f"cannot parse the config overrides {args.opts}: {error}") from None
     check_lazy_datasets(cfg)
+    check_lazy_engine(cfg)
     weights = cfg.train.init_checkpoint
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
     if weights and "://" not in weights and not resuming and not os.path.isfile(weights):

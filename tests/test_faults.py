@@ -746,3 +746,35 @@ def test_a_users_coco_dataset_fault_names_the_annotation_file(tmp_path, fault):
     with pytest.raises(DatasetError, match=expected) as info:
         build_resumable_train_loader(cfg)
     assert str(annotation_file) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cuda_check_without_torch_is_one_line(tmp_path):
+    import subprocess
+
+    no_torch = tmp_path / "python"  # a python whose `import torch` fails
+    no_torch.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
+    )
+    no_torch.chmod(0o755)
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "tools", "cuda_check.sh"), str(tmp_path / "out")],
+        env=dict(os.environ, PYTHON=str(no_torch)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert f"{no_torch} cannot import torch" in line
+
+
+def test_lazyconfig_value_errors_name_the_lazy_key(tmp_path, capsys):
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net
+
+    argv = ["--config-file", LAZY_CONFIG, f"train.output_dir={tmp_path}"]
+    argv += ["model.roi_heads.mask_head.engine.TIMESTEPS=-1"]
+    assert _d2_main(lazyconfig_train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "model.roi_heads.mask_head.engine.TIMESTEPS = -1: must be an integer >= 1" in line
+    assert "MODEL.ROI_MASK_HEAD" not in line
