@@ -93,7 +93,7 @@ demo-d2:
 
 demo-d2-train:
 	$(call step,R-FPN: train the quick C-RBP recipe from random init,rfpn_train,\
-		$(PY) tools/train_net.py --config-file $(D2_CFG) OUTPUT_DIR $(D2_OUT) TEST.EVAL_PERIOD 0 \
+		$(PY) tools/train_net.py --config-file $(D2_CFG) --overwrite OUTPUT_DIR $(D2_OUT) TEST.EVAL_PERIOD 0 \
 		DATASETS.TEST "()")
 
 demo-d2-evaluate:

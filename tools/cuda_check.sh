@@ -55,6 +55,10 @@ if [ -d .gpu_deps ]; then
   SITE="$("$PY" -c "import sys; print(':'.join(p for p in sys.path if p.endswith('-packages')))" 2>/dev/null || true)"
   export PYTHONPATH="$PYTHONPATH${SITE:+:$SITE}:$PWD/.gpu_deps"
 fi
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "cuda_check.sh: error: $PY cannot import torch (install PyTorch >= 2.1 for it, or name a python that has it: PYTHON=/path/to/python bash tools/cuda_check.sh ...)" >&2
+  exit 2
+fi
 if [ "$MODE" = smoke ]; then
   TRAIN_MINUTES="${TRAIN_MINUTES:-0.02}"
   MEMORY_ARGS=(--device cpu --batch 1 --size 24 --channels 4 --kernel 3 --steps 2 4)

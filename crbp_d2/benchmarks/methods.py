@@ -258,11 +258,13 @@ def run_methods_benchmark(
             if "error" in record:
                 continue
             key = (record["model"], record["variant"], record["steps"])
-            gradient = torch.load(files[key])
-            record.update(gradient_agreement(gradient, torch.load(files[key[0], None, 0])))
+            gradient = torch.load(files[key], weights_only=True)
+            record.update(
+                gradient_agreement(gradient, torch.load(files[key[0], None, 0], weights_only=True))
+            )
             record["reference_residual"] = references[key[0]]["reference_residual"]
             if record["variant"] == "crbp-tol":
-                full = torch.load(files[key[0], "crbp", key[2]])
+                full = torch.load(files[key[0], "crbp", key[2]], weights_only=True)
                 record["cosine_vs_k15"] = gradient_agreement(gradient, full)["grad_cosine"]
     return [r for r in records if r["variant"] in variants]
 

@@ -24,34 +24,61 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from detectron2.engine import default_argument_parser
+
 from ..rfpn.checkpoint import CheckpointFileError
-from ..rfpn.train.launch import launch
+from ..rfpn.data.resumable import DatasetError
+from ..rfpn.train.launch import DistUrlError, launch
 from ..rfpn.train.trainer_lazy import build_lazy_config, train_or_evaluate_lazy
-from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
+from ..utils.procs import die_with_torchrun
+from ._common import (
+    INPUT_ERRORS,
+    RUN_DIR_FLAGS,
+    add_run_dir_flags,
+    check_process_counts,
+    detectron2_last_checkpoint,
+    interrupt_stops_cleanly,
+    one_line_errors,
+    run_dir_guard,
+    training_stops_in_one_line,
+)
 
 PROG = "lazyconfig_train_net.py"
 
 
-_FLAGS = ("--resume", "--eval-only")
+_FLAGS = ("--resume", "--eval-only", "--allow-partial-weights") + RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Detectron2's ``default_argument_parser``; ``--resume`` and ``--eval-only`` may stand
     anywhere on the line (also after the ``key=value`` overrides, which its catch-all would
     otherwise swallow them into)."""
-    from detectron2.engine import default_argument_parser  # after crbp_d2.rfpn (the shim)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a in _FLAGS]
-    return default_argument_parser().parse_args(flags + [a for a in argv if a not in _FLAGS])
+    parser = add_run_dir_flags(default_argument_parser(epilog=__doc__))
+    parser.description = (
+        "Train and evaluate Panoptic FPN / R-FPN from a LazyConfig .py file (trailing key=value "
+        "overrides, e.g. train.max_iter=100; +key=value adds a key)."
+    )
+    args = parser.parse_args(flags + [a for a in argv if a not in _FLAGS])
+    check_process_counts(parser, args)
+    args.resume = args.resume or args.resume_or_start
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     print("Command Line Args:", args)
     with one_line_errors(PROG, INPUT_ERRORS + (TypeError,)):
         cfg = build_lazy_config(args)  # fail fast, before spawning workers
-    with training_stops_in_one_line(PROG), one_line_errors(PROG, (CheckpointFileError,)):
+    with (
+        run_dir_guard(PROG, cfg.train.output_dir, args),  # one run per folder
+        interrupt_stops_cleanly(PROG, detectron2_last_checkpoint(cfg.train.output_dir)),
+        training_stops_in_one_line(PROG),
+        one_line_errors(PROG, (CheckpointFileError, DistUrlError, DatasetError)),
+    ):
         launch(
             train_or_evaluate_lazy,
             args.num_gpus,

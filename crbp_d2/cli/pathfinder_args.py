@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Dict, Sequence
 
+from crbp_d2.utils.counts import count
+
 
 def analysis_argument_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every multi-model analysis command shares: --checkpoints NAME=PATH ...,
@@ -17,9 +19,9 @@ def analysis_argument_parser(description: str) -> argparse.ArgumentParser:
         "--checkpoints", nargs="+", required=True, help="NAME=PATH (trainer checkpoints)"
     )
     parser.add_argument("--out", required=True, help="output stem (no extension)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=count(1), default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=count(0), default=0, help="torch threads (0: default)")
     return parser
 
 

@@ -15,18 +15,19 @@ import sys
 from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads, parse_named_paths
 from crbp_d2.pathfinder.evaluation.analysis import PAPER_LENGTHS
 from crbp_d2.pathfinder.evaluation.reports import generalization_report
+from crbp_d2.utils.counts import count
 
 from ._common import report_input_error
 
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
-    p.add_argument("--lengths", type=int, nargs="+", default=list(PAPER_LENGTHS))
+    p.add_argument("--lengths", type=count(1), nargs="+", default=list(PAPER_LENGTHS))
     p.add_argument(
-        "--test-size", type=int, default=None, help="images per length (default: config's)"
+        "--test-size", type=count(1), default=None, help="images per length (default: config's)"
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="inference steps (default: each model's)"
+        "--steps", type=count(0), default=None, help="inference steps (default: each model's)"
     )
     p.add_argument("--data", nargs="*", default=[], help="KEY VALUE overrides of the test data")
     args = p.parse_args(argv)

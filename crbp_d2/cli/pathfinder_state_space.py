@@ -15,23 +15,24 @@ import sys
 
 from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads, parse_named_paths
 from crbp_d2.pathfinder.evaluation.reports import state_space_report
+from crbp_d2.utils.counts import count
 
 from ._common import report_input_error
 
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
-    p.add_argument("--max-steps", type=int, default=40, help="T")
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--pool", type=int, default=8, help="states are average-pooled to P x P")
-    p.add_argument("--components", type=int, default=2, help="PCA dimensions of the distance")
+    p.add_argument("--max-steps", type=count(1), default=40, help="T")
+    p.add_argument("--images", type=count(1), default=64)
+    p.add_argument("--pool", type=count(1), default=8, help="states are average-pooled to P x P")
+    p.add_argument("--components", type=count(1), default=2, help="PCA dimensions of the distance")
     p.add_argument(
         "--compare-step",
         nargs="*",
         default=[],
         help="NAME=STEP: compare h_STEP with h_T instead of h_N (the authors: C-RBP 30)",
     )
-    p.add_argument("--test-length", type=int, default=None)
+    p.add_argument("--test-length", type=count(1), default=None)
     args = p.parse_args(argv)
     apply_threads(args.threads)
     try:

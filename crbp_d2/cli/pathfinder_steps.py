@@ -14,17 +14,18 @@ import sys
 
 from crbp_d2.cli.pathfinder_args import analysis_argument_parser, apply_threads, parse_named_paths
 from crbp_d2.pathfinder.evaluation.reports import steps_report
+from crbp_d2.utils.counts import count
 
 from ._common import report_input_error
 
 
 def main(argv=None) -> int:
     p = analysis_argument_parser(__doc__)
-    p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--max-steps", type=count(0), default=40)
     p.add_argument(
-        "--test-length", type=int, default=None, help="default: each model's test length"
+        "--test-length", type=count(1), default=None, help="default: each model's test length"
     )
-    p.add_argument("--test-size", type=int, default=None)
+    p.add_argument("--test-size", type=count(1), default=None)
     args = p.parse_args(argv)
     apply_threads(args.threads)
     try:

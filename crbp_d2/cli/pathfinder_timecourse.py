@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from crbp_d2.pathfinder.evaluation.reports import timecourse_report
+from crbp_d2.utils.counts import count
 
 from ._common import report_input_error
 
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output stem (no extension)")
-    p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--max-steps", type=count(0), default=40)
     p.add_argument("--index", type=int, default=0, help="image index inside the first test batch")
     p.add_argument("--test-length", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)

@@ -24,25 +24,54 @@ import sys
 from typing import Optional, Sequence
 
 from ..rfpn.checkpoint import CheckpointFileError
-from ..rfpn.train.arguments import parse_train_args
-from ..rfpn.train.launch import launch
+from ..rfpn.data.resumable import DatasetError
+from ..rfpn.train.arguments import FLAGS, parse_train_args, train_argument_parser
+from ..rfpn.train.launch import DistUrlError, launch
 from ..rfpn.train.trainer import build_config, train_or_evaluate
-from ._common import INPUT_ERRORS, one_line_errors, training_stops_in_one_line
+from ..utils.procs import die_with_torchrun
+from ._common import (
+    INPUT_ERRORS,
+    RUN_DIR_FLAGS,
+    add_run_dir_flags,
+    check_process_counts,
+    detectron2_last_checkpoint,
+    interrupt_stops_cleanly,
+    one_line_errors,
+    run_dir_guard,
+    training_stops_in_one_line,
+)
+
+# The flags that may stand anywhere on the line (rfpn.train.arguments.FLAGS and the program's own).
+_FLAGS = FLAGS + ("--allow-partial-weights",) + RUN_DIR_FLAGS
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The program's command line (:func:`crbp_d2.rfpn.train.arguments.parse_train_args`)."""
-    return parse_train_args(argv)
+    """Detectron2's ``default_argument_parser`` (:func:`crbp_d2.rfpn.train.arguments.
+    train_argument_parser`) with the run-folder flags; ``--resume``, ``--eval-only`` and the
+    other flags may stand anywhere on the line (also after the ``KEY VALUE`` overrides)."""
+    parser = add_run_dir_flags(train_argument_parser(epilog=__doc__))
+    parser.description = (
+        "Train and evaluate Panoptic FPN / R-FPN (yacs .yaml configs; trailing KEY VALUE pairs "
+        "override the config)."
+    )
+    args = parse_train_args(argv, parser, _FLAGS)
+    check_process_counts(parser, args)
+    args.resume = args.resume or args.resume_or_start
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     print("Command Line Args:", args)
     with one_line_errors("train_net.py", INPUT_ERRORS + (TypeError,)):
         cfg = build_config(args)  # fail fast, before spawning workers
     with (
+        run_dir_guard("train_net.py", cfg.OUTPUT_DIR, args),  # one run per folder
+        interrupt_stops_cleanly("train_net.py", detectron2_last_checkpoint(cfg.OUTPUT_DIR)),
         training_stops_in_one_line("train_net.py"),  # a non-finite loss: one line, status 1
-        one_line_errors("train_net.py", (CheckpointFileError,)),  # an unreadable checkpoint
+        # an unreadable checkpoint, a rendezvous port in use
+        one_line_errors("train_net.py", (CheckpointFileError, DistUrlError, DatasetError)),
     ):
         launch(
             train_or_evaluate,

@@ -10,13 +10,19 @@ torchrun --nproc_per_node 2 tools/train_pathfinder.py --config-file ...   # DDP 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from contextlib import nullcontext
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
+from crbp_d2.utils.io import json_dumps
+from crbp_d2.utils.procs import die_with_torchrun
+from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
-from ._common import report_input_error
+from ._common import interrupt_stops_cleanly, report_input_error
+
+PROG = "train_pathfinder.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,31 +64,46 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    die_with_torchrun()  # a rank of torchrun ends with it (kill -9 included)
     if any(s < 0 for s in args.eval_steps):
         message = f"--eval-steps must be step counts >= 0, got {args.eval_steps}"
         return report_input_error("train_pathfinder.py", ValueError(message))
     try:
         cfg = load_config(args.config_file, args.opts)
-        resume = (args.resume_from or args.resume) if not args.eval_only else False
-        if not args.eval_only:
-            prepare_output_dir(cfg.OUTPUT_DIR, bool(resume), args.overwrite)
-        trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
-        if args.eval_only:
-            table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
-            print(json.dumps(table, indent=2))
-            return 0
-        best = trainer.train()
-        if trainer.dist.is_main:
-            print(
-                f"[pathfinder] done; best IoU {best.get('iou', float('nan')):.4f} at epoch "
-                f"{best.get('epoch')}; outputs in {cfg.OUTPUT_DIR}"
-            )
-        return 0
+        check_output_dir(cfg.OUTPUT_DIR)
+        # One run per folder: the lock first, then the "holds a run" check (two runs started
+        # together cannot both pass it); torchrun's other ranks run inside rank 0's lock.
+        lock = RunDirLock(cfg.OUTPUT_DIR, "train_pathfinder.py")
+        last = os.path.join(cfg.OUTPUT_DIR, "last.pth")
+        with (
+            lock if is_main_launcher() else nullcontext(),
+            interrupt_stops_cleanly(PROG, lambda: last if os.path.isfile(last) else None),
+        ):
+            return _run(args, cfg)
     except NonFiniteLossError as err:
         print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, OSError, ValueError) as err:
+    except (ConfigError, OSError, ValueError, RunDirBusyError) as err:
         return report_input_error("train_pathfinder.py", err)
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
+    """Check the folder (under its lock), then train or evaluate."""
+    resume = (args.resume_from or args.resume) if not args.eval_only else False
+    if not args.eval_only:
+        prepare_output_dir(cfg.OUTPUT_DIR, bool(resume), args.overwrite)
+    trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
+    if args.eval_only:
+        table = trainer.evaluate_checkpoint(args.weights or None, args.eval_steps)
+        print(json_dumps(table))  # NaN as null: valid JSON
+        return 0
+    best = trainer.train()
+    if trainer.dist.is_main:
+        print(
+            f"[pathfinder] done; best IoU {best.get('iou', float('nan')):.4f} at epoch "
+            f"{best.get('epoch')}; outputs in {cfg.OUTPUT_DIR}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from crbp_d2.recurrent import engine_config_defaults, spec_from_node
-from crbp_d2.utils.configs import has_key, unknown_key_message
+from crbp_d2.utils.configs import has_key, unknown_key_message, yaml_error_message
 
 # the checkout this package runs from (an editable install): the shipped configs and results
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def _load_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse {path}: {err}") from None
+            raise ConfigError(yaml_error_message(path, err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     base = data.pop("_BASE_", None)

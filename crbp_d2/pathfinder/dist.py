@@ -19,7 +19,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE {name!r} asked for but CUDA is not available")
+        raise ValueError(
+            f"DEVICE {name!r} asked for but CUDA is not available (torch {torch.__version__}, "
+            f"{'no CUDA build' if torch.version.cuda is None else 'no GPU visible'}); use "
+            "DEVICE cpu or auto"
+        )
     return device
 
 

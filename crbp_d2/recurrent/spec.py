@@ -14,6 +14,7 @@ config library: a node is any mapping.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -264,7 +265,28 @@ def spec_from_node(node: Mapping[str, Any], where: str = "RECURRENT") -> EngineS
             value = float(value)
         kwargs[name] = value
     try:
-        return EngineSpec(**kwargs)
+        spec = EngineSpec(**kwargs)
     except SpecError as err:
         key = next(k for k, f in CONFIG_KEYS.items() if f == err.field)
         raise ValueError(f"{where}.{key} = {err.value!r}: {err.why}") from None
+    warn_step_counts(node, where)
+    return spec
+
+
+# Step counts above this are most likely a typo (the paper's largest: 300 steps of the hGRU).
+SANE_MAX_STEPS = 10_000
+
+
+def warn_step_counts(node: Mapping[str, Any], where: str = "RECURRENT") -> None:
+    """Warn (``UserWarning``, one message per key) about step counts of ``node`` above
+    :data:`SANE_MAX_STEPS`: valid, but each forward (or backward) pass then runs that many cell
+    steps, so one iteration may take hours with nothing to show."""
+    for key in ("TIMESTEPS", "TEST_TIMESTEPS", "TBPTT_STEPS", "NEUMANN_STEPS", "PHANTOM_STEPS"):
+        value = node.get(key) if hasattr(node, "get") else None
+        if _is_int(value) and value > SANE_MAX_STEPS:
+            warnings.warn(
+                f"{where}.{key} = {value} is above {SANE_MAX_STEPS:,} (a typo?): each pass runs "
+                f"{value:,} cell steps, one iteration may take hours",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -21,7 +21,7 @@ from detectron2.config import CfgNode as CN
 
 from ..recurrent import EngineSpec, engine_config_defaults, spec_from_node
 from ..recurrent.base import NONLINEARITIES
-from ..utils.configs import has_key, unknown_key_message
+from ..utils.configs import has_key, unknown_key_message, yaml_error_message
 
 __all__ = [
     "CELLS",
@@ -209,8 +209,12 @@ def get_crbp_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file not found: {config_file}")
+        import yaml
+
         try:
             cfg.merge_from_file(config_file)
+        except yaml.YAMLError as error:  # (also in a _BASE_ file, which yacs opens the same way)
+            raise ValueError(yaml_error_message(config_file, error)) from None
         except KeyError as error:
             message = unknown_key_message(cfg, str(error.args[0]), f"config file {config_file}")
             raise KeyError(message) from None

@@ -35,3 +35,21 @@ def unknown_key_message(cfg: Mapping[str, Any], message: str, source: str) -> st
             prefix = ".".join(known) + "." if known else ""
             hint = " Did you mean " + ", ".join(prefix + c for c in close) + "?"
     return f"Non-existent config key: {key} (in {source}).{hint}"
+
+
+def yaml_error_message(path: str, error: Exception) -> str:
+    """One line for a YAML syntax error in the file ``path``: what is wrong and where
+    (``cannot parse x.yaml: line 4, column 1: found unexpected end of stream (while scanning a
+    quoted scalar at line 2, column 12)``)."""
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if problem is None:
+        return f"cannot parse {path}: {' '.join(str(error).split())} (a YAML syntax error)"
+    text = f"{at(mark)}: {problem}" if mark is not None else problem
+    if context:
+        text += f" ({context}" + (f" at {at(context_mark)})" if context_mark else ")")
+    return f"cannot parse {path}: {text} (a YAML syntax error)"

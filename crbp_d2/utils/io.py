@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,9 +45,31 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / infinite float (also inside numpy arrays, tensors, dicts, lists
+    and tuples) replaced by ``None``, so that it is written as valid JSON (``null``; bare ``NaN``
+    tokens are not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_safe(value.tolist())
+    return value
+
+
+def json_dumps(obj: Any, indent: Optional[int] = 2) -> str:
+    """``json.dumps`` of ``obj`` as valid JSON: numpy / torch values as plain ones, NaN and
+    infinities as ``null`` (:func:`json_safe`)."""
+    return json.dumps(json_safe(obj), indent=indent, default=to_jsonable, allow_nan=False)
+
+
 def atomic_write_json(obj: Any, path: PathLike, indent: int = 2) -> None:
-    """``json.dump`` of ``obj`` to ``path`` atomically (numpy values allowed)."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, default=to_jsonable) + "\n")
+    """``json.dump`` of ``obj`` to ``path`` atomically (numpy values allowed; NaN and infinities
+    written as ``null``)."""
+    atomic_write_text(path, json_dumps(obj, indent) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:

@@ -66,6 +66,35 @@ def die_with_parent(expected_parent: Optional[int] = None, poll_s: float = 0.2) 
     ).start()
 
 
+def watch_parent(poll_s: float = 0.5) -> None:
+    """End this process (``os._exit``) within ``poll_s`` seconds of its parent's exit: a daemon
+    thread checks the parent pid. Unlike :func:`set_parent_death_signal` it does not depend on
+    which thread of the parent started this process (torchrun's agent)."""
+    parent = os.getppid()
+    if parent == 1:  # already re-parented to init: the launcher is gone
+        os._exit(ORPHAN_EXIT_STATUS)
+    threading.Thread(
+        target=_watch_parent, args=(parent, poll_s), name="die-with-parent", daemon=True
+    ).start()
+
+
+def die_with_torchrun(poll_s: float = 0.5) -> bool:
+    """In a rank started by ``torchrun`` (its agent sets ``TORCHELASTIC_RUN_ID``): end when the
+    agent dies (``kill -9`` included), instead of training on as an orphan. Returns whether this
+    is such a rank."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    watch_parent(poll_s)
+    return True
+
+
+def run_dying_with_parent(main_func, *args):
+    """``main_func(*args)`` in a worker process that ends with its launcher (for
+    ``functools.partial(run_dying_with_parent, main_func)`` as a spawned process's target)."""
+    die_with_parent()
+    return main_func(*args)
+
+
 def pool_initargs() -> tuple:
     """``initargs`` for :func:`die_with_parent` in a pool of the default start method."""
     import multiprocessing

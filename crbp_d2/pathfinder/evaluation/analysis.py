@@ -19,7 +19,6 @@ says "L2"). The unprojected root-mean-square distance in the pooled space is rep
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +28,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
+
+from crbp_d2.utils.safe_load import load_torch_file
 
 from ..config import config_from_dump
 from ..data.datasets import build_dataset
@@ -44,14 +45,16 @@ PAPER_LENGTHS = (9, 14, 20, 25)
 
 def load_trained(path: str, device: str = "cpu") -> Tuple[nn.Module, CfgNode]:
     """(model in eval mode, its config) from a trainer checkpoint (best.pth / last.pth)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=device, weights_only=False)
-    if "config" not in state or "model" not in state:
+    state = load_torch_file(path, map_location=device)  # data only, never code
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is not a Pathfinder trainer checkpoint (no config/model)")
     cfg = config_from_dump(state["config"], path)
     model = build_model(cfg).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # names and shapes that do not fit the config in the file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"checkpoint {path}: its weights do not fit its own config ({first})")
     model.eval()
     return model, cfg
 

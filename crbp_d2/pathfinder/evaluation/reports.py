@@ -73,6 +73,20 @@ def generalization_report(
     return records
 
 
+def steps_summary(rows: Sequence[Dict], train_steps: int, max_steps: int) -> str:
+    """One line of IoU over steps (``rows[t]`` at step t = 0..max_steps): at the training steps N
+    when evaluated (``IoU@N=10``), the best, and at the last step; each label says its step."""
+    parts = []
+    if train_steps <= max_steps:
+        parts.append(f"IoU@N={train_steps} {rows[train_steps]['iou']:.4f}")
+    else:
+        parts.append(f"(N={train_steps} is past --max-steps {max_steps})")
+    best = max(range(len(rows)), key=lambda t: rows[t]["iou"])
+    parts.append(f"best {rows[best]['iou']:.4f} (t={best})")
+    parts.append(f"IoU@{max_steps} {rows[-1]['iou']:.4f}")
+    return ", ".join(parts)
+
+
 def steps_report(
     checkpoints: Dict[str, str],
     out: str,
@@ -118,10 +132,7 @@ def steps_report(
                     test_length=test_length or cfg.DATA.TEST_LENGTH,
                 )
             )
-        log(
-            f"{name}: IoU@N={n} {rows[min(n, max_steps)]['iou']:.4f}, "
-            f"best {max(r['iou'] for r in rows):.4f}, IoU@{max_steps} {rows[-1]['iou']:.4f}"
-        )
+        log(f"{name}: {steps_summary(rows, n, max_steps)}")
     write_records(records, out)
     plot_iou_over_steps(curves, train_steps, out + ".png", baselines)
     log(f"wrote {out}.csv/.json/.png")

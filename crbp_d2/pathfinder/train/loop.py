@@ -14,6 +14,7 @@ each process's share of the batch, as the authors' DataParallel did over each GP
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
@@ -29,6 +30,9 @@ from tqdm import tqdm
 from crbp_d2.recurrent import NonFiniteStateError
 from crbp_d2.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import grad_scaler
+from crbp_d2.utils.run_dir import PATHFINDER_RUN_FILES
+from crbp_d2.utils.run_dir import prepare_output_dir as _prepare_output_dir
+from crbp_d2.utils.safe_load import CheckpointReadError, load_torch_file
 
 from ...utils.errors import NonFiniteLossError
 from ...utils.rng import get_rng_state, seed_everything, set_rng_state
@@ -44,7 +48,11 @@ from ..modeling import build_model, count_parameters
 class CsvLog:
     """Append-only CSV with a fixed header (new columns are ignored), flushed every row."""
 
-    def __init__(self, path: str, fields: Sequence[str]) -> None:
+    def __init__(
+        self, path: str, fields: Sequence[str], keep_through: Optional[int] = None
+    ) -> None:
+        """``keep_through``: drop the existing rows whose ``iteration`` is above it (a resumed run
+        redoes the iterations after its checkpoint: their rows are written again, not twice)."""
         self.path = path
         self.fields = list(fields)
         exists = os.path.isfile(path) and os.path.getsize(path) > 0
@@ -52,11 +60,32 @@ class CsvLog:
             with open(path) as f:
                 header = f.readline().strip().split(",")
             self.fields = header
+            if keep_through is not None:
+                self._drop_rows_after(keep_through)
         self._file = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._file, self.fields, extrasaction="ignore")
         if not exists:
             self._writer.writeheader()
             self._file.flush()
+
+    def _drop_rows_after(self, iteration: int) -> None:
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+
+        def kept(row: Dict[str, str]) -> bool:
+            try:
+                return int(float(row.get("iteration") or 0)) <= iteration
+            except ValueError:  # a row cut off mid-write
+                return False
+
+        keep = [r for r in rows if kept(r) and None not in r]
+        if len(keep) == len(rows):
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(keep)
+        atomic_write_text(self.path, buffer.getvalue())
 
     def write(self, row: Dict[str, float]) -> None:
         self._writer.writerow(row)
@@ -101,29 +130,15 @@ EVAL_FIELDS = (
 # -- the trainer -----------------------------------------------------------------------------
 
 
-RUN_FILES = ("last.pth", "best.pth", "train_log.csv", "eval_log.csv", "metrics.json")
+RUN_FILES = PATHFINDER_RUN_FILES
 
 
 def prepare_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False) -> None:
     """Check ``output_dir`` before anything is built: it must be a folder (or not exist yet),
     and a folder holding a run (finished or partial) is continued only with ``resume`` or
-    started again only with ``overwrite`` (which removes the old run's files)."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"OUTPUT_DIR {output_dir!r} is a file, not a folder")
-    found = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
-    if found and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"OUTPUT_DIR {output_dir!r} holds a run ({', '.join(found)}): continue it with "
-                "--resume, or start again with --overwrite (its files are replaced)"
-            )
-        for name in found:
-            os.remove(os.path.join(output_dir, name))
-    existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):  # nothing is created here: the nearest existing folder
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise PermissionError(f"OUTPUT_DIR {output_dir!r} cannot be written ({existing})")
+    started again only with ``overwrite`` (which removes the old run's files); see
+    :func:`crbp_d2.utils.run_dir.prepare_output_dir`."""
+    _prepare_output_dir(output_dir, resume, overwrite, patterns=PATHFINDER_RUN_FILES)
 
 
 class Trainer:
@@ -252,12 +267,30 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str, weights_only: bool = False) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        unwrap(self.model).load_state_dict(state["model"])
+        """Load a trainer checkpoint (read as data only: :mod:`crbp_d2.utils.safe_load`); with
+        ``weights_only`` the model's weights only, else the whole training state."""
+        state = load_torch_file(path, map_location=self.device)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise CheckpointReadError(
+                f"{path} is not a Pathfinder trainer checkpoint (no 'model' dict of weights)"
+            )
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+        except RuntimeError as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointReadError(
+                f"checkpoint {path} does not fit the configured model ({first}; "
+                "is it from another MODEL.ARCH / MODEL.CHANNELS?)"
+            ) from None
         if weights_only:
             return
+        missing = [
+            k for k in ("optimizer", "scaler", "epoch", "iteration", "rng") if k not in state
+        ]
+        if missing:
+            raise CheckpointReadError(
+                f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
@@ -327,8 +360,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(os.path.join(self.output_dir, "tb"))
-            train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS)
-            eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS)
+            # rows of iterations after the checkpoint this run starts from are redone: drop them
+            done = self.iteration
+            train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS, done)
+            eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS, done)
             print(
                 f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.MODEL.RECURRENT.METHOD}, "
                 f"{count_parameters(unwrap(self.model)):,} parameters, device {self.device}, "

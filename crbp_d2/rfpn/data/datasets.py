@@ -249,12 +249,13 @@ def check_dataset_names(cfg: CfgNode) -> None:
             raise UnknownDatasetError(_unknown_dataset_message(unknown, f"cfg.DATASETS.{field}"))
 
 
-def check_dataset_files(cfg: CfgNode) -> None:
+def check_dataset_files(cfg: CfgNode, splits: Sequence[str] = ("TRAIN", "TEST")) -> None:
     """Raise ``FileNotFoundError`` (one line saying what to do) if a dataset of
-    ``cfg.DATASETS.TRAIN``/``TEST`` misses its files: COCO's separated semantic PNGs (made by
+    ``cfg.DATASETS.<split>`` (``splits``: ``("TEST",)`` for an evaluation, which does not read the
+    training data) misses its files: COCO's separated semantic PNGs (made by
     ``datasets/prepare_panoptic_fpn.py``), its images or annotations. The synthetic sets are
     skipped (they are generated on first use)."""
-    for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+    for name in [n for split in splits for n in cfg.DATASETS[split]]:
         if name in _FILE_PREPARERS:
             continue
         metadata = MetadataCatalog.get(name)
@@ -290,16 +291,16 @@ def check_mask_format(cfg: CfgNode) -> None:
             )
 
 
-def check_num_classes(cfg: CfgNode) -> None:
+def check_num_classes(cfg: CfgNode, splits: Sequence[str] = ("TRAIN", "TEST")) -> None:
     """Raise ``ValueError`` if the class counts of the model heads do not match the metadata of
-    the datasets in ``cfg.DATASETS.TRAIN``/``TEST`` (``ROI_HEADS.NUM_CLASSES`` vs
-    ``thing_classes``, ``SEM_SEG_HEAD.NUM_CLASSES`` vs ``stuff_classes``)."""
+    the datasets in ``cfg.DATASETS.<split>`` (``ROI_HEADS.NUM_CLASSES`` vs ``thing_classes``,
+    ``SEM_SEG_HEAD.NUM_CLASSES`` vs ``stuff_classes``)."""
     check_dataset_names(cfg)
     heads = (
         ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing_classes"),
         ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff_classes"),
     )
-    for dataset_name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+    for dataset_name in [n for split in splits for n in cfg.DATASETS[split]]:
         metadata = MetadataCatalog.get(dataset_name)
         if metadata.get("evaluator_type") != "coco_panoptic_seg":
             continue

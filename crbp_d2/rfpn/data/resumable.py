@@ -32,6 +32,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetMapper,
+    MetadataCatalog,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -48,6 +49,9 @@ from torch.utils import data as torchdata
 from ...utils.rng import derived_seed, seeded_rng
 
 __all__ = [
+    "DatasetError",
+    "DatasetItemError",
+    "load_training_dicts",
     "ResumableTrainLoader",
     "build_resumable_train_loader",
     "resumable_detection_train_loader",
@@ -226,6 +230,43 @@ class ResumableTrainLoader:
                 yield batch
 
 
+class DatasetError(ValueError):
+    """A training dataset that cannot be used: empty, or an annotation that does not fit its
+    file's categories (message: one line naming the dataset and its annotation file)."""
+
+
+class DatasetItemError(DatasetError):
+    """A training item that cannot be loaded (message: one line naming its image file)."""
+
+
+def _annotation_files(names: Sequence[str]) -> str:
+    files = []
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        files += [metadata.get(f) for f in ("json_file", "panoptic_json") if metadata.get(f, None)]
+    return ", ".join(files) or "no annotation file registered"
+
+
+def load_training_dicts(names: Sequence[str], **kwargs: Any) -> List[dict]:
+    """Detectron2's ``get_detection_dataset_dicts(names, **kwargs)``; an empty dataset or an
+    annotation whose category id is not in its file's ``categories`` is one
+    :class:`DatasetError` line naming the dataset and the annotation file (not a traceback)."""
+    names = [names] if isinstance(names, str) else list(names)
+    try:
+        return get_detection_dataset_dicts(names, **kwargs)
+    except AssertionError as error:  # "Dataset 'x' is empty!", "No valid data found in x."
+        raise DatasetError(
+            f"training dataset(s) {', '.join(names)}: {error} (annotation file(s): "
+            f"{_annotation_files(names)})"
+        ) from None
+    except KeyError as error:  # a category id the file's 'categories' do not have
+        detail = error.args[0] if error.args else error
+        raise DatasetError(
+            f"training dataset(s) {', '.join(names)}, annotation file(s) "
+            f"{_annotation_files(names)}: {detail}"
+        ) from None
+
+
 class _SeededMap:
     """The mapped sample at a rank's stream position, with ``random``, ``np.random`` and torch's
     CPU generator seeded from (stream seed, rank, position) and restored afterwards."""
@@ -238,13 +279,27 @@ class _SeededMap:
     def __call__(self, seed: int, position: int, index: int) -> dict:
         with seeded_rng(derived_seed(seed, self.rank, position)):
             for _ in range(100):
-                data = self.mapper(self.dataset[index])
+                data = self._map(index)
                 if data is not None:
                     return data
                 # the seeded generator picks the replacement: the same on every replay
                 logger.warning("The mapper skipped dataset item %d; trying another one", index)
                 index = int(np.random.randint(len(self.dataset)))
         raise RuntimeError("the mapper returned None for 100 samples in a row")
+
+    def _map(self, index: int) -> Optional[dict]:
+        item = self.dataset[index]
+        try:
+            return self.mapper(item)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as error:  # a truncated / unreadable image, a bad annotation
+            name = item.get("file_name", "?") if isinstance(item, dict) else "?"
+            detail = " ".join(str(error).split())[:200]
+            raise DatasetItemError(
+                f"cannot load training item {index} of the dataset, image {name}: "
+                f"{type(error).__name__}: {detail}"
+            ) from error
 
 
 class _MappedStream(torchdata.IterableDataset):
@@ -282,7 +337,7 @@ def build_resumable_train_loader(
     """What ``build_detection_train_loader(cfg, mapper)`` builds (``DATASETS.TRAIN``,
     ``DATALOADER.*``, ``SOLVER.IMS_PER_BATCH``; ``DatasetMapper(cfg, True)`` by default), as a
     :class:`ResumableTrainLoader`."""
-    dataset = get_detection_dataset_dicts(
+    dataset = load_training_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         min_keypoints=(

@@ -36,6 +36,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ...utils import atomic_write_text, pyplot, write_plot
+from ...utils.counts import parse_counts
 from ..config import check_device, check_weights_file, get_crbp_cfg
 from ..data import check_dataset_name
 from ..modeling import panoptic_at_step, recurrent_mask_head
@@ -71,20 +72,9 @@ Row = Dict[str, float]
 
 
 def parse_steps(text: str) -> List[int]:
-    """ "1-30" or "1,2,5" (or a mix, "1-3,10") -> sorted unique step counts >= 1."""
-    steps = set()
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                low, high = (int(v) for v in part.split("-", 1))
-                steps.update(range(low, high + 1))
-            elif part.strip():
-                steps.add(int(part))
-    except ValueError:
-        raise ValueError(f"expected e.g. '1-30' or '1,2,5', got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise ValueError(f"step counts must be >= 1, got {text!r}")
-    return sorted(steps)
+    """ "1-30" or "1,2,5" (or a mix, "1-3,10") -> sorted unique step counts >= 1
+    (:func:`crbp_d2.utils.counts.parse_counts`; a reversed range "5-1" is named as such)."""
+    return parse_counts(text, minimum=1, what="step counts")
 
 
 def parse_overlay(item: str) -> Tuple[str, str]:

@@ -99,9 +99,9 @@ def protocol_runs(
 
 
 def _head_params(checkpoint: str) -> int:
-    import torch
+    from ...utils.safe_load import load_torch_file
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_torch_file(checkpoint, map_location="cpu")["model"]
     return int(sum(v.numel() for k, v in state.items() if k.startswith("roi_heads.mask_head.")))
 
 
@@ -123,8 +123,8 @@ def run_one(
     python = [sys.executable, "-m"]
     opts = [*run.head_opts(), "SEED", str(run.seed)]
     train = run_logged(
-        python + ["crbp_d2.cli.train_net", "--config-file", config, "OUTPUT_DIR", folder]
-        + [*opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
+        python + ["crbp_d2.cli.train_net", "--config-file", config, "--overwrite"]
+        + ["OUTPUT_DIR", folder, *opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
         os.path.join(folder, "train.log"),
     )  # fmt: skip
     metrics_path = os.path.join(folder, "metrics.json")

@@ -122,7 +122,15 @@ def run_one(
     config = (configs or CONFIGS)[run.arm]
     program = [sys.executable, "-m", "crbp_d2.cli.train_net", "--config-file", config]
     train_seconds = run_logged(
-        program + ["OUTPUT_DIR", folder, *run.train_opts(fpn_weights), "DATASETS.TEST", "()"],
+        program
+        + [
+            "--overwrite",
+            "OUTPUT_DIR",
+            folder,
+            *run.train_opts(fpn_weights),
+            "DATASETS.TEST",
+            "()",
+        ],
         os.path.join(folder, "train.log"),
         threads,
     )["seconds"]

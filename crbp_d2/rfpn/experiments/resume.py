@@ -23,6 +23,7 @@ import torch
 
 from ...utils import atomic_write_json, atomic_write_text, device_description
 from ...utils.report import markdown_table
+from ...utils.safe_load import load_torch_file
 
 CONFIG = str(
     Path(__file__).resolve().parents[3] / "configs" / "quick" / "R-FPN-R50-CRBP-synthetic-test.yaml"
@@ -38,9 +39,7 @@ def _train(work: str, name: str, device: str, iters: int, resume: bool = False) 
     argv += ["MODEL.DEVICE", device, "SEED", "0", "SOLVER.MAX_ITER", str(iters)]
     argv += ["SOLVER.CHECKPOINT_PERIOD", "100000", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
     train_or_evaluate(parse_train_args(argv))
-    checkpoint = torch.load(
-        os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False
-    )
+    checkpoint = load_torch_file(os.path.join(out, "model_final.pth"), map_location="cpu")
     return checkpoint["model"]
 
 

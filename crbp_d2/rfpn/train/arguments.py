@@ -15,9 +15,10 @@ from detectron2.engine import default_argument_parser
 FLAGS = ("--resume", "--eval-only", "--random-weights")
 
 
-def train_argument_parser() -> argparse.ArgumentParser:
-    """Detectron2's ``default_argument_parser`` with ``--random-weights``."""
-    parser = default_argument_parser()
+def train_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` (``epilog``: its help's closing text) with
+    ``--random-weights``."""
+    parser = default_argument_parser(epilog=epilog)
     parser.add_argument(
         "--random-weights",
         action="store_true",

@@ -15,16 +15,22 @@ refuses for a CPU model. This module adds what a CPU run needs without changing 
 
 On CPU, ``--num-gpus N`` of ``tools/train_net.py`` is the number of worker processes. Without
 ``OMP_NUM_THREADS`` each worker gets ``cores // N`` intra-op threads (not all cores each).
+
+The workers of a multi-process run end with their launcher (``kill -9`` included:
+:func:`crbp_d2.utils.procs.die_with_parent`), and a rendezvous port already in use on this
+machine (another run, an orphan) is one :class:`DistUrlError` line before anything starts.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Callable, Iterator, Optional, Sequence
+from urllib.parse import urlparse
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
@@ -33,8 +39,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 
+from ...utils.procs import die_with_parent, run_dying_with_parent
+
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "DistUrlError",
+    "check_dist_port",
     "create_ddp_model",
     "ddp_on_any_device",
     "is_cuda_device",
@@ -44,6 +54,31 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 _D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 logger = logging.getLogger(__name__)
+
+
+class DistUrlError(ValueError):
+    """The rendezvous address cannot be used (message: one line naming it)."""
+
+
+def check_dist_port(dist_url: Optional[str], machine_rank: int = 0) -> None:
+    """On the machine that hosts the rendezvous (``machine_rank`` 0), a ``tcp://HOST:PORT`` whose
+    port is already taken is a :class:`DistUrlError` (instead of an ``EADDRINUSE`` traceback in
+    every worker)."""
+    if machine_rank != 0 or not dist_url or not dist_url.startswith("tcp://"):
+        return
+    port = urlparse(dist_url).port
+    if port is None:
+        raise DistUrlError(f"--dist-url {dist_url}: no port (tcp://HOST:PORT)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError as error:
+            raise DistUrlError(
+                f"--dist-url {dist_url}: port {port} is in use on this machine (another run, or "
+                f"one still stopping; {error.strerror}): pass --dist-url auto (a free port) or "
+                "another port"
+            ) from None
 
 
 def is_cuda_device(device) -> bool:
@@ -70,6 +105,11 @@ def launch(
             free local port; one machine only).
         Other arguments: as Detectron2's ``launch``.
     """
+    world_size = num_machines * num_processes_per_machine
+    if world_size > 1 and is_cuda_device(device):
+        check_dist_port(dist_url, machine_rank)
+        # every worker ends when this launcher does (kill -9 included)
+        main_func = functools.partial(run_dying_with_parent, main_func)
     if is_cuda_device(device):
         d2_launch(
             main_func,
@@ -81,14 +121,16 @@ def launch(
             timeout=timeout,
         )
         return
-    world_size = num_machines * num_processes_per_machine
     if world_size <= 1:
         main_func(*args)
         return
     if dist_url is None or dist_url == "auto":
         if num_machines > 1:
-            raise ValueError("dist_url 'auto' (or none) works on one machine only: pass --dist-url")
+            raise DistUrlError(
+                "dist_url 'auto' (or none) works on one machine only: pass --dist-url"
+            )
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    check_dist_port(dist_url, machine_rank)
     mp.spawn(
         _cpu_worker,
         nprocs=num_processes_per_machine,
@@ -121,7 +163,9 @@ def _cpu_worker(
     args: tuple,
     timeout: timedelta,
 ) -> None:
-    """One CPU worker: gloo process group, Detectron2's local group, a share of the cores."""
+    """One CPU worker: gloo process group, Detectron2's local group, a share of the cores; it ends
+    when the launcher does (``kill -9`` included), not training on as an orphan."""
+    die_with_parent()
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, torch.get_num_threads() // num_per_machine))
     rank = machine_rank * num_per_machine + local_rank

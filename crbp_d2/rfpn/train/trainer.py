@@ -34,8 +34,9 @@ from detectron2.solver.build import get_default_optimizer_params
 
 from ...utils import atomic_write_text
 from ...utils.errors import NonFiniteLossError
+from ...utils.io import json_dumps
 from ...utils.rng import get_rng_state, preserved_rng, set_rng_state
-from ..checkpoint import RFPNCheckpointer
+from ..checkpoint import RFPNCheckpointer, check_weights_cover_model
 from ..config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
 from ..data import check_dataset_files, check_mask_format, check_num_classes
 from ..data.resumable import ResumableTrainLoader, build_resumable_train_loader
@@ -366,7 +367,15 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     dataset names, class counts that do not match the datasets, a missing weights file, a
     synchronised BatchNorm that cannot run on the processes and device asked for."""
     cfg = get_crbp_cfg(args.config_file, args.opts)
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not getattr(args, "random_weights", False):
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    resumes = args.eval_only and args.resume and os.path.isfile(last)  # the folder's last one
+    if args.eval_only and args.resume and not resumes and not cfg.MODEL.WEIGHTS:
+        raise FileNotFoundError(
+            f"--eval-only --resume: OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds no checkpoint to evaluate "
+            "(no last_checkpoint); set OUTPUT_DIR to a training run's folder, or MODEL.WEIGHTS"
+        )
+    random_ok = getattr(args, "random_weights", False)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not resumes and not random_ok:
         raise ValueError(
             "--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model: set "
             "MODEL.WEIGHTS to a checkpoint (e.g. OUTPUT_DIR/model_final.pth), or pass "
@@ -381,8 +390,9 @@ def build_config(args: argparse.Namespace) -> CfgNode:
                 f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the "
                 f"number of processes ({processes}: --num-gpus x --num-machines)"
             )
-    check_num_classes(cfg)  # checks the dataset names first
-    check_dataset_files(cfg)
+    splits = ("TEST",) if args.eval_only else ("TRAIN", "TEST")  # an evaluation reads no train
+    check_num_classes(cfg, splits)  # checks the dataset names first
+    check_dataset_files(cfg, splits)
     check_mask_format(cfg)
     check_weights_file(cfg, resume=args.resume)
     cfg.freeze()
@@ -424,9 +434,12 @@ def train_or_evaluate(args: argparse.Namespace):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        RFPNCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = RFPNCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if not getattr(args, "random_weights", False):  # evaluate what the file holds
+            check_weights_cover_model(
+                checkpointer.last_report, getattr(args, "allow_partial_weights", False)
+            )
         results = Trainer.test(cfg, model)  # logs the copypaste lines (print_csv_format)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -447,5 +460,5 @@ def _append_metrics(output_dir: str, values: dict) -> None:
             old = f.read()
         if old and not old.endswith("\n"):
             old += "\n"
-    line = json.dumps({"eval_only": True, **{k: float(v) for k, v in values.items()}})
+    line = json_dumps({"eval_only": True, **{k: float(v) for k, v in values.items()}}, None)
     atomic_write_text(path, old + line + "\n")

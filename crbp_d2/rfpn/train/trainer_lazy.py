@@ -32,7 +32,11 @@ from typing import Any, Dict, List
 
 import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -45,7 +49,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 from ...utils.rng import preserved_rng
-from ..checkpoint import RFPNCheckpointer
+from ..checkpoint import RFPNCheckpointer, check_weights_cover_model
 from ..data import check_dataset_name
 from ..data.resumable import ResumableTrainLoader
 from ..lazy_config import check_lazy_overrides
@@ -109,6 +113,35 @@ def check_lazy_datasets(cfg: DictConfig) -> None:
                     )
 
 
+ENGINE_KEY = "model.roi_heads.mask_head.engine"
+
+
+def check_lazy_engine(cfg: DictConfig) -> None:
+    """Build the mask head's recurrent engine node (``model.roi_heads.mask_head.engine``, made by
+    :func:`crbp_d2.rfpn.lazy_config.build_engine_from_keys`) once before training, so that an
+    invalid value is one ``ValueError`` naming the lazy key
+    (``model.roi_heads.mask_head.engine.TIMESTEPS = -1: must be an integer >= 1``), not a
+    traceback from inside the model's instantiation with the
+    yacs key name."""
+    from ..lazy_config import build_engine_from_keys
+
+    node: Any = cfg
+    for part in ENGINE_KEY.split("."):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return
+    if not _is_target(node, build_engine_from_keys):
+        return
+    keys = {k: node[k] for k in node.keys() if isinstance(k, str) and k.isupper()}
+    try:
+        build_engine_from_keys(32, **keys)
+    except (ValueError, KeyError) as error:
+        message = str(error.args[0] if error.args else error)
+        for yacs_prefix in ("cfg.MODEL.ROI_MASK_HEAD.RECURRENT.", "MODEL.ROI_MASK_HEAD.RECURRENT."):
+            message = message.replace(yacs_prefix, ENGINE_KEY + ".")
+        raise type(error)(message) from None
+
+
 def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     """The LazyConfig of ``args.config_file`` with the ``args.opts`` overrides, after every check
     that can fail before training starts (the file, the required keys, unknown override keys,
@@ -136,6 +169,7 @@ def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     except OverrideParseException as error:
         raise ValueError(f"cannot parse the config overrides {args.opts}: {error}") from None
     check_lazy_datasets(cfg)
+    check_lazy_engine(cfg)
     weights = cfg.train.init_checkpoint
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
     if weights and "://" not in weights and not resuming and not os.path.isfile(weights):
@@ -273,7 +307,21 @@ def _resumable_loader_config(node: DictConfig) -> DictConfig:
         return node
     node = copy.deepcopy(node)
     node._target_ = "crbp_d2.rfpn.data.resumable.resumable_detection_train_loader"
+    dataset = node.get("dataset")
+    if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
+        # an empty dataset or a category id not in its file: one line naming the file
+        dataset._target_ = "crbp_d2.rfpn.data.resumable.load_training_dicts"
     return node
+
+
+def _is_target(node: DictConfig, function) -> bool:
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except ImportError:
+            return False
+    return target is function
 
 
 def train_or_evaluate_lazy(args: argparse.Namespace):
@@ -289,7 +337,15 @@ def train_or_evaluate_lazy(args: argparse.Namespace):
         return None
     model = _build_model(cfg)
     model = create_ddp_model(model)
-    RFPNCheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    checkpointer = RFPNCheckpointer(model, cfg.train.output_dir)
+    if args.resume:  # the folder's last checkpoint (else train.init_checkpoint)
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+    else:
+        checkpointer.load(cfg.train.init_checkpoint)
+    if cfg.train.init_checkpoint or checkpointer.has_checkpoint() and args.resume:
+        check_weights_cover_model(
+            checkpointer.last_report, getattr(args, "allow_partial_weights", False)
+        )
     results = do_test(cfg, model)
     if comm.is_main_process() and results:
         _append_metrics(cfg.train.output_dir, flatten_results_dict(results))
