@@ -253,8 +253,11 @@ def test_gradient_fidelity_rows_every_fidelity_period(tmp_path):
         rows = list(csv.DictReader(f))
     with_fidelity = [r for r in rows if r["grad_cosine"]]
     assert [int(r["iteration"]) for r in with_fidelity] == [3]
-    assert -1 <= float(with_fidelity[0]["grad_cosine"]) <= 1
-    assert float(with_fidelity[0]["grad_relative_error"]) >= 0
+    cosine = float(with_fidelity[0]["grad_cosine"])
+    error = float(with_fidelity[0]["grad_relative_error"])
+    # jfb from an unconverged state is not the exact gradient (measured: cosine 0.58, error
+    # 0.90); and ||g - r|| / ||r|| >= sin(angle) for any g, r
+    assert cosine < 0.95 and error >= math.sqrt(1 - cosine**2) - 1e-9
 
 
 def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):
@@ -384,7 +387,7 @@ def _ddp_worker(rank, world, port, cfg_list, out_path):
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", [pytest.param("bptt", marks=pytest.mark.slow), "crbp"])
+@pytest.mark.parametrize("method", ["bptt", "crbp"])
 def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method):
     """Group norms (no batch statistics) so that the per-process forward equals the global one,
     and no Neumann norm cap: the authors' cap compares ||g|| with an absolute bound, and g (a mean
@@ -429,7 +432,6 @@ def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method
         assert torch.allclose(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-7), name
 
 
-@pytest.mark.slow
 def test_cuda_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     out = tmp_path / "cuda.json"
     assert (

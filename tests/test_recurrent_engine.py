@@ -254,7 +254,7 @@ def test_every_method_reports_diagnostics(method):
         k: v for k, v in scalars.items() if k.startswith("neumann")
     }
     assert scalars["steps"] == 6 and 0 < scalars["residual"] < 1
-    assert 0 <= scalars["lcp_fraction_above"] <= 1
+    # the fraction's value against a dense Jacobian: test_recurrent_lcp_exact.py
     if method in NEUMANN_METHODS:
         assert scalars["neumann_terms"] == 15 and scalars["neumann_cap_fired"] == 0.0
     else:
