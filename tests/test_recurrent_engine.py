@@ -124,20 +124,15 @@ def test_crbp_lcp_trains_towards_contraction():
 
 
 def _saved_bytes(engine, x):
-    total = 0
+    from crbp_d2.utils.bench import SavedStorageBytes
 
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedStorageBytes().counting() as saved:
         out = engine(x)
         loss = engine.cell.output(out.state).sum()
         if out.lcp is not None:
             loss = loss + out.lcp
     loss.backward()
-    return total
+    return saved.total
 
 
 @pytest.mark.parametrize("cell_name", ["hgru", "convlstm"])

@@ -379,18 +379,18 @@ def test_cell_softplus_matches_torch_in_value_gradient_and_second_derivative():
 def test_cell_softplus_saves_for_backward_what_torch_softplus_saves():
     """The memory benchmarks count saved tensors: the faster softplus must not add any."""
     from crbp_d2.recurrent.base import softplus
-    from crbp_d2.utils.bench import SavedBytes
+    from crbp_d2.utils.bench import SavedStorageBytes
 
     x = torch.randn(4, 8, 5, 5, requires_grad=True)
     counts = []
     for function in (softplus, nn.functional.softplus):
-        with SavedBytes().counting() as saved:
+        with SavedStorageBytes().counting() as saved:
             function(x * 2).sum().backward()
         counts.append(saved.total)
     assert counts[0] == counts[1] == x.numel() * x.element_size()  # its input, nothing else
     counts = []  # and through a create_graph VJP, as the LCP differentiates it
     for function in (softplus, nn.functional.softplus):
-        with SavedBytes().counting() as saved:
+        with SavedStorageBytes().counting() as saved:
             (vjp,) = torch.autograd.grad(function(x * 2).sum(), x, create_graph=True)
             vjp.pow(2).sum().backward()
         counts.append(saved.total)

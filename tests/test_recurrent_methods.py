@@ -171,21 +171,16 @@ def test_the_neumann_sum_is_accumulated_in_float32():
 
 
 def test_saved_bytes_are_constant_in_steps_for_jfb():
+    from crbp_d2.utils.bench import SavedStorageBytes
+
     cell = HGRUCell(channels=4, kernel_size=3)
     x = torch.rand(1, 4, 12, 12)
     saved = []
     for steps in (5, 20, 60):
-        total = 0
-
-        def pack(tensor):
-            nonlocal total
-            total += tensor.numel() * tensor.element_size()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with SavedStorageBytes().counting() as counter:
             out = RecurrentEngine(cell, steps, "cjfb")(x)
             (out.state.sum() + out.lcp).backward()
-        saved.append(total)
+        saved.append(counter.total)
     assert saved[0] == saved[1] == saved[2]
 
 
