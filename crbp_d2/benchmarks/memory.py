@@ -240,8 +240,15 @@ def table_with_machine(records: List[Record], plot_name: str) -> str:
         + f": one training step, batch "
         f"{first['batch']}, {first['size']}x{first['size']}, {first['channels']} channels, "
         f"{first['kernel']}x{first['kernel']} kernels (`tools/benchmark_memory.py`; peak = "
-        f"{peak}; saved for backward counts each storage autograd keeps for backward once, "
-        f"whether or not all were alive at once; plot `docs/results/{plot_name}`)."
+        f"{peak}; "
+        + (
+            "saved for backward counts each storage autograd keeps for backward once, whether "
+            "or not all were alive at once"
+            if _saved_header(records).startswith("saved for backward, each")
+            else "saved for backward: the old count, every saved reference summed (a tensor "
+            "saved by several operations counted several times), which can exceed the peak"
+        )
+        + f"; seconds: one timed step after a warm-up; plot `docs/results/{plot_name}`)."
         + (
             " Seconds marked * were measured on a shared machine (other work beside it): "
             "not clean timings."
@@ -262,7 +269,7 @@ def plot_memory(records: List[Record], path: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     keys = [
-        ("saved_bytes", "saved for backward, each storage once (MiB)"),
+        ("saved_bytes", _saved_header(records).replace(": every saved reference", "")),
         ("step_bytes", "peak during step (MiB)"),
         ("seconds", "seconds per step"),
     ]

@@ -324,7 +324,9 @@ def methods_table(records: Sequence[Mapping]) -> str:
         "grad cosine vs exact",
         "cosine vs all 4K terms",
     ]
-    return markdown_table(header, rows, align="ll" + "r" * 8)
+    if not any(r.get("variant") == "crbp-tol" for r in records):  # no column without its rows
+        header, rows = header[:-1], [row[:-1] for row in rows]
+    return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
 
 
 def plot_methods(records: List[Record], path: str) -> None:
@@ -378,9 +380,21 @@ def methods_markdown(records: Sequence[Mapping], name: str = "methods") -> str:
         f"(`tools/benchmark_methods.py`; pathfinder: 1 x {settings['channels']} x "
         f"{settings['size']} x {settings['size']}, {settings['kernel']}x{settings['kernel']} "
         f"kernels; rfpn_head: {settings['rois']} RoIs x {settings['width']} x 14 x 14, 3x3 "
-        f"kernels; K = {settings['neumann_steps']}; crbp-tol: stop at 1e-3 of g0, at most 4K = "
-        f"{4 * settings['neumann_steps']} terms, compared with crbp-4k, all 4K terms). Saved: "
-        "each storage autograd keeps for backward counted once; peak: the process's peak RSS "
+        f"kernels; K = {settings['neumann_steps']}"
+        + (
+            f"; crbp-tol: stop at 1e-3 of g0, at most 4K = {4 * settings['neumann_steps']} terms, "
+            "compared with crbp-4k, all 4K terms"
+            if any(r.get("variant") == "crbp-tol" for r in records)
+            else ""
+        )
+        + "). Saved: "
+        + (
+            "each storage autograd keeps for backward counted once"
+            if first.get("saved_counter") == SAVED_COUNTER
+            else "the old count, every saved reference summed (a tensor saved by several "
+            "operations counted several times; this run predates the storage count)"
+        )
+        + "; peak: the process's peak RSS "
         "(the operating system's count; torch's CPU allocator reports no peak). Gradient "
         "cosine: against the exact implicit gradient at the fixed point (RBP from 200 steps, up "
         "to 200 terms), same weights and input; relative residual of its state: "

@@ -269,8 +269,9 @@ def _timing(records: Sequence[Mapping]) -> str:
     ``shared_machine`` is left out of the mean (shown apart, with *), and when the runs differ by
     more than 20% with no such mark (records from before the mark), each run is shown, not a mean
     (one of them was contended: not comparable)."""
-    alone = [r["seconds_per_iter"] for r in records if not r.get("shared_machine")]
-    shared = [r["seconds_per_iter"] for r in records if r.get("shared_machine")]
+    timed = [r for r in records if r.get("seconds_per_iter") is not None]
+    alone = [r["seconds_per_iter"] for r in timed if not r.get("shared_machine")]
+    shared = [r["seconds_per_iter"] for r in timed if r.get("shared_machine")]
     marked = "".join(f" ({v:.2f}*)" for v in shared)
     if not alone:
         return marked.strip() or "-"

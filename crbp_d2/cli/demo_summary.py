@@ -80,7 +80,7 @@ def refresh_memory(stem: str, memory_json: str) -> None:
     keys = ("device", "torch", "threads", "git_commit", "shared_machine")
     metrics["memory"]["measured_apart"] = {
         **{k: memory[0].get(k) for k in keys},
-        "how": "make demo-memory's command, run alone (not in a make demo run)",
+        "how": "make demo-memory's command run alone, not in a make demo run",
     }
     write_results(stem, [record], demo_markdown([record]))
 

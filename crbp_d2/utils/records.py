@@ -172,6 +172,8 @@ def check_results(readme_path: PathLike, results_dir: PathLike) -> List[str]:
             if found:
                 problems.append(f"{path}: absolute path(s) {found[:3]}")
     for what, pattern, name, expected in TRACKED:
+        if not os.path.exists(os.path.join(results_dir, name + ".json")):
+            continue  # (another README's results: nothing of this project's to track)
         match = re.search(pattern, readme)
         if match is None:
             problems.append(f"tracked number not found in the README: {what}")
@@ -192,7 +194,7 @@ def _block(text: str, name: str) -> str:
 def first_commit_of(path: PathLike) -> str:
     """The commit that added ``path`` to git (its record's code was at or before it)."""
     out = subprocess.run(
-        ["git", "log", "--diff-filter=A", "--format=%H", "--", os.fspath(path)],
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", os.path.abspath(path)],
         capture_output=True,
         text=True,
         check=True,
@@ -231,5 +233,14 @@ def backfill_provenance(path: PathLike, date: str, shared: Sequence[bool] = ()) 
         record["provenance"] = provenance
         changed += 1
     if changed:
-        atomic_write_json(data, path)
+        atomic_write_json(data, path, indent=json_indent(path))
     return changed
+
+
+def json_indent(path: PathLike) -> int:
+    """The indent a JSON file was written with (the leading spaces of its second line; 2 if
+    none), so that rewriting it changes only what changed."""
+    with open(path) as f:
+        f.readline()
+        second = f.readline()
+    return (len(second) - len(second.lstrip(" "))) or 2
