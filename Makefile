@@ -19,7 +19,7 @@ test: setup
 	$(PY) -m pytest -q --durations=15
 
 test-all: setup
-	$(PY) -m pytest -q -m "slow or not slow" --durations=15
+	$(PY) -m pytest -q --durations=15
 
 # The main job on built-in data, small enough for a laptop CPU (see README "make demo"). Each
 # step prints one line when it ends; its output goes to $(OUT)/logs/<step>.log (the end of it is

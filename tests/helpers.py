@@ -6,6 +6,7 @@ instances for a mask head and a loss term made NaN from an iteration on.
 """
 
 import torch
+import torch.utils.data
 from torch import nn
 
 from crbp_d2.recurrent import ConvLSTMCell, HGRUCell, MaskHeadHGRUCell, RecurrentCell
@@ -129,3 +130,61 @@ def _nan_from_iteration(monkeypatch, term: str, first: int) -> None:
         return losses
 
     monkeypatch.setattr(RecurrentMaskHead, "_forward_train", forward_train)
+
+
+# -- the Pathfinder trainer ----------------------------------------------------------------
+
+
+class LineDataset(torch.utils.data.Dataset):
+    """Deterministic toy segmentation: a bright marker and a line; label = the line + marker."""
+
+    def __init__(self, num=16, size=16, seed=0, nan_index=None):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(num):
+            image = torch.rand(1, size, size, generator=g) * 0.1
+            label = torch.zeros(size, size, dtype=torch.long)
+            row = int(torch.randint(2, size - 2, (1,), generator=g))
+            image[0, row, 2:-2] = 1.0
+            label[row, 2:-2] = 1
+            if i == nan_index:
+                image[0, 0, 0] = float("nan")
+            self.items.append((image, label))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def tiny_cfg(tmp_path, *overrides):
+    """A Pathfinder config for a 4-channel hGRU, 3 steps, 2 epochs, written under ``tmp_path``."""
+    from crbp_d2.pathfinder.config import load_config
+
+    base = [
+        "OUTPUT_DIR",
+        str(tmp_path / "run"),
+        "MODEL.CHANNELS",
+        4,
+        "MODEL.KERNEL_SIZE",
+        3,
+        "MODEL.RECURRENT.TIMESTEPS",
+        3,
+        "SOLVER.BATCH_SIZE",
+        4,
+        "SOLVER.EPOCHS",
+        2,
+        "SOLVER.LOG_PERIOD",
+        1,
+        "TEST.BATCH_SIZE",
+        8,
+        "TEST.SPECTRAL_RADIUS_ITERS",
+        4,
+        "TEST.EXTRA_STEPS",
+        "[6]",
+    ]
+    return load_config(overrides=base + list(overrides))
+
+
+# -- metrics ---------------------------------------------------------------------------------

@@ -18,12 +18,24 @@ def test_records_fidelity_and_costs_of_each_variant(tmp_path):
     ]
     by = {(r["variant"], r["steps"]): r for r in records}
     for record in records:
-        assert -1 <= record["grad_cosine"] <= 1 and record["saved_bytes"] > 0
-    # RBP with many terms from a nearly converged state is the exact implicit gradient ...
-    assert by["rbp", 40]["grad_cosine"] > 0.999
+        assert record["saved_bytes"] > 0
+        # ||g - r|| / ||r|| >= sin(angle) for any g, r: the two numbers describe one pair
+        cosine, error = record["grad_cosine"], record["grad_relative_error"]
+        assert error >= (1 - min(cosine, 1.0) ** 2) ** 0.5 - 1e-6, record["variant"]
+    # RBP with many terms and BPTT through 40 steps, from a nearly converged state, are the exact
+    # implicit gradient (measured: cosine 1 - 1e-14 for both) ...
+    assert by["rbp", 40]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert by["bptt", 40]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
+    # ... jfb is not (measured 0.969), and no method is exact after 2 steps (measured 0.77-0.86)
+    assert by["jfb", 40]["grad_cosine"] < 0.99
+    assert all(by[v, 2]["grad_cosine"] < 0.95 for v in variants)
     # ... and stopping the series at 1e-3 of g0 keeps it, with fewer terms than K
-    assert by["crbp-tol", 40]["cosine_vs_k15"] > 0.999
-    assert by["crbp-tol", 40]["neumann_terms"] < TINY.neumann_steps
+    assert by["crbp-tol", 40]["cosine_vs_full_series"] > 0.999
+    assert by["crbp-tol", 40]["neumann_terms"] < by["crbp-tol", 40]["neumann_terms_max"]
+    assert by["crbp-tol", 40]["neumann_terms_max"] == 4 * TINY.neumann_steps
+    for record in records:  # provenance of every record
+        assert {"device", "torch", "threads", "git_commit", "shared_machine"} <= set(record)
+        assert record["saved_counter"] == "distinct_storage"
     # memory: BPTT grows with the steps, the one-step methods do not
     assert by["bptt", 40]["saved_bytes"] > 10 * by["bptt", 2]["saved_bytes"]
     assert by["jfb", 40]["saved_bytes"] == by["jfb", 2]["saved_bytes"]

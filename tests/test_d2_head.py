@@ -1,6 +1,7 @@
 """The recurrent (R-FPN) mask head on its own: methods, losses, diagnostics, config checks, and the
 parameter count of the whole R-FPN-R50 model against the feedforward FPN-R50."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,10 @@ def test_gradient_fidelity_is_logged_every_fidelity_period():
         assert len(history) == 1  # the fidelity run's own mask loss is not logged
         if logged:
             cosine = latest["crbp/grad_cosine"][0]
-            assert -1 <= cosine <= 1 and latest["crbp/grad_relative_error"][0] >= 0
+            error = latest["crbp/grad_relative_error"][0]
+            # jfb from an unconverged state is not the exact gradient (measured: cosine 0.57
+            # to 0.59, error 0.83 to 0.84); and ||g - r|| / ||r|| >= sin(angle) for any g, r
+            assert cosine < 0.95 and error >= math.sqrt(1 - cosine**2) - 1e-9
 
 
 def test_loss_lcp_is_weighted_and_differentiable():

@@ -56,6 +56,22 @@ def test_table_reports_mean_and_spread_over_seeds_and_the_change_at_3n():
     assert "| 62.0 ± 2.0 | 60.5 ± 2.5 | -1.5 ± 0.5 |" in crbp and "| 1,234 |" in crbp
 
 
+def test_contended_timings_are_kept_out_of_the_mean():
+    def run(seed, seconds, **more):
+        return {**_record("crbp", seed, 2, 60.0), "seconds_per_iter": seconds, **more}
+
+    def timing(records):
+        crbp = next(line for line in protocol_table(records).splitlines() if "C-RBP-2" in line)
+        return crbp.split(" | ")[-3]
+
+    # two runs alone that agree: their mean and half-range
+    assert timing([run(0, 0.30), run(1, 0.32)]) == "0.31 ± 0.01"
+    # a run flagged as on a shared machine: left out of the mean, shown apart
+    assert timing([run(0, 0.30), run(1, 0.60, shared_machine=True)]) == "0.30 ± 0.00 (0.60*)"
+    # unflagged runs 2x apart (records from before the flag): each shown, no mean
+    assert timing([run(0, 0.60), run(1, 0.30)]) == "0.60 / 0.30 (differ: contended?)"
+
+
 def test_protocol_runs_end_to_end_and_reuses_finished_runs(tmp_path, capsys):
     out, stem = tmp_path / "runs", str(tmp_path / "results")
     runs = protocol_runs(["shapes"], ["fpn", "bptt"], [0], steps=2)

@@ -81,3 +81,22 @@ def test_missing_or_malformed_timings_are_one_line(demo_folder, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seconds.txt:1" in err[0]
     assert not (tmp_path / "demo.json").exists()
+
+
+def test_results_keep_the_metrics_as_fields_and_the_provenance(demo_folder, tmp_path):
+    stem = tmp_path / "results" / "demo"
+    assert demo_summary.main([str(demo_folder), "--results", str(stem)]) == 0
+    record = json.loads((tmp_path / "results" / "demo.json").read_text())[0]
+    metrics = record["metrics"]
+    assert metrics["memory"]["saved_mib"] == {"bptt": {"5": 10.0, "10": 20.0},
+                                              "crbp": {"5": 5.0, "10": 5.0}}  # fmt: skip
+    assert metrics["pathfinder"]["test_iou"] == {"6": {"iou": 0.5}, "30": {"iou": 0.45}}
+    assert metrics["pathfinder"]["baselines"] == {"flood_fill": 0.6}
+    assert metrics["rfpn"]["panoptic_seg/PQ_th"] == 45.25
+    assert metrics["rfpn"]["pq_things_vs_steps"] == {"1": 30.0, "12": 44.0}
+    assert {"device", "torch", "threads", "git_commit", "shared_machine"} <= set(record["machine"])
+    # the summary's text gives the same numbers back (at its rounding)
+    parsed = demo_summary.parse_summary(record["summary"])
+    assert parsed["pathfinder"]["iou_vs_steps"] == {"6": 0.06, "30": 0.3}
+    assert parsed["rfpn"]["panoptic_seg/PQ_th"] == 45.2 and parsed["rfpn"]["gt_box/mIoU"] == 80.5
+    assert demo_summary.demo_markdown([record]) == (tmp_path / "results" / "demo.md").read_text()

@@ -449,7 +449,7 @@ def test_eval_only_resume_evaluates_the_folders_last_checkpoint(tmp_path, monkey
 def test_pathfinder_train_log_has_no_duplicate_rows_after_a_resume(tmp_path):
     import csv
 
-    from test_pathfinder_trainer import LineDataset, tiny_cfg  # (tests/ is on sys.path)
+    from helpers import LineDataset, tiny_cfg
 
     from crbp_d2.pathfinder.train.loop import Trainer
 

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import Dataset
+from helpers import LineDataset, tiny_cfg
 
 from crbp_d2.cli import cuda_pathfinder_check, train_pathfinder
 from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
@@ -22,58 +22,6 @@ from crbp_d2.recurrent import METHODS
 pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarning")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class LineDataset(Dataset):
-    """Deterministic toy segmentation: a bright marker and a line; label = the line + marker."""
-
-    def __init__(self, num=16, size=16, seed=0, nan_index=None):
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for i in range(num):
-            image = torch.rand(1, size, size, generator=g) * 0.1
-            label = torch.zeros(size, size, dtype=torch.long)
-            row = int(torch.randint(2, size - 2, (1,), generator=g))
-            image[0, row, 2:-2] = 1.0
-            label[row, 2:-2] = 1
-            if i == nan_index:
-                image[0, 0, 0] = float("nan")
-            self.items.append((image, label))
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-
-def tiny_cfg(tmp_path, *overrides):
-    base = [
-        "OUTPUT_DIR",
-        str(tmp_path / "run"),
-        "MODEL.CHANNELS",
-        4,
-        "MODEL.KERNEL_SIZE",
-        3,
-        "MODEL.RECURRENT.TIMESTEPS",
-        3,
-        "SOLVER.BATCH_SIZE",
-        4,
-        "SOLVER.EPOCHS",
-        2,
-        "SOLVER.LOG_PERIOD",
-        1,
-        "TEST.BATCH_SIZE",
-        8,
-        "TEST.SPECTRAL_RADIUS_ITERS",
-        4,
-        "TEST.EXTRA_STEPS",
-        "[6]",
-    ]
-    return load_config(overrides=base + list(overrides))
-
-
-# -- metrics ---------------------------------------------------------------------------------
 
 
 def test_metrics_on_hand_computed_cases():
@@ -257,8 +205,11 @@ def test_gradient_fidelity_rows_every_fidelity_period(tmp_path):
         rows = list(csv.DictReader(f))
     with_fidelity = [r for r in rows if r["grad_cosine"]]
     assert [int(r["iteration"]) for r in with_fidelity] == [3]
-    assert -1 <= float(with_fidelity[0]["grad_cosine"]) <= 1
-    assert float(with_fidelity[0]["grad_relative_error"]) >= 0
+    cosine = float(with_fidelity[0]["grad_cosine"])
+    error = float(with_fidelity[0]["grad_relative_error"])
+    # jfb from an unconverged state is not the exact gradient (measured: cosine 0.58, error
+    # 0.90); and ||g - r|| / ||r|| >= sin(angle) for any g, r
+    assert cosine < 0.95 and error >= math.sqrt(1 - cosine**2) - 1e-9
 
 
 def test_tiny_training_run_lowers_the_loss_and_writes_everything(tmp_path):
@@ -388,7 +339,7 @@ def _ddp_worker(rank, world, port, cfg_list, out_path):
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", [pytest.param("bptt", marks=pytest.mark.slow), "crbp"])
+@pytest.mark.parametrize("method", ["bptt", "crbp"])
 def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method):
     """Group norms (no batch statistics) so that the per-process forward equals the global one,
     and no Neumann norm cap: the authors' cap compares ||g|| with an absolute bound, and g (a mean
@@ -433,7 +384,6 @@ def test_two_process_gloo_ddp_gives_the_single_process_gradient(tmp_path, method
         assert torch.allclose(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-7), name
 
 
-@pytest.mark.slow
 def test_cuda_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     out = tmp_path / "cuda.json"
     assert (

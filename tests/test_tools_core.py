@@ -85,6 +85,8 @@ def test_update_readme_replaces_only_marked_blocks(tmp_path):
 
 def test_update_readme_check_then_update(tmp_path):
     (tmp_path / "a.md").write_text("| x |\n")
+    provenance = {"device": "cpu", "torch": "2", "threads": 1, "git_commit": "0" * 40}
+    (tmp_path / "a.json").write_text(json.dumps([{"x": 1, **provenance}]))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:a -->\nold\n<!-- /results:a -->\n")
     argv = ["--readme", str(readme), "--results", str(tmp_path)]
@@ -92,6 +94,8 @@ def test_update_readme_check_then_update(tmp_path):
     assert "old" in readme.read_text()
     assert update_readme.main(argv) == 0
     assert readme.read_text() == "<!-- results:a -->\n| x |\n<!-- /results:a -->\n"
+    assert update_readme.main([*argv, "--check"]) == 1  # its record lacks shared_machine
+    (tmp_path / "a.json").write_text(json.dumps([{"x": 1, **provenance, "shared_machine": True}]))
     assert update_readme.main([*argv, "--check"]) == 0
 
 

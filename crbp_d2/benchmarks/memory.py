@@ -5,13 +5,18 @@ the squared Gabor input layer produces), the Pathfinder hGRU for N steps with th
 and a 1x1 readout to 2 classes with a cross-entropy loss (+ LCP for the C- methods).
 
 For every (method, steps) a record holds, for one forward + backward:
-  saved_bytes   bytes saved for backward (torch.autograd.graph.saved_tensors_hooks)
-  peak_bytes    CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS (ru_maxrss),
-                each configuration in its own process (forked from a server that has imported
-                torch and this module)
+  saved_bytes   bytes of distinct storage saved for backward (each storage once, by storage and
+                byte range: :class:`crbp_d2.utils.bench.SavedStorageBytes`); ``saved_counter``
+                says so (records without it used the old count, every saved reference summed)
+  saved_reference_bytes  the old count: numel x element size summed over every saved reference
+  peak_bytes    CUDA: torch.cuda.max_memory_allocated (the allocator's peak); CPU: the process's
+                peak RSS (ru_maxrss, the operating system's count: torch's CPU allocator reports
+                no peak), each configuration in its own process (forked from a server that has
+                imported torch and this module)
   peak_kind     which of the two peak_bytes is: ``cuda_max_memory_allocated`` | ``cpu_peak_rss``
   step_bytes    CUDA: peak minus memory allocated before the step; CPU: peak RSS minus RSS before
-  seconds       wall time of the step
+  seconds       wall time of the step (not a clean number when ``shared_machine``)
+and the provenance fields of :func:`crbp_d2.utils.machine.machine_record`.
 """
 
 from __future__ import annotations
@@ -25,14 +30,21 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..recurrent import METHODS, HGRUCell, RecurrentEngine
-from ..utils import device_description, pyplot, write_results
-from ..utils.bench import SavedBytes, peak_rss_bytes, rss_bytes, run_isolated_calls
+from ..utils import machine_record, pyplot, write_results
+from ..utils.bench import (
+    SAVED_COUNTER,
+    SavedStorageBytes,
+    peak_rss_bytes,
+    rss_bytes,
+    run_isolated_calls,
+)
 
 __all__ = [
     "MemoryBenchmark",
     "format_table",
     "measure_one",
     "plot_memory",
+    "records_markdown",
     "run_memory_benchmark",
     "table_with_machine",
     "write_memory_results",
@@ -66,7 +78,6 @@ class MemoryBenchmark:
             "channels": self.channels,
             "kernel": self.kernel,
             "size": self.size,
-            "torch": torch.__version__,
         }
 
 
@@ -96,7 +107,7 @@ def measure_one(settings: MemoryBenchmark, method: str, steps: int) -> Record:
         before = torch.cuda.memory_allocated()
     else:
         before = rss_bytes()
-    saved = SavedBytes()
+    saved = SavedStorageBytes()
     start = time.perf_counter()
     with saved.counting():
         out = engine(drive)
@@ -114,12 +125,14 @@ def measure_one(settings: MemoryBenchmark, method: str, steps: int) -> Record:
         "method": method,
         "steps": steps,
         "saved_bytes": saved.total,
+        "saved_counter": SAVED_COUNTER,
+        "saved_reference_bytes": saved.references,
         "peak_bytes": peak,
         "step_bytes": peak - before,
         "peak_kind": PEAK_KIND[cuda],
         "seconds": seconds,
         "residual": out.diagnostics.residual,
-        "device": device_description(device),
+        **machine_record(device),
         **settings.machine(),
     }
 
@@ -135,7 +148,7 @@ def _out_of_memory_record(settings: MemoryBenchmark, method: str, steps: int) ->
         "peak_kind": PEAK_KIND[True],
         "seconds": None,
         "error": f"out of memory (card has {total} bytes)",
-        "device": torch.cuda.get_device_name(0),
+        **machine_record("cuda"),
         **settings.machine(),
     }
 
@@ -181,19 +194,29 @@ def run_memory_benchmark(
     return records
 
 
+def _saved_header(records: List[Record]) -> str:
+    """The saved-for-backward column's name: what the records' counter counted."""
+    if all(r.get("saved_counter") == SAVED_COUNTER for r in records if not r.get("error")):
+        return "saved for backward, each storage once (MiB)"
+    return "saved for backward, old count: every saved reference (MiB)"
+
+
 def format_table(records: List[Record]) -> str:
-    """Markdown table: method, steps, MiB saved for backward, peak MiB, step peak MiB, seconds."""
+    """Markdown table: method, steps, MiB saved for backward, peak MiB, step peak MiB, seconds
+    (marked * when measured on a shared machine)."""
     lines = [
-        "| method | steps | saved for backward (MiB) | peak (MiB) | step peak (MiB) | seconds |",
+        f"| method | steps | {_saved_header(records)} | peak (MiB) | step peak (MiB) | seconds |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if r.get("error"):
             lines.append(f"| {r['method']} | {r['steps']} | {r['error']} | | | |")
             continue
+        shared = "*" if r.get("shared_machine") else ""
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['saved_bytes'] / 2**20:.1f} | "
-            f"{r['peak_bytes'] / 2**20:.0f} | {r['step_bytes'] / 2**20:.0f} | {r['seconds']:.2f} |"
+            f"{r['peak_bytes'] / 2**20:.0f} | {r['step_bytes'] / 2**20:.0f} | "
+            f"{r['seconds']:.2f}{shared} |"
         )
     return "\n".join(lines)
 
@@ -201,13 +224,44 @@ def format_table(records: List[Record]) -> str:
 def table_with_machine(records: List[Record], plot_name: str) -> str:
     """The table plus a line saying what was measured on which machine (for the README)."""
     first = records[0]
+    peak_kind = first.get("peak_kind", "cpu_peak_rss")
+    peak = {
+        "cpu_peak_rss": "the process's peak RSS (the operating system's count; torch's CPU "
+        "allocator reports no peak)",
+        "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated (the allocator's peak)",
+    }[peak_kind]
+    commit = first.get("git_commit")
+    shared = any(r.get("shared_machine") for r in records)
     return (
         f"{format_table(records)}\n\n"
-        f"Measured on {first['device']} with torch {first['torch']}: one training step, batch "
+        f"Measured on {first['device']} with torch {first['torch']}"
+        + (f", {first['threads']} torch thread(s)" if first.get("threads") else "")
+        + (f", code at {commit[:10]}" if commit else "")
+        + f": one training step, batch "
         f"{first['batch']}, {first['size']}x{first['size']}, {first['channels']} channels, "
         f"{first['kernel']}x{first['kernel']} kernels (`tools/benchmark_memory.py`; peak = "
-        f"{first.get('peak_kind', 'cpu_peak_rss')}; plot `docs/results/{plot_name}`).\n"
+        f"{peak}; "
+        + (
+            "saved for backward counts each storage autograd keeps for backward once, whether "
+            "or not all were alive at once"
+            if _saved_header(records).startswith("saved for backward, each")
+            else "saved for backward: the old count, every saved reference summed (a tensor "
+            "saved by several operations counted several times), which can exceed the peak"
+        )
+        + f"; seconds: one timed step after a warm-up; plot `docs/results/{plot_name}`)."
+        + (
+            " Seconds marked * were measured on a shared machine (other work beside it): "
+            "not clean timings."
+            if shared
+            else ""
+        )
+        + "\n"
     )
+
+
+def records_markdown(records: List[Record], name: str) -> str:
+    """``docs/results/NAME.md`` of these records (the table, the machine, plot ``NAME.png``)."""
+    return table_with_machine(records, name + ".png")
 
 
 def plot_memory(records: List[Record], path: str) -> None:
@@ -215,7 +269,7 @@ def plot_memory(records: List[Record], path: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     keys = [
-        ("saved_bytes", "saved for backward (MiB)"),
+        ("saved_bytes", _saved_header(records).replace(": every saved reference", "")),
         ("step_bytes", "peak during step (MiB)"),
         ("seconds", "seconds per step"),
     ]

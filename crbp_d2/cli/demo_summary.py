@@ -17,9 +17,14 @@ import csv
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..utils import atomic_write_text, cpu_description, markdown_table, write_results
+from ..utils import (
+    atomic_write_text,
+    machine_record,
+    markdown_table,
+    write_results,
+)
 from ..utils.metrics_json import metrics_lines
 from ._common import one_line_errors
 
@@ -32,7 +37,11 @@ def _load_json(path: str):
 
 
 def memory_lines(out: str) -> List[str]:
-    records = _load_json(os.path.join(out, "memory.json"))
+    return memory_lines_of(_load_json(os.path.join(out, "memory.json")))
+
+
+def memory_lines_of(records: List[dict]) -> List[str]:
+    """The summary's memory line of the memory benchmark's ``records``."""
     by_method = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r)
@@ -44,9 +53,113 @@ def memory_lines(out: str) -> List[str]:
         )
         for method, rows in by_method.items()
     ]
+    counted = "each storage once" if records[0].get("saved_counter") else "every saved reference"
     return [
-        f"memory saved for backward (MiB) at {'/'.join(map(str, steps))} steps: " + ", ".join(parts)
+        f"memory saved for backward ({counted}, MiB) at {'/'.join(map(str, steps))} steps: "
+        + ", ".join(parts)
     ]
+
+
+def memory_metrics(records: List[dict]) -> Dict[str, Any]:
+    """method -> steps -> MiB saved for backward, and what the counter counted."""
+    saved: Dict[str, Dict[str, float]] = {}
+    for r in records:
+        saved.setdefault(r["method"], {})[str(r["steps"])] = round(r["saved_bytes"] / 2**20, 3)
+    return {"saved_mib": saved, "saved_counter": records[0].get("saved_counter", "every_reference")}
+
+
+def refresh_memory(stem: str, memory_json: str) -> None:
+    """Replace the memory part of the demo record ``stem.json`` (and ``stem.md``) by the memory
+    benchmark's records ``memory_json`` (``make demo-memory``'s, run alone), noting where they
+    came from; the other parts and the timings stay those of the recorded ``make demo``."""
+    with open(stem + ".json") as f:
+        record = json.load(f)[0]
+    memory = _load_json(memory_json)
+    lines = record["summary"].split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("memory saved for backward"))
+    lines[at] = memory_lines_of(memory)[0]
+    record["summary"] = "\n".join(lines)
+    metrics = record.setdefault("metrics", {})
+    for part, values in parse_summary(record["summary"]).items():
+        metrics.setdefault(part, values)  # a record written before the metrics were fields
+    metrics["memory"] = memory_metrics(memory)
+    keys = ("device", "torch", "threads", "git_commit", "shared_machine")
+    metrics["memory"]["measured_apart"] = {
+        **{k: memory[0].get(k) for k in keys},
+        "how": "make demo-memory's command run alone, not in a make demo run",
+    }
+    write_results(stem, [record], demo_markdown([record]))
+
+
+_RFPN_NAMES = {
+    "PQ": "panoptic_seg/PQ",
+    "PQ things": "panoptic_seg/PQ_th",
+    "PQ stuff": "panoptic_seg/PQ_st",
+    "mask AP": "segm/AP",
+    "box AP": "bbox/AP",
+    "mask IoU on GT boxes": "gt_box/mIoU",
+}
+
+
+def parse_summary(text: str) -> Dict[str, Any]:
+    """The Pathfinder and R-FPN numbers of a summary :func:`summary` wrote, as the fields of
+    :func:`summary_metrics` (at the summary's rounding), for records written before the demo
+    kept them as fields."""
+    import re
+
+    metrics: Dict[str, Any] = {}
+    found = re.search(r"test IoU (.*)", text)
+    if found:
+        pairs = re.findall(r"(\d+) steps ([\d.]+)", found.group(1))
+        curve = re.search(r"IoU vs steps: ([\d.]+) at N = (\d+), ([\d.]+) at ([\d.]+); (.*)", text)
+        metrics["pathfinder"] = {"test_iou": {k: {"iou": float(v)} for k, v in pairs}}
+        if curve:
+            iou_n, n, iou_last, last, rest = curve.groups()
+            metrics["pathfinder"]["iou_vs_steps"] = {
+                n: float(iou_n),
+                str(int(float(last))): float(iou_last),
+            }
+            metrics["pathfinder"]["baselines"] = {
+                name.strip(): float(v) for name, v in re.findall(r"([\w ]+?) ([\d.]+)(?:,|$)", rest)
+            }
+    found = re.search(r"R-FPN C-RBP \([^)]*\): (.*)", text)
+    if found:
+        values = dict(re.findall(r"([A-Za-z][\w ]*?) ([\d.]+)(?:,|$)", found.group(1)))
+        metrics["rfpn"] = {_RFPN_NAMES[k]: float(v) for k, v in values.items() if k in _RFPN_NAMES}
+        sweep = re.search(r"PQ things vs test steps: ([\d.]+) at (\d+), ([\d.]+) at (\d+)", text)
+        if sweep:
+            a, first, b, last = sweep.groups()
+            metrics["rfpn"]["pq_things_vs_steps"] = {first: float(a), last: float(b)}
+    return metrics
+
+
+def summary_metrics(out: str) -> Dict[str, Any]:
+    """The numbers of the summary as fields: ``memory`` (method -> steps -> MiB saved for
+    backward, and the counter), ``pathfinder`` (test IoU by steps, IoU vs steps, baselines) and
+    ``rfpn`` (the final metrics, PQ things vs test steps)."""
+    evaluation = _load_json(os.path.join(out, "pathfinder", "run", "eval_only.json"))["results"]
+    steps = _load_json(os.path.join(out, "pathfinder", "steps.json"))
+    metrics: Dict[str, Any] = {
+        "memory": memory_metrics(_load_json(os.path.join(out, "memory.json"))),
+        "pathfinder": {
+            "test_iou": {k: {"iou": v["iou"]} for k, v in evaluation.items()},
+            "iou_vs_steps": {
+                str(r["steps"]): r["iou"] for r in steps if r.get("method") != "baseline"
+            },
+            "baselines": {r["model"]: r["iou"] for r in steps if r.get("method") == "baseline"},
+        },
+    }
+    with open(os.path.join(out, "rfpn", "eval", "metrics.json")) as f:
+        final = json.loads(f.read().strip().splitlines()[-1])
+    keys = ("panoptic_seg/PQ", "panoptic_seg/PQ_th", "panoptic_seg/PQ_st", "segm/AP", "bbox/AP")
+    metrics["rfpn"] = {k: final[k] for k in keys + ("gt_box/mIoU",) if k in final}
+    sweep_path = os.path.join(out, "rfpn", "sweep", "timestep_sweep.csv")
+    if os.path.isfile(sweep_path):
+        with open(sweep_path) as f:
+            metrics["rfpn"]["pq_things_vs_steps"] = {
+                row["steps"]: float(row["PQ_th"]) for row in csv.DictReader(f)
+            }
+    return metrics
 
 
 def pathfinder_lines(out: str) -> List[str]:
@@ -120,29 +233,58 @@ def write_timings(out: str, stem: str, text: str) -> None:
     The total is the ``wall`` record when there is one (``make demo`` runs two lanes side by side
     after the R-FPN training, so the steps' seconds add up to more than the wall time), else the
     sum of the steps."""
-    import torch
 
     records = step_seconds(out)
     steps = [r for r in records if r["step"] != "wall"]
     walls = [r["seconds"] for r in records if r["step"] == "wall"]
     total = walls[-1] if walls else sum(r["seconds"] for r in steps)
-    machine = f"{cpu_description()}, torch {torch.__version__}"
     record = {
         "steps": steps,
         "total_seconds": total,
         "total_is": "wall" if walls else "sum of steps",
-        "machine": machine,
+        "machine": machine_record("cpu"),
+        "metrics": summary_metrics(out),
         "summary": text,
     }
+    write_results(stem, [record], demo_markdown([record]))
+
+
+def demo_markdown(records: Sequence[dict], name: str = "demo") -> str:
+    """``docs/results/demo.md`` of the demo's record: its step timings and summary."""
+    record = records[0]
+    steps, total = record["steps"], record["total_seconds"]
+    walls = record["total_is"] == "wall"
     label = "**wall time**" if walls else "**total**"
     rows = [[r["step"], f"{r['seconds']}"] for r in steps] + [[label, f"**{total}**"]]
     lanes = " (the steps after rfpn_train run in two lanes, side by side)" if walls else ""
-    table = (
+    machine = record["machine"]
+    shared = False
+    if isinstance(machine, dict):
+        shared = bool(machine.get("shared_machine"))
+        machine = f"{machine['device']}, torch {machine['torch']}"
+    memory = record.get("metrics", {}).get("memory", {})
+    old_count = ""
+    if memory.get("saved_counter") != "distinct_storage":
+        old_count = (
+            "\n\nThe memory line is the old count (every saved reference summed: a tensor saved "
+            "by several operations counted several times)."
+        )
+    elif memory.get("measured_apart"):
+        apart = memory["measured_apart"]
+        old_count = (
+            f"\n\nThe memory line was measured apart from this `make demo` run ({apart['how']}; "
+            f"{apart['device']}, torch {apart['torch']}); the other lines and the timings are "
+            "the run's."
+        )
+    return (
         markdown_table(["make demo step", "seconds"], rows, align="lr")
-        + f"\n\n`make demo` after set-up: {total / 60:.1f} min on {machine}{lanes}.\n\n"
-        + f"```\n{text}\n```\n"
+        + f"\n\n`make demo` after set-up: {total / 60:.1f} min on {machine}{lanes}"
+        + (" (a shared machine: not a clean timing)" if shared else "")
+        + ".\n\n"
+        + f"```\n{record['summary']}\n```"
+        + old_count
+        + "\n"
     )
-    write_results(stem, [record], table)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

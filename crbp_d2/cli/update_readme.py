@@ -7,6 +7,10 @@ between the markers (:func:`crbp_d2.utils.report.update_readme_blocks`), so no n
 README is typed by hand.
 
   python tools/update_readme.py [--readme README.md] [--results docs/results] [--check]
+
+``--check`` also runs :func:`crbp_d2.utils.records.check_results` (tables rendered from their
+records, provenance fields, no absolute paths, the tracked numbers outside the blocks); it is part
+of ``make test`` (``tests/test_readme_records.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"warning: no {args.results}/{name}.md for the README block {name!r}", file=sys.stderr
         )
     if args.check:
-        return int(new != old)
+        from ..utils.records import check_results
+
+        problems = check_results(args.readme, args.results)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return int(new != old or bool(problems))
     if new != old:
         atomic_write_text(args.readme, new)
         print(f"updated {args.readme}")

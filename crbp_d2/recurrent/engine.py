@@ -555,8 +555,13 @@ def check_steps(value: int, name: str) -> None:
 
 
 def _as_graph_input(state: State) -> State:
-    """Make sure the state before the last step can be differentiated against (LCP under BPTT)."""
-    parts = [p if p.requires_grad else p.detach().requires_grad_() for p in state_parts(state)]
+    """The state before the last step as inputs the LCP can differentiate against (under BPTT):
+    a fresh alias of each part (a leaf if it has no graph), so that d F / d part is F's partial
+    derivative. Without the alias, a part computed from another (the convLSTM's h from its c)
+    would add that path to the other's column sums."""
+    parts = [
+        p.view_as(p) if p.requires_grad else p.detach().requires_grad_() for p in state_parts(state)
+    ]
     return state_like(parts, state)
 
 

@@ -1,4 +1,5 @@
-"""Measuring helpers for benchmarks: memory of this process, bytes saved for backward, and
+"""Measuring helpers for benchmarks: memory of this process, bytes saved for backward (each
+storage once), and
 running one configuration in a fresh process (a CPU peak RSS is a per-process maximum)."""
 
 from __future__ import annotations
@@ -25,22 +26,81 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class SavedBytes:
-    """Counts the bytes autograd saves for backward inside :meth:`counting` (``.total``)."""
+SAVED_COUNTER = "distinct_storage"  # what a record's ``saved_bytes`` counts (see below)
+
+
+class SavedStorageBytes:
+    """Bytes of memory that autograd saves for backward inside :meth:`counting`, each storage
+    counted once.
+
+    Every tensor autograd saves is a view of a storage: it covers the bytes
+    ``[offset, offset + extent)`` of it (``extent`` spans its strides, so a slice or a transposed
+    tensor covers what it can reach). ``total`` is the sum, over the storages saved from, of the
+    union of those byte ranges: a tensor saved by three operations, or two overlapping views of
+    one buffer, count once. A storage freed and another allocated at the same address (e.g. in a
+    ``create_graph`` backward) count as two. It is not a peak: it counts every storage saved in
+    the window, whether or not all were alive at once; compare it with the allocator's peak.
+
+    ``references`` is the sum of ``numel * element_size`` over every saved reference (what this
+    project's counter reported before: a tensor saved three times counts three times).
+    """
 
     def __init__(self) -> None:
-        self.total = 0
+        self.references = 0
+        self._ranges: Dict[int, List[List[int]]] = {}  # storage id -> merged byte ranges
+        self._alive: Dict[int, Any] = {}  # storage id -> weak reference to that storage
+        self._retired = 0  # bytes of storages freed (and their address reused) meanwhile
+
+    @property
+    def total(self) -> int:
+        """Bytes of distinct storage saved so far."""
+        return self._retired + sum(end - start for r in self._ranges.values() for start, end in r)
+
+    def add(self, tensor) -> None:
+        """Count one saved ``tensor``."""
+        size = tensor.element_size()
+        self.references += tensor.numel() * size
+        if tensor.numel() == 0:
+            return
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested, ...)
+            self._retired += tensor.numel() * size
+            return
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        key = storage._cdata
+        if key in self._alive and self._alive[key].expired():  # a new storage at that address
+            self._retired += sum(end - start for start, end in self._ranges.pop(key))
+            del self._alive[key]
+        if key not in self._alive:
+            self._alive[key] = StorageWeakRef(storage)
+            self._ranges[key] = []
+        reach = 1 + sum((n - 1) * abs(st) for n, st in zip(tensor.shape, tensor.stride()))
+        start = tensor.storage_offset() * size
+        self._ranges[key] = _merged(self._ranges[key] + [[start, start + reach * size]])
 
     def _pack(self, tensor):
-        self.total += tensor.numel() * tensor.element_size()
+        self.add(tensor)
         return tensor
 
     @contextmanager
-    def counting(self) -> Iterator["SavedBytes"]:
+    def counting(self) -> Iterator["SavedStorageBytes"]:
         import torch
 
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
             yield self
+
+
+def _merged(ranges: List[List[int]]) -> List[List[int]]:
+    """Overlapping or touching [start, end) ranges merged, sorted."""
+    out: List[List[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
 
 
 def print_record(record: Dict[str, Any]) -> None:

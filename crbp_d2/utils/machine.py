@@ -44,10 +44,44 @@ def device_description(device: "str | object" = "cpu") -> str:
     return cpu_description()
 
 
+SHARED_MACHINE_ENV = "CRBP_SHARED_MACHINE"  # "1": other work ran beside the measurement; "0": not
+PROVENANCE_FIELDS = ("device", "torch", "threads", "git_commit", "shared_machine")
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the checkout this package runs from (``+dirty`` when it has uncommitted
+    changes to tracked files), or None outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def shared_machine() -> bool:
+    """Whether other work shared the machine: ``CRBP_SHARED_MACHINE`` (1 / 0) when set, else
+    True when the 1-minute load average was at least half the cores when asked."""
+    flag = os.environ.get(SHARED_MACHINE_ENV)
+    if flag is not None:
+        return flag.strip().lower() in ("1", "true", "yes")
+    return os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1)
+
+
 def machine_record(device: "str | object" = "cpu") -> dict:
-    """The machine a result came from, as every result record stores it: ``device`` (the CPU
-    model and cores, or the GPU), ``cpu`` (model name), ``cores``, ``torch``, ``python`` and
-    ``threads`` (torch's intra-op threads)."""
+    """What to store beside every result (the fields :data:`PROVENANCE_FIELDS`): the device (the
+    CPU model and cores, or the GPU), ``cpu`` (the model name), ``cores``, the torch and Python
+    versions, torch threads, the git commit of the code, whether the machine was shared (timings
+    from a shared machine are not clean numbers), and the load average then."""
     import torch
 
     return {
@@ -57,6 +91,9 @@ def machine_record(device: "str | object" = "cpu") -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "shared_machine": shared_machine(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crbp_d2.utils.bench import SavedBytes
+from crbp_d2.utils.bench import SAVED_COUNTER, SavedStorageBytes
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.machine import device_description
 
@@ -75,7 +75,7 @@ def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict
         torch.cuda.reset_peak_memory_stats(trainer.device)
         base = torch.cuda.memory_allocated(trainer.device)
     tic = time.time()
-    saved = SavedBytes()
+    saved = SavedStorageBytes()
     with saved.counting():
         trainer.train_step(image, label)
     scalars = trainer.train_step(image, label)
@@ -90,6 +90,7 @@ def peak_memory(method: str, steps: int, device: str, batch, tiny: bool) -> dict
         "memory_measure": memory_measure(trainer.device),
         "memory_gb": saved.total / 1e9,
         "saved_gb": saved.total / 1e9,
+        "saved_counter": SAVED_COUNTER,
         "peak_allocated_gb": None,
         "peak_reserved_gb": None,
         "model_and_batch_gb": None,

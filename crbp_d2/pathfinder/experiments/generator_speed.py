@@ -28,8 +28,15 @@ from crbp_d2.utils.report import markdown_table, pyplot
 
 from ..data.storage import write_png_sample
 
-# The original generator's measured time per image on one core, PNG writing excluded.
+# The original generator's time per image, from elsewhere: not measured by this benchmark, nor
+# on the machine of its table (REFERENCE_SOURCE says where and how).
 REFERENCE_S_PER_IMAGE = {6: 0.16, 9: 0.20, 14: 0.26, 20: 0.75, 25: 2.8}
+REFERENCE_SOURCE = (
+    "the original generator (the authors' snakes2 code, 15 distractors) timed once while this "
+    "project was being designed, on a 2-core cloud VM of an earlier session (not the machine "
+    "above), one process, PNG writing excluded, mean seconds per image (the project's research "
+    "notes, pathfinder_reference.md); not re-measured here"
+)
 # Goal: 20x faster than the original per core (PF25: 20x faster than 3 s per image).
 GOAL_MS_PER_IMAGE = {6: 8.0, 9: 10.0, 14: 13.0, 20: 38.0, 25: 150.0}
 DEFAULT_COUNTS = {6: 800, 9: 800, 14: 600, 20: 300, 25: 150}
@@ -161,8 +168,8 @@ def results_table(results: dict) -> str:
         "1 process: img/s",
         "all cores: img/s",
         "all cores: ms/img/core",
-        "original (no PNG)",
-        "speed-up",
+        "original (no PNG, elsewhere)",
+        "speed-up: original / 1 process",
         "goal",
         "pair restarts",
         "distractors",
@@ -190,7 +197,19 @@ def results_table(results: dict) -> str:
         f"(load average at start {machine['load_average_at_start'][0]:.2f}); "
         f"{results['date']}; PNG writing included."
     )
-    return machine_line + "\n\n" + markdown_table(header, rows, align="l" * len(header))
+    source = results.get("reference_source", REFERENCE_SOURCE)
+    return (
+        machine_line
+        + "\n\n"
+        + markdown_table(header, rows, align="l" * len(header))
+        + f"\n\nOriginal: {source}. The speed-up divides that time (PNG writing excluded) by "
+        "ours on 1 process here (PNG writing included)."
+    )
+
+
+def benchmark_markdown(records: Sequence[dict], name: str = "generator_benchmark") -> str:
+    """``docs/results/NAME.md`` of the benchmark's JSON (one result dict)."""
+    return results_table(records[0])
 
 
 def plot(results: dict, path: Path) -> None:
@@ -247,6 +266,7 @@ def plot(results: dict, path: Path) -> None:
 def write_benchmark(results: dict, json_path: Path, plot_path: Path) -> Path:
     """Write the results (with their table under "markdown") to ``json_path``, the table to
     ``json_path`` with suffix ``.md`` and the plot to ``plot_path``; returns the table's path."""
+    results.setdefault("reference_source", REFERENCE_SOURCE)
     results["markdown"] = results_table(results)
     atomic_write_json(results, json_path, indent=1)
     plot(results, plot_path)

@@ -33,7 +33,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ...utils import atomic_write_json, cpu_description, markdown_table, pyplot, write_results
+from ...utils import (
+    atomic_write_json,
+    cpu_description,
+    machine_record,
+    markdown_table,
+    pyplot,
+    write_results,
+)
 from ...utils.metrics_json import final_results, seconds_per_iter
 from ...utils.procs import run_logged
 
@@ -137,6 +144,7 @@ def run_one(
         "train_steps": run.train_steps,
         "head_params": _head_params(weights),
         "seconds_per_iter": seconds_per_iter(metrics_path),
+        **machine_record("cpu"),
         "peak_rss_mib": train["peak_rss_mib"],
         "train_minutes": train["seconds"] / 60,
     }
@@ -216,6 +224,22 @@ def _mean_spread(values: Sequence[Optional[float]], digits: int = 1) -> str:
     return f"{np.mean(values):.{digits}f} ± {half_range:.{digits}f}"
 
 
+def _timing(records: Sequence[Mapping]) -> str:
+    """s/iter over the seeds: the mean ± half the range of the runs that ran alone; a run marked
+    ``shared_machine`` is left out of the mean (shown apart, with *), and when the runs differ by
+    more than 20% with no such mark (records from before the mark), each run is shown, not a mean
+    (one of them was contended: not comparable)."""
+    timed = [r for r in records if r.get("seconds_per_iter") is not None]
+    alone = [r["seconds_per_iter"] for r in timed if not r.get("shared_machine")]
+    shared = [r["seconds_per_iter"] for r in timed if r.get("shared_machine")]
+    marked = "".join(f" ({v:.2f}*)" for v in shared)
+    if not alone:
+        return marked.strip() or "-"
+    if len(alone) > 1 and (max(alone) - min(alone)) > 0.2 * min(alone):
+        return " / ".join(f"{v:.2f}" for v in alone) + " (differ: contended?)" + marked
+    return _mean_spread(alone, digits=2) + marked
+
+
 def protocol_table(records: Sequence[Mapping]) -> str:
     """One row per dataset and head: the values at the training steps (FPN: its only values),
     the GT-box IoU at 3N and its change from N, the cost columns."""
@@ -244,7 +268,7 @@ def protocol_table(records: Sequence[Mapping]) -> str:
                     _mean_spread([r["mask_ap"] for r in at_n]),
                     _mean_spread([r["pq_things"] for r in at_n]),
                     _mean_spread([r["pq"] for r in at_n]),
-                    _mean_spread([r["seconds_per_iter"] for r in at_n], digits=2),
+                    _timing(at_n),
                     f"{np.mean([r['peak_rss_mib'] for r in at_n]):,.0f}",
                     len(seeds),
                 ]
@@ -259,7 +283,7 @@ def protocol_table(records: Sequence[Mapping]) -> str:
         "mask AP",
         "PQ things",
         "PQ",
-        "s/iter",
+        "s/iter (runs alone)",
         "peak RSS (MiB)",
         "seeds",
     ]
@@ -319,6 +343,8 @@ def write_protocol_results(
         f"runs side by side{took}; schedule: {schedule}. Mean ± half the range over the seeds; "
         "GT-box mask IoU: the head's masks on the ground-truth boxes and classes "
         "(`crbp_d2.rfpn.evaluation.gt_box`); s/iter: Detectron2's per-iteration time; peak RSS of "
-        "the training process (`tools/rfpn_cpu_protocol.py`).\n"
+        "the training process (`tools/rfpn_cpu_protocol.py`). s/iter: the mean of the runs that "
+        "ran alone; runs on a shared machine (*) are kept out of it; runs that differ by more "
+        "than 20% are shown one by one.\n"
     )
     return write_results(stem, records, protocol_table(records) + note, plot_protocol)

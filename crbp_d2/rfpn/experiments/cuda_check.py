@@ -35,11 +35,11 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...utils import atomic_write_json, atomic_write_text, device_description, pyplot, write_plot
-from ...utils.bench import SavedBytes
-from ...utils.machine import grad_scaler
+from ...utils.bench import SAVED_COUNTER, SavedStorageBytes
+from ...utils.machine import grad_scaler, machine_record
 from ...utils.report import markdown_table
 from .benchmark import DEFAULT_CONFIG, RFPNBenchmark, synthetic_batch, variant_opts
 
@@ -75,7 +75,7 @@ class RFPNCheck:
     instances: int = 16
     steps: Tuple[int, ...] = (5, 10, 20)
     methods: Tuple[str, ...] = ("BPTT", "CRBP")
-    iters: int = 2  # timed steps per memory variant (after one warm-up step)
+    iters: int = 10  # timed steps per memory variant (after one warm-up step); 2 until Dec 2026
     amp_steps: int = 10  # recurrent steps of the C-RBP model trained with AMP
     amp_iters: int = 20  # training iterations, with AMP and in float32
     lr: float = 1e-3
@@ -142,20 +142,25 @@ def _build(settings: RFPNCheck, variant: str, extra: Tuple[str, ...] = ()):
     return cfg, model, batch
 
 
-class _HeadSavedBytes(SavedBytes):
-    """:class:`SavedBytes` that also counts, in ``head``, the bytes saved while ``module``'s
-    forward runs (the mask head's own share of the step's saved tensors)."""
+class _HeadSavedBytes(SavedStorageBytes):
+    """:class:`SavedStorageBytes` that also counts, in ``head``, the bytes saved while
+    ``module``'s forward runs (the mask head's own share of the step's saved storage, each
+    storage once)."""
 
     def __init__(self, module) -> None:
         super().__init__()
-        self.head = 0
+        self._head = SavedStorageBytes()
         self._inside = False
         module.register_forward_pre_hook(lambda *_: setattr(self, "_inside", True))
         module.register_forward_hook(lambda *_: setattr(self, "_inside", False))
 
+    @property
+    def head(self) -> int:
+        return self._head.total
+
     def _pack(self, tensor):
         if self._inside:
-            self.head += tensor.numel() * tensor.element_size()
+            self._head.add(tensor)
         return super()._pack(tensor)
 
 
@@ -225,6 +230,7 @@ def memory_record(settings: RFPNCheck, variant: str) -> Record:
             "memory_measure": _measure(cuda),
             "memory_bytes": int(peak if cuda else saved.total),
             "saved_bytes": int(saved.total),
+            "saved_counter": SAVED_COUNTER,
             "mask_head_saved_bytes": int(saved.head),
             "peak_allocated_bytes": None if peak is None else int(peak),
             "step_bytes": None if peak is None else int(peak - before),
@@ -346,7 +352,11 @@ def report_table(report: Record) -> str:
     by_variant = {r["variant"]: r for r in report["memory"]}
     methods = list(report["settings"]["methods"])
     header = ["N"] + [f"{m} memory (MiB)" for m in methods]
-    header += [f"{m} mask head saved (MiB)" for m in methods]
+    counted = all(
+        r.get("saved_counter") == SAVED_COUNTER for r in report["memory"] if "error" not in r
+    )
+    saved = "mask head saved" if counted else "mask head saved, old count"
+    header += [f"{m} {saved} (MiB)" for m in methods]
     header += [f"{m} s / iter" for m in methods]
     if len(methods) == 2:
         header.append(f"memory {methods[1]} / {methods[0]}")
@@ -404,7 +414,8 @@ def report_table(report: Record) -> str:
         f"\n\nMeasured on {report['device']} with torch {report['torch']}: one Panoptic FPN "
         f"training step, {os.path.basename(s['config_file'])}, {s['size']} px, batch "
         f"{s['batch']}, {s['instances']} instances per image (`tools/cuda_rfpn_check.py`; "
-        f"memory = {report['memory_measure']})"
+        f"memory = {report['memory_measure']}; s / iter: the median of {s['iters']} timed "
+        "steps after one warm-up" + (", too few to be stable" if s["iters"] < 5 else "") + ")"
     )
     if training:
         clip = s.get("clip_norm", 0)
@@ -412,6 +423,18 @@ def report_table(report: Record) -> str:
         text += f"; training: SGD at lr {s['lr']:g}, momentum 0.9{clipped}, from random init"
     text += ".\n"
     return text
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the checkout when inside it (records hold no absolute path)."""
+    root = str(Path(__file__).resolve().parents[2])
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else os.path.basename(full)
+
+
+def rfpn_cuda_markdown(records: Sequence[Record], name: str = "rfpn_cuda") -> str:
+    """``docs/results/NAME.md`` of the check's report (one dict)."""
+    return report_table(records[0])
 
 
 def plot_rfpn_check(report: Record, path: str) -> None:
@@ -454,7 +477,11 @@ def run_rfpn_cuda_check(settings: RFPNCheck, out: str, log: Log = print) -> Reco
         "total_memory_bytes": (
             torch.cuda.get_device_properties(device).total_memory if cuda else None
         ),
-        "settings": dataclasses.asdict(settings),
+        "settings": {
+            **dataclasses.asdict(settings),
+            "config_file": _repo_relative(settings.config_file),
+        },
+        **{k: v for k, v in machine_record(device).items() if k not in ("device", "torch")},
         "memory": [],
         "amp": None,
         "fp32": None,
