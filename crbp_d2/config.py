@@ -94,6 +94,10 @@ def add_crbp_config(cfg: CN) -> CN:
     node.LESS_SOFTPLUS = True
     # Chronos gate-bias init log U(1, T-1) (True, the intent) or U(1, T-1) (False, authors' code).
     node.CHRONOS_LOG = True
+    # Two inits of the authors' mask-head code (True): the GALA channel bottleneck's bias at
+    # PyTorch's default (ours: zero) and, without GALA, the update gate's 1x1 weight at PyTorch's
+    # default (ours: Kaiming normal). See MaskHeadHGRUCell(authors_init=...).
+    node.AUTHORS_INIT = False
     # Norm inside the cell: "GN" | "IN" | "" (authors: NORM = "GN"). BN/SyncBN are rejected.
     node.CELL_NORM = "GN"
     # Groups of the GroupNorm inside the cell (CONV_DIM must be divisible by it).

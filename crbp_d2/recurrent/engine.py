@@ -9,8 +9,10 @@ Methods (one switch everywhere):
 - ``cbptt`` / ``crbp``: the same as ``bptt`` / ``rbp`` plus the Lipschitz Coefficient Penalty,
   computed with ``create_graph=True`` so that it trains the cell towards a contraction.
 
-When autograd is off (``torch.no_grad`` / inference) the engine only iterates, optionally halting
-once the relative residual falls under a tolerance. :meth:`RecurrentEngine.iterate` gives the
+When autograd is off (``torch.no_grad`` / inference) the engine runs the configured forward solver
+(plain iteration or Anderson) with the mode's steps as its budget, halting once the relative
+residual falls under the halting tolerance (else under ``solver_tol``, the training rule); plain
+iteration with a halting tolerance halts on the largest per-sample residual. :meth:`RecurrentEngine.iterate` gives the
 states one by one (step-by-step readouts); :meth:`RecurrenceOutput.after_backward` registers what
 must run once backward has gone through the recurrence (e.g. logging the Neumann statistics).
 """
@@ -24,6 +26,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import fidelity
 from .base import State, cell_init_state, cell_prepare, state_like, state_parts
 from .diagnostics import (
     RecurrenceDiagnostics,
@@ -31,6 +34,7 @@ from .diagnostics import (
     relative_residual,
     spectral_radius,
 )
+from .fidelity import gradient_agreement
 from .lcp import lipschitz_penalty
 from .neumann import NeumannStats, rbp_attach
 from .solvers import SolverStats, solve
@@ -223,7 +227,9 @@ class RecurrentEngine(nn.Module):
         if not torch.is_grad_enabled():
             tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
             drive = cell_prepare(self.cell, x)
-            return self._checked(self._iterate(drive, n, tol, recorder), drive)
+            if self.spec.solver == "iterate" and (tol is not None or self.spec.solver_tol is None):
+                return self._checked(self._iterate(drive, n, tol, recorder), drive)
+            return self._checked(self._solved(drive, n, tol, recorder), drive)
         hooks = _AfterBackwardHooks()
         # the probe sits on the input, so its backward runs after the whole recurrence's
         x = _BackwardProbe.apply(hooks, x if x.requires_grad else x.detach().requires_grad_())
@@ -308,11 +314,34 @@ class RecurrentEngine(nn.Module):
         diag = RecurrenceDiagnostics(self.method, t, residual, halted=halted)
         return RecurrenceOutput(state, None, diag, recorder)
 
+    def _solved(
+        self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
+    ) -> RecurrenceOutput:
+        """Inference with the configured solver (as in training): at most ``n`` evaluations,
+        stopping at ``tol`` (the halting tolerance, on the batch's relative residual) or else at
+        ``solver_tol``."""
+        state, stats = self._run_without_graph(drive, n, recorder, tol)
+        diag = RecurrenceDiagnostics(
+            self.method,
+            stats.evaluations,
+            stats.residual,
+            halted=stats.converged,
+            forward_evaluations=stats.evaluations,
+            solver_residual=stats.residual,
+            solver_fell_back=stats.fell_back if stats.solver == "anderson" else None,
+        )
+        return RecurrenceOutput(state, None, diag, recorder)
+
     def _run_without_graph(
-        self, drive: Tensor, budget: int, recorder: Optional[List[State]]
+        self,
+        drive: Tensor,
+        budget: int,
+        recorder: Optional[List[State]],
+        tol: Optional[float] = None,
     ) -> Tuple[State, SolverStats]:
         """From h_0 = 0 with autograd off: the configured solver with ``budget`` cell
-        evaluations (recording every state it computes)."""
+        evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
+        computes."""
         spec = self.spec
         with torch.no_grad():
             return solve(
@@ -320,7 +349,7 @@ class RecurrentEngine(nn.Module):
                 lambda h: self.cell(drive, h),
                 cell_init_state(self.cell, drive),
                 budget,
-                spec.solver_tol,
+                spec.solver_tol if tol is None else tol,
                 spec.anderson_window,
                 spec.anderson_damping,
                 None if recorder is None else lambda h: _record(recorder, h),
@@ -433,68 +462,19 @@ class RecurrentEngine(nn.Module):
             diag.lcp_fraction_above = float(fraction)
         return RecurrenceOutput(last, penalty, diag, recorder)
 
-    # -- gradient fidelity ---------------------------------------------------------------------
+    # -- gradient fidelity (crbp_d2.recurrent.fidelity) ----------------------------------------
 
     def parameter_gradient(
         self, x: Tensor, loss_fn: Callable[[State], Tensor]
     ) -> Tuple[Tensor, RecurrenceDiagnostics]:
-        """The configured method's gradient of ``loss_fn(state)`` with respect to the cell's
-        parameters (flattened, float64; unused parameters give zeros), without touching
-        ``.grad``, for input ``x`` (B, C_in, H, W) at the training steps; and the diagnostics
-        of that run (Neumann statistics filled)."""
-        params = [p for p in self.cell.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the cell has no parameters that require a gradient")
-        with torch.enable_grad():
-            out = self(x.detach(), steps=self.steps)
-            grads = torch.autograd.grad(loss_fn(out.state), params, allow_unused=True)
-        flat = [
-            (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)
-        ]
-        return torch.cat(flat).double(), out.diagnostics
+        """See :func:`crbp_d2.recurrent.fidelity.parameter_gradient`."""
+        return fidelity.parameter_gradient(self, x, loss_fn)
 
     def gradient_fidelity(
-        self,
-        x: Tensor,
-        loss_fn: Callable[[State], Tensor],
-        reference: str = "rbp",
-        reference_steps: Optional[int] = None,
-        reference_terms: int = 200,
-        reference_tol: float = 1e-10,
+        self, x: Tensor, loss_fn: Callable[[State], Tensor], **options
     ) -> Dict[str, float]:
-        """How close the configured method's gradient of the cell's parameters is to the exact
-        one, on input ``x`` (B, C_in, H, W) and a loss ``loss_fn(state) -> 0-d tensor``.
-
-        The reference is ``rbp`` with ``reference_terms`` Neumann terms (stopping at
-        ``reference_tol``) from the state reached after ``reference_steps`` plain iterations
-        (default: max(4 N, 100), a converged state for a contraction), or ``bptt`` through
-        ``reference_steps`` steps. Neither the LCP nor the loss's own parameters (e.g. a
-        readout's) enter the comparison.
-
-        Returns:
-            {"grad_cosine", "grad_relative_error", "reference_residual"}: the cosine and
-            ||g - g_ref|| / ||g_ref|| of the flattened parameter gradients (see
-            :func:`gradient_agreement`), and the relative residual of the reference's state
-            (how converged it was).
-        """
-        if reference not in ("rbp", "bptt"):
-            raise ValueError(f"reference must be 'rbp' or 'bptt', got {reference!r}")
-        reference_engine = RecurrentEngine.from_spec(
-            self.cell,
-            self.spec.replace(
-                method=reference,
-                steps=reference_steps or max(4 * self.steps, 100),
-                neumann_steps=reference_terms,
-                neumann_tol=reference_tol,
-                norm_cap="none",
-                solver="iterate",
-                solver_tol=None,
-                monitor_lcp=False,
-            ),
-        )
-        configured, _ = self.parameter_gradient(x, loss_fn)
-        exact, diagnostics = reference_engine.parameter_gradient(x, loss_fn)
-        return {**gradient_agreement(configured, exact), "reference_residual": diagnostics.residual}
+        """See :func:`crbp_d2.recurrent.fidelity.gradient_fidelity` (a converged reference)."""
+        return fidelity.gradient_fidelity(self, x, loss_fn, **options)
 
     # -- monitoring ----------------------------------------------------------------------------
 
@@ -516,15 +496,6 @@ class RecurrentEngine(nn.Module):
         if state is None:
             state = self._iterate(drive, steps or self.test_steps, None, None).state
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)
-
-
-def gradient_agreement(gradient: Tensor, reference: Tensor) -> Dict[str, float]:
-    """{"grad_cosine", "grad_relative_error"} of two flattened gradients: the cosine of their
-    angle and ||gradient - reference|| / ||reference||."""
-    norm = reference.norm() * gradient.norm()
-    cosine = float(gradient @ reference / norm) if norm > 0 else float("nan")
-    error = float((gradient - reference).norm() / reference.norm().clamp_min(1e-300))
-    return {"grad_cosine": cosine, "grad_relative_error": error}
 
 
 def check_steps(value: int, name: str) -> None:
