@@ -12,9 +12,10 @@ Methods (one switch everywhere):
 When autograd is off (``torch.no_grad`` / inference) the engine runs the configured forward solver
 (plain iteration or Anderson) with the mode's steps as its budget, halting once the relative
 residual falls under the halting tolerance (else under ``solver_tol``, the training rule); plain
-iteration with a halting tolerance halts on the largest per-sample residual. :meth:`RecurrentEngine.iterate` gives the
-states one by one (step-by-step readouts); :meth:`RecurrenceOutput.after_backward` registers what
-must run once backward has gone through the recurrence (e.g. logging the Neumann statistics).
+iteration with a halting tolerance halts on the largest per-sample residual.
+:meth:`RecurrentEngine.iterate` gives the states one by one (step-by-step readouts);
+:meth:`RecurrenceOutput.after_backward` registers what must run once backward has gone through
+the recurrence (e.g. logging the Neumann statistics).
 """
 
 from __future__ import annotations
