@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from . import fidelity
 from .base import State, cell_init_state, cell_prepare, state_like, state_parts
+from .compiled import compiled_step
 from .diagnostics import (
     RecurrenceDiagnostics,
     per_sample_max_residual,
@@ -293,18 +294,27 @@ class RecurrentEngine(nn.Module):
 
     # -- the ways of running -------------------------------------------------------------------
 
-    def _states(self, drive: Tensor, state: State, n: int) -> Iterator[State]:
-        """Yield ``state`` and the ``n`` states that follow it."""
+    def _states(
+        self, drive: Tensor, state: State, n: int, step: Optional[Callable] = None
+    ) -> Iterator[State]:
+        """Yield ``state`` and the ``n`` states that follow it (through ``step``, default the
+        cell)."""
+        step = step or self.cell
         yield state
         for _ in range(n):
-            state = self.cell(drive, state)
+            state = step(drive, state)
             yield state
+
+    def _graph_free_step(self) -> Callable[[Tensor, State], State]:
+        """The cell step for evaluations without a graph: compiled with ``compile_cell``."""
+        return compiled_step(self.cell) if self.spec.compile_cell else self.cell
 
     def _iterate(
         self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
         previous, residual, halted, t = None, float("inf"), False, 0
-        for t, state in enumerate(self._states(drive, cell_init_state(self.cell, drive), n)):
+        initial = cell_init_state(self.cell, drive)
+        for t, state in enumerate(self._states(drive, initial, n, self._graph_free_step())):
             if previous is not None:
                 _record(recorder, state)
                 residual = relative_residual(state, previous)
@@ -343,11 +353,11 @@ class RecurrentEngine(nn.Module):
         """From h_0 = 0 with autograd off: the configured solver with ``budget`` cell
         evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
         computes."""
-        spec = self.spec
+        spec, step = self.spec, self._graph_free_step()
         with torch.no_grad():
             return solve(
                 spec.solver,
-                lambda h: self.cell(drive, h),
+                lambda h: step(drive, h),
                 cell_init_state(self.cell, drive),
                 budget,
                 spec.solver_tol if tol is None else tol,
@@ -402,6 +412,9 @@ class RecurrentEngine(nn.Module):
         if spec.uses_neumann and any(p.requires_grad for p in parts):
             idx = self._implicit_indices(len(parts))
             prev_parts = state_parts(previous)
+            recompute = None
+            if spec.compile_cell and len(idx) == len(parts):  # VJPs through the compiled step
+                recompute = _recompute(compiled_step(self.cell), drive.detach(), previous)
             corrected = rbp_attach(
                 [prev_parts[i] for i in idx],
                 [parts[i] for i in idx],
@@ -411,6 +424,7 @@ class RecurrentEngine(nn.Module):
                 stats,
                 spec.neumann_tol,
                 spec.cap_relative,
+                recompute,
             )
             for i, tensor in zip(idx, corrected):
                 parts[i] = tensor
@@ -509,6 +523,15 @@ def _as_graph_input(state: State) -> State:
     """Make sure the state before the last step can be differentiated against (LCP under BPTT)."""
     parts = [p if p.requires_grad else p.detach().requires_grad_() for p in state_parts(state)]
     return state_like(parts, state)
+
+
+def _recompute(step: Callable, drive: Tensor, template: State) -> Callable:
+    """``prev_parts -> step(drive, prev)``'s parts (the Neumann VJPs' recomputed step)."""
+
+    def run(prev):
+        return state_parts(step(drive, state_like(list(prev), template)))
+
+    return run
 
 
 def _record(recorder: Optional[List[State]], state: State) -> None:
