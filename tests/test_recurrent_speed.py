@@ -53,7 +53,7 @@ def test_compile_cell_falls_back_without_changing_the_gradient(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["crbp", "bptt"])
+@pytest.mark.parametrize("method", ["crbp", "tbptt"])
 def test_compiled_cell_gives_the_eager_float32_gradient_on_both_cells(method):
     """Both cells in one process: a compiled graph must never be reused for the other cell
     (with dynamic shapes, torch 2.14's CPU backend gave gradients 55% off there)."""
