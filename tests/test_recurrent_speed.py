@@ -169,3 +169,48 @@ def test_detectron2_config_reads_the_cheap_settings_and_the_old_solver_key():
     )
     spec = validate_crbp_config(cfg)
     assert spec.solver == "anderson" and spec.neumann_tol == 1e-3 and spec.compile_cell
+
+
+# -- the CUDA-graph path: what a CPU can check -------------------------------------------------
+
+
+def test_bucket_sizes_and_padding():
+    from crbp_d2.recurrent.cuda_graph import bucket_size, pad_batch
+
+    assert [bucket_size(n) for n in (0, 1, 8, 9, 64, 65, 512, 513, 1100)] == [
+        8, 8, 8, 16, 64, 128, 512, 1024, 1536,
+    ]  # fmt: skip
+    assert bucket_size(3, (2, 5)) == 5 and bucket_size(11, (2, 5)) == 15
+    with pytest.raises(ValueError, match="increasing integers"):
+        bucket_size(3, (8, 4))
+    with pytest.raises(ValueError, match="integer >= 0"):
+        bucket_size(-1)
+    x = torch.rand(5, 3, 2, 2)
+    padded = pad_batch(x, 8)
+    assert padded.shape == (8, 3, 2, 2) and torch.equal(padded[:5], x)
+    assert not padded[5:].any() and pad_batch(x, 5) is x
+    with pytest.raises(ValueError, match="cannot pad a batch of 5 down to 4"):
+        pad_batch(x, 4)
+
+
+def test_padding_rois_does_not_change_a_batch_independent_cell():
+    cell, _ = _cells()["mask_head"]
+    from crbp_d2.recurrent.cuda_graph import pad_batch
+
+    assert cell.batch_independent and not HGRUCell(4, 3).batch_independent
+    x, h = torch.rand(5, 16, 14, 14), torch.rand(5, 16, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(cell(pad_batch(x, 8), pad_batch(h, 8))[:5], cell(x, h))
+
+
+def test_cuda_graph_on_cpu_is_eager_and_says_so(caplog):
+    from crbp_d2.recurrent.cuda_graph import GraphedSteps
+
+    cell, x = _cells()["mask_head"]
+    with pytest.raises(ValueError, match="need a CUDA drive"):
+        GraphedSteps(cell)(x, torch.zeros_like(x), 3)
+    want, _ = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
+    with caplog.at_level(logging.WARNING, logger="crbp_d2.recurrent.engine"):
+        got, out = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4, cuda_graph=True), x)
+    assert "not CUDA; eager" in caplog.text and torch.equal(got, want)
+    assert out.diagnostics.forward_evaluations == 6

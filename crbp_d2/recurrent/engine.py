@@ -20,6 +20,7 @@ the recurrence (e.g. logging the Neumann statistics).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from . import fidelity
 from .base import State, cell_init_state, cell_prepare, state_like, state_parts
 from .compiled import compiled_step
+from .cuda_graph import graphed_steps
 from .diagnostics import (
     RecurrenceDiagnostics,
     per_sample_max_residual,
@@ -50,6 +52,8 @@ __all__ = [
     "check_steps",
     "gradient_agreement",
 ]
+
+logger = logging.getLogger(__name__)
 
 AfterBackward = Callable[[RecurrenceDiagnostics], None]
 
@@ -354,13 +358,26 @@ class RecurrentEngine(nn.Module):
         evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
         computes."""
         spec, step = self.spec, self._graph_free_step()
+        tol = spec.solver_tol if tol is None else tol
+        if spec.cuda_graph and spec.solver == "iterate" and tol is None and recorder is None:
+            if drive.is_cuda and budget > 1:  # fixed N: budget - 1 steps replayed, 1 eager
+                with torch.no_grad():
+                    state = graphed_steps(self.cell)(
+                        drive.detach(), cell_init_state(self.cell, drive), budget - 1
+                    )
+                    new = step(drive, state)
+                residual = relative_residual(new, state)
+                return new, SolverStats("iterate", budget, residual, trace=[residual])
+            if not drive.is_cuda and not self.__dict__.get("_warned_cuda_graph", False):
+                self.__dict__["_warned_cuda_graph"] = True
+                logger.warning("cuda_graph: the drive is on %s, not CUDA; eager", drive.device)
         with torch.no_grad():
             return solve(
                 spec.solver,
                 lambda h: step(drive, h),
                 cell_init_state(self.cell, drive),
                 budget,
-                spec.solver_tol if tol is None else tol,
+                tol,
                 spec.anderson_window,
                 spec.anderson_damping,
                 None if recorder is None else lambda h: _record(recorder, h),

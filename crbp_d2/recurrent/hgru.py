@@ -56,6 +56,7 @@ class HGRUCell(RecurrentCell):
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2
+        self.batch_independent = norm != "BN"  # BN uses the batch's statistics
         self.inhibition_softplus = inhibition_softplus
         self.output_softplus = output_softplus
         self.gate_inh = nn.Conv2d(channels, channels, 1)
@@ -135,6 +136,7 @@ class MaskHeadHGRUCell(RecurrentCell):
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2
+        self.batch_independent = norm != "BN"  # no batch statistics: RoIs can be padded
         self.gala = gala
         self.less_softplus = less_softplus
         self.nl = get_nonlinearity(nonlinearity)

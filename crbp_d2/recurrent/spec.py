@@ -54,6 +54,7 @@ CONFIG_KEYS: Dict[str, str] = {
     "NONFINITE": "nonfinite",
     "CONVERGENCE_TOL": "convergence_tol",
     "COMPILE_CELL": "compile_cell",
+    "CUDA_GRAPH": "cuda_graph",
 }
 # deprecated key -> its new name: read (when set, i.e. not "") with a FutureWarning naming the
 # new key. The defaults hold the old key as "" so that yacs (which rejects unknown keys) still
@@ -134,6 +135,9 @@ class EngineSpec:
             ``torch.compile``-d copy of the cell step (regional compilation; the tracked step
             and the LCP's double backward stay eager). Falls back to eager, logging why, where
             compiling fails. See :mod:`crbp_d2.recurrent.compiled`.
+        cuda_graph: on CUDA, with plain iteration and no ``solver_tol`` (a fixed N), replay the
+            steps without a graph from a captured CUDA graph (RoI batches padded to buckets);
+            see :mod:`crbp_d2.recurrent.cuda_graph`. Ignored (logged once) on other devices.
     """
 
     steps: int = 20
@@ -160,6 +164,7 @@ class EngineSpec:
     nonfinite: str = "error"
     convergence_tol: float = 0.05
     compile_cell: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int("steps", self.steps)
@@ -199,8 +204,9 @@ class EngineSpec:
         _check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
         if not _is_number(self.convergence_tol) or self.convergence_tol <= 0:
             raise SpecError("convergence_tol", self.convergence_tol, "must be a number > 0")
-        if not isinstance(self.compile_cell, bool):
-            raise SpecError("compile_cell", self.compile_cell, "must be True or False")
+        for name in ("compile_cell", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, getattr(self, name), "must be True or False")
         if not _is_int(self.fidelity_period) or self.fidelity_period < 0:
             raise SpecError("fidelity_period", self.fidelity_period, "must be an integer >= 0")
 
