@@ -24,6 +24,9 @@ FILES = (
     "pathfinder_cuda.md",
     "resume_cuda.json",
     "resume_cuda.md",
+    "speed_cuda.json",
+    "speed_cuda.md",
+    "speed_cuda.png",
     "summary.md",
 )
 
