@@ -88,24 +88,34 @@ def measure_pathfinder_step(variant: str, iters: int = 5, batch: int = 8) -> Rec
     label = (torch.rand(batch, size, size, generator=generator) > 0.9).long()
     diagnostics: List[Dict[str, float]] = []
 
+    split: List[tuple] = []
+
     def step() -> float:
         start = time.perf_counter()
         total, _, out = compute_loss(model, image, label, cfg)
         optimizer.zero_grad(set_to_none=True)
+        middle = time.perf_counter()
         total.backward()
         optimizer.step()
+        end = time.perf_counter()
+        split.append((middle - start, end - middle))
         diagnostics.append(out.diagnostics.scalars() if out.diagnostics is not None else {})
-        return time.perf_counter() - start
+        return end - start
 
     warm = step()
     times = [step() for _ in range(iters)]
     last = diagnostics[-1]
+    timed = split[1:]
     return {
         "measure": "pathfinder_step",
         "variant": variant,
         "seconds": statistics.median(times),
         "seconds_all": times,
         "warmup_seconds": warm,
+        # the profile: forward (graph-free steps, tracked step, LCP value) and backward (Neumann
+        # VJPs, the LCP's double backward, the optimizer step)
+        "forward_seconds": statistics.median(f for f, _ in timed),
+        "backward_seconds": statistics.median(b for _, b in timed),
         "settings": {**keys, "batch": batch, "image_size": size, "channels": cfg.MODEL.CHANNELS},
         "forward_evaluations": last.get("forward_evaluations"),
         "neumann_terms": last.get("neumann_terms"),
@@ -296,6 +306,11 @@ def main(argv: Sequence[str] = None) -> int:
     )
     p.add_argument("--tiny", action="store_true", help="core_step at tiny sizes (smoke test)")
     p.add_argument("--out", default=str(REPO_ROOT / "docs" / "results" / "speed_cpu"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the records already in OUT.json that this run does not measure again",
+    )
     args = p.parse_args(argv)
     for measure in args.measures:
         if measure not in ("pathfinder_step", "rfpn_step"):
@@ -322,6 +337,10 @@ def main(argv: Sequence[str] = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     machine = {**machine_record(args.core_device or "cpu"), "threads": 1}
     records: List[Record] = []
+    if args.merge and os.path.isfile(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            again = {(job["measure"], job["variant"]) for job in jobs}
+            records = [r for r in json.load(f) if (r["measure"], r["variant"]) not in again]
     for job in jobs:
         record = run_isolated("crbp_d2.benchmarks.speed", ["--worker", json.dumps(job)], env=env)
         record.update(shared_machine=bool(args.shared), machine=machine)
