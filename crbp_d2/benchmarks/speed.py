@@ -229,8 +229,9 @@ def measure_core_step(variant: str, device: str, tiny: bool = False, iters: int 
 def table(records: Sequence[Record]) -> str:
     """Markdown: per measure, seconds and the factor against the first baseline."""
     lines = [
-        "| measure | variant | s / step | vs C-RBP-20 | vs baseline | evaluations | terms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| measure | variant | s / step | vs C-RBP-20 | vs baseline | evaluations | terms "
+        "| forward s | backward s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for measure in dict.fromkeys(r["measure"] for r in records):
         rows = [r for r in records if r["measure"] == measure]
@@ -241,13 +242,20 @@ def table(records: Sequence[Record]) -> str:
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             evals = r.get("forward_evaluations", r["settings"].get("steps"))
             terms = r.get("neumann_terms")
+            split = [r.get("forward_seconds"), r.get("backward_seconds")]
+            forward, backward = ("" if v is None else f"{v:.3f}" for v in split)
             lines.append(
                 f"| {measure} | {r['variant']} | {r['seconds']:.3f} | {vs_crbp} | {vs_base} | "
-                f"{'' if evals is None else int(evals)} | {'' if terms is None else int(terms)} |"
+                f"{'' if evals is None else int(evals)} | {'' if terms is None else int(terms)} | "
+                f"{forward} | {backward} |"
             )
     machine = records[0].get("machine", {}) if records else {}
     shared = any(r.get("shared_machine") for r in records)
     lines += [
+        "",
+        "forward s / backward s (pathfinder_step): the forward pass (graph-free steps, tracked "
+        "step, LCP value) and the backward pass with the optimizer step (Neumann VJPs, the "
+        "LCP's double backward).",
         "",
         f"Measured on {machine.get('device', '?')}, torch {machine.get('torch', '?')}, 1 thread "
         "per variant, each in its own process (`python -m crbp_d2.benchmarks.speed`)."
@@ -311,7 +319,13 @@ def main(argv: Sequence[str] = None) -> int:
         action="store_true",
         help="keep the records already in OUT.json that this run does not measure again",
     )
+    p.add_argument("--report-only", action="store_true", help="rewrite OUT.md/.png from OUT.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        write_results(args.out, records, table(records), plot)
+        return 0
     for measure in args.measures:
         if measure not in ("pathfinder_step", "rfpn_step"):
             p.error(f"unknown measure {measure!r}; choose pathfinder_step or rfpn_step")
