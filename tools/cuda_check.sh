@@ -79,7 +79,7 @@ else
   SPEED_ARGS=(--core-device cuda --iters 5)
   DEVICE=cuda
 fi
-# Timeouts: 60 + 100 + (TRAIN_MINUTES * 60 + 150) + 60 + 80 + 30 s = 10 minutes with the default
+# Timeouts: 60 + 100 + (TRAIN_MINUTES * 60 + 150) + 60 + 75 + 30 s = 9.9 minutes with the default
 # 2 training minutes (the speed part is new and has not run on a GPU yet) (on an H200 the parts took 15, 33, 170 and 25 s). The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
 # the evaluation after take well under 2.5 minutes on a GPU, which its timeout adds.
 PATHFINDER_TIMEOUT=$(awk -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", m * 60 + 150 + 0.999 }')
@@ -123,7 +123,7 @@ run_part "Pathfinder check" "$PATHFINDER_TIMEOUT" "$PY" tools/cuda_pathfinder_ch
   "${PATHFINDER_ARGS[@]}" --out "$OUT" --train-minutes "$TRAIN_MINUTES"
 run_part "resume determinism" 60 "$PY" -m crbp_d2.benchmarks.resume_determinism \
   --device "$DEVICE" --out "$OUT/resume_cuda.json"
-run_part "speed: CUDA graph and compiled cell" 80 "$PY" -m crbp_d2.benchmarks.speed \
+run_part "speed: CUDA graph and compiled cell" 75 "$PY" -m crbp_d2.benchmarks.speed \
   "${SPEED_ARGS[@]}" --out "$OUT/speed_cuda"
 run_part "summary" 30 "$PY" tools/cuda_check_summary.py "$OUT"
 exit $status
