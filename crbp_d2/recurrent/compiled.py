@@ -7,6 +7,11 @@ makes compile time grow with N (pytorch/pytorch#154652). So :class:`CompiledStep
 ``F(drive, h)`` as a function of the cell's tensors, called with *detached* parameters: the
 compiled backward then computes the gradient of the state only (J^T v), not the parameters'.
 
+Shapes are static (``dynamic=False``: with dynamic shapes, torch 2.14's CPU backend gave wrong
+gradients once a second cell was compiled in the same process); batches of a batch-independent
+cell (``cell.batch_independent``) are padded to bucket sizes, so a changing RoI count compiles
+once per bucket.
+
 Where ``torch.compile`` is missing or fails (no C++ compiler for the CPU backend, an operator
 Dynamo cannot trace, ...), the step runs eager and the reason is logged once (``failure``).
 """
@@ -22,7 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .base import State
+from .base import State, state_like, state_parts
+from .cuda_graph import bucket_size, pad_batch
 
 __all__ = ["CompiledStep", "compiled_step"]
 
@@ -76,6 +82,12 @@ class CompiledStep:
                 except Exception as err:  # noqa: BLE001 - any compiler failure means eager
                     self._fail(f"torch.compile raised {type(err).__name__}: {err}")
         if self.failure is None:
+            n = drive.shape[0]
+            size = bucket_size(n) if getattr(self.cell, "batch_independent", False) else n
+            if size != n:  # one compiled graph per bucket, not per RoI count (static shapes)
+                padded = pad_batch(drive, size), [pad_batch(p, size) for p in state_parts(state)]
+                out = self(padded[0], state_like(padded[1], state))
+                return state_like([p[:n] for p in state_parts(out)], out)
             try:
                 # the Neumann VJPs run backward K times through one graph (retain_graph), which
                 # aot_autograd's donated buffers forbid; the flag is read when compiling
