@@ -106,7 +106,7 @@ def exact_gradient(
     x: Tensor,
     loss_fn: LossFn,
     budget: Optional[int] = None,
-    adjoint_budget: int = 1000,
+    adjoint_budget: int = 500,
     tol: Optional[float] = None,
     window: int = 5,
 ) -> Tuple[Tensor, ReferenceReport]:
@@ -114,13 +114,13 @@ def exact_gradient(
     with the fixed point and the adjoint both solved to ``tol`` by Anderson acceleration.
 
     Args:
-        budget: cell evaluations of the fixed-point solve (default max(4 N, 1000)).
+        budget: cell evaluations of the fixed-point solve (default max(4 N, 500)).
         adjoint_budget: vector-Jacobian products of the adjoint solve.
         tol: relative residual both solves must reach (default :func:`default_tolerance`).
         window: Anderson window.
     """
     cell, params = engine.cell, _trainable(engine)
-    budget = budget or max(4 * engine.spec.steps, 1000)
+    budget = budget or max(4 * engine.spec.steps, 500)
     with torch.no_grad():
         drive0 = cell_prepare(cell, x.detach())
         tol = tol if tol is not None else default_tolerance(drive0.dtype)
@@ -182,7 +182,7 @@ def gradient_fidelity(
     loss_fn: LossFn,
     reference: str = "rbp",
     reference_steps: Optional[int] = None,
-    reference_terms: int = 1000,
+    reference_terms: int = 500,
     reference_tol: Optional[float] = None,
     on_unconverged: str = "warn",
 ) -> Dict[str, float]:
@@ -192,7 +192,7 @@ def gradient_fidelity(
     Args:
         reference: ``rbp`` (the implicit gradient, fixed point and adjoint solved to
             ``reference_tol``; see :func:`exact_gradient`) or ``bptt`` (autograd through
-            ``reference_steps`` plain steps, default max(4 N, 1000)).
+            ``reference_steps`` plain steps, default max(4 N, 500)).
         reference_steps: the fixed-point budget (rbp) or the unrolled steps (bptt).
         reference_terms: the adjoint's budget of vector-Jacobian products (rbp).
         reference_tol: the residual the reference must reach (default: 1e-10 in float64,
@@ -215,7 +215,7 @@ def gradient_fidelity(
             engine, x, loss_fn, reference_steps, reference_terms, reference_tol
         )
     else:
-        steps = reference_steps or max(4 * engine.spec.steps, 1000)
+        steps = reference_steps or max(4 * engine.spec.steps, 500)
         exact, report = _bptt_gradient(engine, x, loss_fn, steps, reference_tol)
     if not report.converged:
         message = (
