@@ -8,6 +8,8 @@ Measures (the ``measure`` field of each record):
   (the warm-up includes the compilation of ``COMPILE_CELL``).
 - ``rfpn_step``: one Panoptic FPN R-50 training step with the mask head of each variant
   (:func:`crbp_d2.benchmarks.rfpn.measure_variant`, 256 px, batch 1, 64 mask RoIs).
+- ``layout_step``: one C-RBP-20 step of each cell alone in float32, in channels_last and under
+  bfloat16 autocast (the Neumann sum stays float32), to decide whether those levers pay.
 - ``pathfinder_job`` / ``rfpn_protocol`` (wall time and IoU at N and 3N of whole training jobs)
   come from ``tools/pathfinder_cpu_protocol.py`` with the ``crbp_fast`` config; not run here.
 
@@ -18,7 +20,8 @@ Neumann series to ``NEUMANN_TOL`` with K = 15 as the budget), ``crbp20-compiled`
 own, on one thread. Every record carries ``shared_machine`` (timings taken while other jobs ran
 on the same cores are not clean numbers) and the machine.
 
-Usage: ``python -m crbp_d2.benchmarks.speed [--measures pathfinder_step rfpn_step] [--shared]``.
+Usage: ``python -m crbp_d2.benchmarks.speed [--measures pathfinder_step rfpn_step layout_step]
+[--shared] [--merge]``.
 """
 
 from __future__ import annotations
@@ -226,6 +229,53 @@ def measure_core_step(variant: str, device: str, tiny: bool = False, iters: int 
     }  # fmt: skip
 
 
+LAYOUT_VARIANTS = tuple(
+    f"{cell}-{layout}"
+    for cell in ("pathfinder", "mask_head")
+    for layout in ("fp32", "channels_last", "bf16")
+)
+
+
+def measure_layout_step(variant: str, iters: int = 3) -> Record:
+    """``layout_step``: one C-RBP-20 training step (K = 15, LCP) of a cell alone on the CPU,
+    float32 contiguous, float32 channels_last, or under bfloat16 autocast (the Neumann sum stays
+    float32): the Pathfinder protocol's hGRU (12 ch, 5x5, 64 px, batch 8) or the paper's
+    mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs). Not engine switches: measured to decide."""
+    import torch
+
+    from ..recurrent import HGRUCell, MaskHeadHGRUCell, RecurrentEngine
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    name, layout = variant.split("-", 1)
+    if name == "pathfinder":
+        cell, x = HGRUCell(12, 5), torch.rand(8, 12, 64, 64)
+    else:
+        cell, x = MaskHeadHGRUCell(256, 3), torch.rand(16, 256, 14, 14)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    engine = RecurrentEngine(cell, 20, "crbp", neumann_steps=15)
+
+    def step() -> float:
+        start = time.perf_counter()
+        cell.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=layout == "bf16"):
+            out = engine(x)
+        (out.state.float().square().mean() + out.lcp.float()).backward()
+        return time.perf_counter() - start
+
+    warm = step()
+    times = [step() for _ in range(iters)]
+    return {
+        "measure": "layout_step",
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "warmup_seconds": warm,
+        "settings": {"cell": name, "layout": layout, "method": "crbp", "steps": 20},
+    }
+
+
 def table(records: Sequence[Record]) -> str:
     """Markdown: per measure, seconds and the factor against the first baseline."""
     lines = [
@@ -235,9 +285,14 @@ def table(records: Sequence[Record]) -> str:
     ]
     for measure in dict.fromkeys(r["measure"] for r in records):
         rows = [r for r in records if r["measure"] == measure]
-        crbp = next((r["seconds"] for r in rows if r["variant"] == "crbp20"), None)
+        crbp = next((r["seconds"] for r in rows if r["variant"] in ("crbp20",)), None)
+        if measure == "layout_step":  # against the same cell in float32
+            crbp = None
         base = next((r for r in rows if r["variant"] in ("bptt6", "bptt5")), None)
         for r in rows:
+            if measure == "layout_step":  # the baseline: the same cell in float32, contiguous
+                cell = r["variant"].split("-")[0]
+                base = next((b for b in rows if b["variant"] == f"{cell}-fp32"), None)
             vs_crbp = f"{r['seconds'] / crbp:.2f}" if crbp else ""
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             evals = r.get("forward_evaluations", r["settings"].get("steps"))
@@ -286,7 +341,9 @@ def plot(records: Sequence[Record], path: str) -> None:
 
 def _worker(job_json: str) -> None:
     job = json.loads(job_json)
-    if job["measure"] == "core_step":
+    if job["measure"] == "layout_step":
+        record = measure_layout_step(job["variant"], job["iters"])
+    elif job["measure"] == "core_step":
         record = measure_core_step(job["variant"], job["device"], job["tiny"], job["iters"])
     elif job["measure"] == "pathfinder_step":
         record = measure_pathfinder_step(job["variant"], job["iters"])
@@ -301,7 +358,7 @@ def main(argv: Sequence[str] = None) -> int:
         _worker(argv[1])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--measures", nargs="+", default=["pathfinder_step", "rfpn_step"])
+    p.add_argument("--measures", nargs="+", default=["pathfinder_step", "rfpn_step", "layout_step"])
     p.add_argument("--pathfinder-variants", nargs="+", default=list(PATHFINDER_VARIANTS))
     p.add_argument("--rfpn-variants", nargs="+", default=list(RFPN_VARIANTS))
     p.add_argument("--iters", type=int, default=5, help="timed steps per variant (rfpn: 2)")
@@ -327,8 +384,10 @@ def main(argv: Sequence[str] = None) -> int:
         write_results(args.out, records, table(records), plot)
         return 0
     for measure in args.measures:
-        if measure not in ("pathfinder_step", "rfpn_step"):
-            p.error(f"unknown measure {measure!r}; choose pathfinder_step or rfpn_step")
+        if measure not in ("pathfinder_step", "rfpn_step", "layout_step"):
+            p.error(
+                f"unknown measure {measure!r}; choose pathfinder_step, rfpn_step or layout_step"
+            )
     jobs = []
     if args.core_device:
         variants = list(CORE_VARIANTS)
@@ -341,6 +400,10 @@ def main(argv: Sequence[str] = None) -> int:
             )  # fmt: skip
         args.measures = []
     for measure in args.measures:
+        if measure == "layout_step":
+            for variant in LAYOUT_VARIANTS:
+                jobs.append({"measure": measure, "variant": variant, "iters": min(args.iters, 3)})
+            continue
         table_ = PATHFINDER_VARIANTS if measure == "pathfinder_step" else RFPN_VARIANTS
         variants = args.pathfinder_variants if measure == "pathfinder_step" else args.rfpn_variants
         for variant in variants:
