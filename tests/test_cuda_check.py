@@ -25,6 +25,9 @@ FILES = (
     "pathfinder_cuda.md",
     "resume_cuda.json",
     "resume_cuda.md",
+    "speed_cuda.json",
+    "speed_cuda.md",
+    "speed_cuda.png",
     "summary.md",
 )
 
@@ -69,7 +72,8 @@ def test_smoke_writes_the_files_of_a_gpu_run_and_nothing_else(smoke_dir):
     )
     summary = (smoke_dir / "summary.md").read_text()
     assert "CPU smoke test" in summary and "missing" not in summary
-    assert summary.count("|---|") == 5  # hGRU core, R-FPN memory + training, Pathfinder, resume
+    # hGRU core, R-FPN memory + training, Pathfinder, resume, speed
+    assert summary.count("|---|") == 6
 
 
 def test_smoke_hgru_core_memory(smoke_dir):
@@ -290,9 +294,11 @@ def test_gpu_timeouts_fit_one_ten_minute_device_call(tmp_path):
         "tools/cuda_rfpn_check.py",
         "tools/cuda_pathfinder_check.py",
         "-m",
+        "-m",
         "tools/cuda_check_summary.py",
     ]
     assert "crbp_d2.cli.rfpn_resume_check" in parts[3]
+    assert "crbp_d2.benchmarks.speed --core-device cuda" in parts[4]
     assert all("--device cuda" in p for p in parts[:4])
     assert f"--json {out}/memory_cuda.json" in parts[0] and f"--out {out}" in parts[1]
     pathfinder = parts[2].split()

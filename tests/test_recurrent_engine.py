@@ -399,3 +399,18 @@ def test_nothing_of_a_step_outlives_its_backward(method):
     (out.state.sum() + (out.lcp if out.lcp is not None else 0)).backward()
     del out
     assert state() is None
+
+
+def test_authors_init_switch_matches_the_authors_mask_head_inits():
+    torch.manual_seed(0)
+    ours = MaskHeadHGRUCell(channels=256, kernel_size=3)
+    theirs = MaskHeadHGRUCell(channels=256, kernel_size=3, authors_init=True)
+    assert ours.gala_channel_in.bias.abs().max() == 0
+    assert 0.03 < float(theirs.gala_channel_in.bias.std()) < 0.042  # U(-1/16, 1/16)
+    assert float(theirs.gala_spatial_in.bias.abs().max()) == 0
+    no_gala = MaskHeadHGRUCell(channels=256, kernel_size=3, gala=False)
+    no_gala_theirs = MaskHeadHGRUCell(channels=256, kernel_size=3, gala=False, authors_init=True)
+    assert 0.08 < float(no_gala.gate_exc.weight.std()) < 0.096  # Kaiming normal sqrt(2 / 256)
+    assert 0.033 < float(no_gala_theirs.gate_exc.weight.std()) < 0.039  # PyTorch default
+    # with GALA the update gate is Kaiming-initialised in both codes
+    assert 0.08 < float(theirs.gate_exc.weight.std()) < 0.096

@@ -28,6 +28,11 @@
 #   resume_cuda.{json,md}    is a resumed Detectron2 run the uninterrupted one here? (the tiny
 #                            test config, 6 iterations: two uninterrupted runs, one stopped at 3
 #                            and resumed; tools/rfpn_resume_check.py)
+#   speed_cuda.{json,md,png}  one training step of the hGRU core alone (25 ch, 15x15, 150 px,
+#                            batch 32): BPTT-6, C-RBP-20 eager, with the graph-free steps replayed
+#                            from a CUDA graph (CUDA_GRAPH), with the compiled cell (COMPILE_CELL)
+#                            and with the cheap forward/backward; gradient error of the graph and
+#                            compiled variants against eager (python -m crbp_d2.benchmarks.speed)
 #   summary.md               the tables of all parts (tools/cuda_check_summary.py)
 # --smoke: the same files from the CPU at tiny sizes (memory = bytes saved for backward, AMP =
 # bfloat16 autocast; each JSON says which). Copy the files into docs/results/ and see README's
@@ -64,6 +69,7 @@ if [ "$MODE" = smoke ]; then
   MEMORY_ARGS=(--device cpu --batch 1 --size 24 --channels 4 --kernel 3 --steps 2 4)
   PATHFINDER_ARGS=(--device cpu --tiny)
   RFPN_ARGS=(--device cpu --tiny)
+  SPEED_ARGS=(--core-device cpu --tiny --iters 1)
   DEVICE=cpu
 else
   TRAIN_MINUTES="${TRAIN_MINUTES:-2}"
@@ -74,10 +80,11 @@ else
   MEMORY_ARGS=(--device cuda --batch 32 --steps 6 20 80)
   PATHFINDER_ARGS=(--device cuda)
   RFPN_ARGS=(--device cuda)
+  SPEED_ARGS=(--core-device cuda --iters 5)
   DEVICE=cuda
 fi
-# Timeouts: 100 + 120 + (TRAIN_MINUTES * 60 + 150) + 60 + 30 s = 9.7 minutes with the default 2
-# training minutes (on an H200 the parts took 15, 33, 170 and 25 s). The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
+# Timeouts: 60 + 100 + (TRAIN_MINUTES * 60 + 150) + 60 + 75 + 30 s = 9.9 minutes with the default
+# 2 training minutes (the speed part is new and has not run on a GPU yet) (on an H200 the parts took 15, 33, 170 and 25 s). The Pathfinder part stops its training after TRAIN_MINUTES; its memory runs before and
 # the evaluation after take well under 2.5 minutes on a GPU, which its timeout adds.
 PATHFINDER_TIMEOUT=$(awk -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", m * 60 + 150 + 0.999 }')
 
@@ -113,12 +120,14 @@ run_part() {  # run_part NAME TIMEOUT_SECONDS COMMAND...
     status=1
   fi
 }
-run_part "hGRU core memory" 100 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@]}" \
+run_part "hGRU core memory" 60 "$PY" tools/benchmark_memory.py "${MEMORY_ARGS[@]}" \
   --methods bptt crbp --json "$OUT/memory_cuda.json"
-run_part "R-FPN check" 120 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
+run_part "R-FPN check" 100 "$PY" tools/cuda_rfpn_check.py "${RFPN_ARGS[@]}" --out "$OUT"
 run_part "Pathfinder check" "$PATHFINDER_TIMEOUT" "$PY" tools/cuda_pathfinder_check.py \
   "${PATHFINDER_ARGS[@]}" --out "$OUT" --train-minutes "$TRAIN_MINUTES"
 run_part "resume determinism" 60 "$PY" -m crbp_d2.cli.rfpn_resume_check \
   --device "$DEVICE" --out "$OUT/resume_cuda.json"
+run_part "speed: CUDA graph and compiled cell" 75 "$PY" -m crbp_d2.benchmarks.speed \
+  "${SPEED_ARGS[@]}" --out "$OUT/speed_cuda"
 run_part "summary" 30 "$PY" tools/cuda_check_summary.py "$OUT"
 exit $status

@@ -3,9 +3,9 @@
     python tools/cuda_check_summary.py OUT_DIR
 
 Reads OUT_DIR/env.json and the tables the parts wrote beside their JSON (memory_cuda.md,
-rfpn_cuda.md, pathfinder_cuda.md, resume_cuda.md); a part without its table is listed as missing
-(it failed or was stopped by its timeout: its JSON, if any, holds what it measured). Writes
-OUT_DIR/summary.md.
+rfpn_cuda.md, pathfinder_cuda.md, resume_cuda.md, speed_cuda.md); a part without its table is
+listed as missing (it failed or was stopped by its timeout: its JSON, if any, holds what it
+measured). Writes OUT_DIR/summary.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ PARTS = (
     ("rfpn_cuda", "R-FPN (Detectron2): BPTT-N vs C-RBP-N, and AMP training"),
     ("pathfinder_cuda", "Pathfinder PF14: peak memory per method, and a short training"),
     ("resume_cuda", "Detectron2 resume: uninterrupted vs resumed runs"),
+    ("speed_cuda", "hGRU core step: eager vs CUDA graph vs compiled cell vs cheap settings"),
 )
 
 

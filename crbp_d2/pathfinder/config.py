@@ -61,10 +61,11 @@ def get_default_config() -> CN:
     cfg.MODEL.LSTM_IMPLICIT_STATE = "joint"  # joint (h, c) | h_only (authors' convLSTM RBP/LCP)
     cfg.MODEL.CNN_LAYERS = 6  # k x k conv layers of the CNN control
     # The recurrence: the same keys as the Detectron2 head's MODEL.ROI_MASK_HEAD.RECURRENT
-    # (TIMESTEPS, TEST_TIMESTEPS, METHOD, NEUMANN_STEPS, LCP_WEIGHT, SOLVER, ...), each documented
-    # on its field of EngineSpec in crbp_d2/recurrent/spec.py (CONFIG_KEYS maps key -> field; 0
-    # means "unset" for TEST_TIMESTEPS, TBPTT_STEPS and the tolerances). Defaults: the paper's
-    # C-RBP-20 with the Pathfinder code's LCP (weight 10 on the mean penalty), monitored LCP.
+    # (TIMESTEPS, TEST_TIMESTEPS, METHOD, NEUMANN_STEPS, LCP_WEIGHT, FORWARD_SOLVER, ...), each
+    # documented on its field of EngineSpec in crbp_d2/recurrent/spec.py (CONFIG_KEYS maps key ->
+    # field; 0 means "unset" for TEST_TIMESTEPS, TBPTT_STEPS and the tolerances). Defaults: the
+    # paper's C-RBP-20 with the Pathfinder code's LCP (weight 10 on the mean penalty), monitored
+    # LCP.
     cfg.MODEL.RECURRENT = CN(engine_config_defaults(LCP_WEIGHT=10.0, MONITOR_LCP=True))
 
     cfg.SOLVER = CN()

@@ -71,4 +71,5 @@ def gradient_fidelity(model: nn.Module, image: Tensor, label: Tensor, cfg) -> Di
     with torch.no_grad():
         drive = model.input_layer(image)
     fidelity = model.engine.gradient_fidelity(drive, task_loss)
-    return {k: v for k, v in fidelity.items() if k.startswith("grad_")}
+    logged = ("reference_residual", "reference_converged")
+    return {k: v for k, v in fidelity.items() if k.startswith("grad_") or k in logged}

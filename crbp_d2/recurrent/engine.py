@@ -15,14 +15,18 @@ The sets are named once in :mod:`.spec`: ``METHODS``, ``LCP_METHODS`` (train the
 ``NEUMANN_METHODS`` (the Neumann backward), ``FIXED_POINT_METHODS`` (assume h_N is a fixed
 point), ``BPTT_METHODS`` and ``PHANTOM_METHODS``.
 
-When autograd is off (``torch.no_grad`` / inference) the engine only iterates, optionally halting
-once the relative residual falls under a tolerance. :meth:`RecurrentEngine.iterate` gives the
-states one by one (step-by-step readouts); :meth:`RecurrenceOutput.after_backward` registers what
-must run once backward has gone through the recurrence (e.g. logging the Neumann statistics).
+When autograd is off (``torch.no_grad`` / inference) the engine runs the configured forward solver
+(plain iteration or Anderson) with the mode's steps as its budget, halting once the relative
+residual falls under the halting tolerance (else under ``solver_tol``, the training rule); plain
+iteration with a halting tolerance halts on the largest per-sample residual.
+:meth:`RecurrentEngine.iterate` gives the states one by one (step-by-step readouts);
+:meth:`RecurrenceOutput.after_backward` registers what must run once backward has gone through
+the recurrence (e.g. logging the Neumann statistics).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -30,13 +34,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import fidelity
 from .base import State, cell_init_state, cell_prepare, state_like, state_parts
+from .compiled import compiled_step
+from .cuda_graph import graphed_steps
 from .diagnostics import (
     RecurrenceDiagnostics,
     per_sample_max_residual,
     relative_residual,
     spectral_radius,
 )
+from .fidelity import gradient_agreement
 from .lcp import lipschitz_penalty
 from .neumann import NeumannStats, rbp_attach
 from .solvers import SolverStats, solve
@@ -50,6 +58,8 @@ __all__ = [
     "check_steps",
     "gradient_agreement",
 ]
+
+logger = logging.getLogger(__name__)
 
 AfterBackward = Callable[[RecurrenceDiagnostics], None]
 
@@ -244,7 +254,9 @@ class RecurrentEngine(nn.Module):
         if not torch.is_grad_enabled():
             tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
             drive = cell_prepare(self.cell, x)
-            return self._checked(self._iterate(drive, n, tol, recorder), drive)
+            if self.spec.solver == "iterate" and (tol is not None or self.spec.solver_tol is None):
+                return self._checked(self._iterate(drive, n, tol, recorder), drive)
+            return self._checked(self._solved(drive, n, tol, recorder), drive)
         hooks = _AfterBackwardHooks()
         # the probe sits on the input, so its backward runs after the whole recurrence's
         x = _BackwardProbe.apply(hooks, x if x.requires_grad else x.detach().requires_grad_())
@@ -307,18 +319,27 @@ class RecurrentEngine(nn.Module):
 
     # -- the ways of running -------------------------------------------------------------------
 
-    def _states(self, drive: Tensor, state: State, n: int) -> Iterator[State]:
-        """Yield ``state`` and the ``n`` states that follow it."""
+    def _states(
+        self, drive: Tensor, state: State, n: int, step: Optional[Callable] = None
+    ) -> Iterator[State]:
+        """Yield ``state`` and the ``n`` states that follow it (through ``step``, default the
+        cell)."""
+        step = step or self.cell
         yield state
         for _ in range(n):
-            state = self.cell(drive, state)
+            state = step(drive, state)
             yield state
+
+    def _graph_free_step(self) -> Callable[[Tensor, State], State]:
+        """The cell step for evaluations without a graph: compiled with ``compile_cell``."""
+        return compiled_step(self.cell) if self.spec.compile_cell else self.cell
 
     def _iterate(
         self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
         previous, residual, halted, t = None, float("inf"), False, 0
-        for t, state in enumerate(self._states(drive, cell_init_state(self.cell, drive), n)):
+        initial = cell_init_state(self.cell, drive)
+        for t, state in enumerate(self._states(drive, initial, n, self._graph_free_step())):
             if previous is not None:
                 _record(recorder, state)
                 residual = relative_residual(state, previous)
@@ -329,19 +350,55 @@ class RecurrentEngine(nn.Module):
         diag = RecurrenceDiagnostics(self.spec.method, t, residual, halted=halted)
         return RecurrenceOutput(state, None, diag, recorder)
 
+    def _solved(
+        self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
+    ) -> RecurrenceOutput:
+        """Inference with the configured solver (as in training): at most ``n`` evaluations,
+        stopping at ``tol`` (the halting tolerance, on the batch's relative residual) or else at
+        ``solver_tol``."""
+        state, stats = self._run_without_graph(drive, n, recorder, tol)
+        diag = RecurrenceDiagnostics(
+            self.spec.method,
+            stats.evaluations,
+            stats.residual,
+            halted=stats.converged,
+            forward_evaluations=stats.evaluations,
+            solver_residual=stats.residual,
+            solver_fell_back=stats.fell_back if stats.solver == "anderson" else None,
+        )
+        return RecurrenceOutput(state, None, diag, recorder)
+
     def _run_without_graph(
-        self, drive: Tensor, budget: int, recorder: Optional[List[State]]
+        self,
+        drive: Tensor,
+        budget: int,
+        recorder: Optional[List[State]],
+        tol: Optional[float] = None,
     ) -> Tuple[State, SolverStats]:
         """From h_0 = 0 with autograd off: the configured solver with ``budget`` cell
-        evaluations (recording every state it computes)."""
-        spec = self.spec
+        evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
+        computes."""
+        spec, step = self.spec, self._graph_free_step()
+        tol = spec.solver_tol if tol is None else tol
+        if spec.cuda_graph and spec.solver == "iterate" and tol is None and recorder is None:
+            if drive.is_cuda and budget > 1:  # fixed N: budget - 1 steps replayed, 1 eager
+                with torch.no_grad():
+                    state = graphed_steps(self.cell)(
+                        drive.detach(), cell_init_state(self.cell, drive), budget - 1
+                    )
+                    new = step(drive, state)
+                residual = relative_residual(new, state)
+                return new, SolverStats("iterate", budget, residual, trace=[residual])
+            if not drive.is_cuda and not self.__dict__.get("_warned_cuda_graph", False):
+                self.__dict__["_warned_cuda_graph"] = True
+                logger.warning("cuda_graph: the drive is on %s, not CUDA; eager", drive.device)
         with torch.no_grad():
             return solve(
                 spec.solver,
-                lambda h: self.cell(drive, h),
+                lambda h: step(drive, h),
                 cell_init_state(self.cell, drive),
                 budget,
-                spec.solver_tol,
+                tol,
                 spec.anderson_window,
                 spec.anderson_damping,
                 None if recorder is None else lambda h: _record(recorder, h),
@@ -393,6 +450,9 @@ class RecurrentEngine(nn.Module):
         if spec.uses_neumann and any(p.requires_grad for p in parts):
             idx = self._implicit_indices(len(parts))
             prev_parts = state_parts(previous)
+            recompute = None
+            if spec.compile_cell and len(idx) == len(parts):  # VJPs through the compiled step
+                recompute = _recompute(compiled_step(self.cell), drive.detach(), previous)
             corrected = rbp_attach(
                 [prev_parts[i] for i in idx],
                 [parts[i] for i in idx],
@@ -402,6 +462,7 @@ class RecurrentEngine(nn.Module):
                 stats,
                 spec.neumann_tol,
                 spec.cap_relative,
+                recompute,
             )
             for i, tensor in zip(idx, corrected):
                 parts[i] = tensor
@@ -454,68 +515,19 @@ class RecurrentEngine(nn.Module):
             diag.lcp_fraction_above = float(fraction)
         return RecurrenceOutput(last, penalty, diag, recorder)
 
-    # -- gradient fidelity ---------------------------------------------------------------------
+    # -- gradient fidelity (crbp_d2.recurrent.fidelity) ----------------------------------------
 
     def parameter_gradient(
         self, x: Tensor, loss_fn: Callable[[State], Tensor]
     ) -> Tuple[Tensor, RecurrenceDiagnostics]:
-        """The configured method's gradient of ``loss_fn(state)`` with respect to the cell's
-        parameters (flattened, float64; unused parameters give zeros), without touching
-        ``.grad``, for input ``x`` (B, C_in, H, W) at the training steps; and the diagnostics
-        of that run (Neumann statistics filled)."""
-        params = [p for p in self.cell.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the cell has no parameters that require a gradient")
-        with torch.enable_grad():
-            out = self(x.detach(), steps=self.steps)
-            grads = torch.autograd.grad(loss_fn(out.state), params, allow_unused=True)
-        flat = [
-            (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)
-        ]
-        return torch.cat(flat).double(), out.diagnostics
+        """See :func:`crbp_d2.recurrent.fidelity.parameter_gradient`."""
+        return fidelity.parameter_gradient(self, x, loss_fn)
 
     def gradient_fidelity(
-        self,
-        x: Tensor,
-        loss_fn: Callable[[State], Tensor],
-        reference: str = "rbp",
-        reference_steps: Optional[int] = None,
-        reference_terms: int = 200,
-        reference_tol: float = 1e-10,
+        self, x: Tensor, loss_fn: Callable[[State], Tensor], **options
     ) -> Dict[str, float]:
-        """How close the configured method's gradient of the cell's parameters is to the exact
-        one, on input ``x`` (B, C_in, H, W) and a loss ``loss_fn(state) -> 0-d tensor``.
-
-        The reference is ``rbp`` with ``reference_terms`` Neumann terms (stopping at
-        ``reference_tol``) from the state reached after ``reference_steps`` plain iterations
-        (default: max(4 N, 100), a converged state for a contraction), or ``bptt`` through
-        ``reference_steps`` steps. Neither the LCP nor the loss's own parameters (e.g. a
-        readout's) enter the comparison.
-
-        Returns:
-            {"grad_cosine", "grad_relative_error", "reference_residual"}: the cosine and
-            ||g - g_ref|| / ||g_ref|| of the flattened parameter gradients (see
-            :func:`gradient_agreement`), and the relative residual of the reference's state
-            (how converged it was).
-        """
-        if reference not in ("rbp", "bptt"):
-            raise ValueError(f"reference must be 'rbp' or 'bptt', got {reference!r}")
-        reference_engine = RecurrentEngine.from_spec(
-            self.cell,
-            self.spec.replace(
-                method=reference,
-                steps=reference_steps or max(4 * self.steps, 100),
-                neumann_steps=reference_terms,
-                neumann_tol=reference_tol,
-                norm_cap="none",
-                solver="iterate",
-                solver_tol=None,
-                monitor_lcp=False,
-            ),
-        )
-        configured, _ = self.parameter_gradient(x, loss_fn)
-        exact, diagnostics = reference_engine.parameter_gradient(x, loss_fn)
-        return {**gradient_agreement(configured, exact), "reference_residual": diagnostics.residual}
+        """See :func:`crbp_d2.recurrent.fidelity.gradient_fidelity` (a converged reference)."""
+        return fidelity.gradient_fidelity(self, x, loss_fn, **options)
 
     # -- monitoring ----------------------------------------------------------------------------
 
@@ -539,15 +551,6 @@ class RecurrentEngine(nn.Module):
         return spectral_radius(lambda h: self.cell(drive, h), state, iterations, seed)
 
 
-def gradient_agreement(gradient: Tensor, reference: Tensor) -> Dict[str, float]:
-    """{"grad_cosine", "grad_relative_error"} of two flattened gradients: the cosine of their
-    angle and ||gradient - reference|| / ||reference||."""
-    norm = reference.norm() * gradient.norm()
-    cosine = float(gradient @ reference / norm) if norm > 0 else float("nan")
-    error = float((gradient - reference).norm() / reference.norm().clamp_min(1e-300))
-    return {"grad_cosine": cosine, "grad_relative_error": error}
-
-
 def check_steps(value: int, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -563,6 +566,15 @@ def _as_graph_input(state: State) -> State:
         p.view_as(p) if p.requires_grad else p.detach().requires_grad_() for p in state_parts(state)
     ]
     return state_like(parts, state)
+
+
+def _recompute(step: Callable, drive: Tensor, template: State) -> Callable:
+    """``prev_parts -> step(drive, prev)``'s parts (the Neumann VJPs' recomputed step)."""
+
+    def run(prev):
+        return state_parts(step(drive, state_like(list(prev), template)))
+
+    return run
 
 
 def _record(recorder: Optional[List[State]], state: State) -> None:

@@ -56,6 +56,7 @@ class HGRUCell(RecurrentCell):
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2
+        self.batch_independent = norm != "BN"  # BN uses the batch's statistics
         self.inhibition_softplus = inhibition_softplus
         self.output_softplus = output_softplus
         self.gate_inh = nn.Conv2d(channels, channels, 1)
@@ -106,6 +107,11 @@ class MaskHeadHGRUCell(RecurrentCell):
 
     Kernels use Kaiming-normal init, norm scales start at 0.1, b_comb follows the chronos init
     with T = ``timesteps``. Without GALA, g1 = sigmoid(U_0 h + b_0).
+
+    ``authors_init=True`` reproduces two initialisations of the authors' mask-head code that
+    differ from the defaults: the GALA channel bottleneck's bias b_c1 keeps PyTorch's default
+    uniform init (std 0.036 at 256 channels; default: zero), and without GALA U (``gate_exc``)
+    keeps PyTorch's default weight init (std 0.036; default: Kaiming normal, std 0.088).
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class MaskHeadHGRUCell(RecurrentCell):
         less_softplus: bool = True,
         chronos_log: bool = True,
         gala_reduction: int = 4,
+        authors_init: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or kernel_size < 1 or kernel_size % 2 == 0:
@@ -129,6 +136,7 @@ class MaskHeadHGRUCell(RecurrentCell):
             )
         self.hidden_channels = channels
         self.padding = kernel_size // 2
+        self.batch_independent = norm != "BN"  # no batch statistics: RoIs can be padded
         self.gala = gala
         self.less_softplus = less_softplus
         self.nl = get_nonlinearity(nonlinearity)
@@ -142,8 +150,9 @@ class MaskHeadHGRUCell(RecurrentCell):
                 spatial, 1, kernel_size, padding=self.padding, bias=False
             )
             self.gala_bias = nn.Parameter(torch.empty(channels, 1, 1))
-            for conv in (self.gala_channel_in, self.gala_spatial_in):
-                nn.init.zeros_(conv.bias)
+            nn.init.zeros_(self.gala_spatial_in.bias)
+            if not authors_init:
+                nn.init.zeros_(self.gala_channel_in.bias)
             kernels = [
                 self.gala_channel_in.weight,
                 self.gala_channel_out.weight,
@@ -165,7 +174,9 @@ class MaskHeadHGRUCell(RecurrentCell):
             self.omega = nn.Parameter(torch.full((channels, 1, 1), 0.5))
         self.norm_inh = make_norm(norm, channels, groups=norm_groups)
         self.norm_exc = make_norm(norm, channels, groups=norm_groups)
-        for weight in kernels + [self.w_inh, self.w_exc, self.gate_exc.weight]:
+        if gala or not authors_init:
+            kernels.append(self.gate_exc.weight)
+        for weight in kernels + [self.w_inh, self.w_exc]:
             nn.init.kaiming_normal_(weight)
         chronos_bias_(gate_bias, max(timesteps, 2), chronos_log)
         with torch.no_grad():

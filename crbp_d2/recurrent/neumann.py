@@ -9,12 +9,17 @@ which then flows into theta and x through that single step.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from .compiled import no_donated_buffers
+
+logger = logging.getLogger(__name__)
 
 NORM_CAPS = ("none", "pathfinder", "detectron2")
 
@@ -107,9 +112,10 @@ class _NeumannRBP(torch.autograd.Function):
     """Identity in forward on the last state; the Neumann-corrected gradient in backward."""
 
     @staticmethod
-    def forward(ctx, options: dict, n_parts: int, *tensors: Tensor):
+    def forward(ctx, options: dict, recompute, n_parts: int, *tensors: Tensor):
         prev, last = tensors[:n_parts], tensors[n_parts:]
         ctx.options = options
+        ctx.recompute = recompute
         ctx.save_for_backward(*prev, *last)
         ctx.n_parts = n_parts
         return tuple(t.view_as(t) for t in last)
@@ -120,15 +126,33 @@ class _NeumannRBP(torch.autograd.Function):
         saved = ctx.saved_tensors
         prev, last = saved[: ctx.n_parts], saved[ctx.n_parts :]
         options = ctx.options
+        stored, recomputed = (prev, last), False
+        if ctx.recompute is not None:  # J^T v through a recomputed (compiled) step
+            with torch.enable_grad():
+                leaves = tuple(p.detach().requires_grad_() for p in prev)
+                prev, last = leaves, tuple(ctx.recompute(leaves))
+                recomputed = True
 
         def vjp(v: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+            nonlocal prev, last, recomputed
             v = tuple(a.to(b.dtype) for a, b in zip(v, last))  # autograd wants matching dtypes
-            with torch.enable_grad():
-                out = torch.autograd.grad(last, prev, v, retain_graph=True, allow_unused=True)
+            try:
+                with torch.enable_grad():
+                    out = torch.autograd.grad(last, prev, v, retain_graph=True, allow_unused=True)
+            except RuntimeError as err:
+                if not recomputed:
+                    raise
+                logger.warning("Neumann VJPs: the recomputed step failed (%s); eager VJPs", err)
+                (prev, last), recomputed = stored, False
+                return vjp(v)
             return tuple(torch.zeros_like(p) if o is None else o for p, o in zip(prev, out))
 
-        corrected = neumann_series(vjp, grads, **options)
-        return (None, None) + (None,) * ctx.n_parts + tuple(corrected)
+        if ctx.recompute is None:
+            corrected = neumann_series(vjp, grads, **options)
+        else:  # the compiled backward is built at its first call: without donated buffers
+            with no_donated_buffers():
+                corrected = neumann_series(vjp, grads, **options)
+        return (None, None, None) + (None,) * ctx.n_parts + tuple(corrected)
 
 
 def rbp_attach(
@@ -140,12 +164,16 @@ def rbp_attach(
     stats: Optional[NeumannStats] = None,
     tol: Optional[float] = None,
     cap_relative: bool = False,
+    recompute: Optional[Callable[[Sequence[Tensor]], Sequence[Tensor]]] = None,
 ) -> Tuple[Tensor, ...]:
     """Return ``last`` unchanged, with its gradient replaced by the RBP gradient in backward.
 
     Preconditions: each ``prev[i]`` is a detached leaf with ``requires_grad=True`` (the state
     h_{N-1} reached without a graph) and ``last = F(x, prev)`` was computed with autograd on, so
     the only graph stored is one step of F. See :func:`neumann_series` for the options.
+    ``recompute(prev_parts) -> last_parts``, if given, is run once in backward (autograd on) and
+    the VJPs go through its graph instead of the stored step's (a compiled step whose backward
+    computes the state's gradient only); it must compute the same map.
     """
     if stats is None:
         stats = NeumannStats()
@@ -157,4 +185,4 @@ def rbp_attach(
         "tol": tol,
         "cap_relative": cap_relative,
     }
-    return _NeumannRBP.apply(options, len(prev), *prev, *last)
+    return _NeumannRBP.apply(options, recompute, len(prev), *prev, *last)

@@ -10,7 +10,9 @@ Anderson acceleration (type II, as in Walker & Ni 2011 and the DEQ solvers) keep
 them whose residual is smallest (a small regularised least-squares problem per sample), damped by
 ``damping``. When an accelerated step makes the residual grow past the best one seen by
 ``FALLBACK_GROWTH`` times, it falls back to plain iteration from the best iterate for the rest
-of the budget (``SolverStats.fell_back``).
+of the budget (``SolverStats.fell_back``). Residuals at the rounding floor of the state's dtype
+are not growth (``NOISE_FLOOR`` machine epsilons), and a residual of exactly 0 ends the solve
+(converged) whatever the tolerance.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .diagnostics import relative_residual
 
 SOLVERS = ("iterate", "anderson")
 FALLBACK_GROWTH = 10.0  # Anderson falls back to iteration once its residual exceeds best x this
+NOISE_FLOOR = 100.0  # residuals below this many machine epsilons of the dtype are rounding noise
 _REGULARISATION = 1e-4  # ridge term of the Anderson least squares (relative to its scale)
 
 Step = Callable[[State], State]
@@ -114,6 +117,7 @@ def anderson(
     xs: List[Tensor] = []  # iterates h_k
     fs: List[Tensor] = []  # F(h_k)
     best_residual, best_f = float("inf"), x
+    floor = NOISE_FLOOR * torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
     while stats.evaluations < budget:
         f_state = step(_unflatten(x, template))
         if on_evaluation is not None:
@@ -125,10 +129,10 @@ def anderson(
         if residual < best_residual:
             best_residual, best_f = residual, f
         stats.residual = best_residual
-        if tol is not None and residual <= tol:
-            stats.converged = True
+        if (tol is not None and residual <= tol) or residual == 0.0:
+            stats.converged = True  # a residual of exactly 0 is a fixed point whatever the tol
             break
-        if residual > FALLBACK_GROWTH * best_residual:
+        if residual > FALLBACK_GROWTH * max(best_residual, floor):
             stats.fell_back = True
             remaining = budget - stats.evaluations
             state, tail = iterate(step, _unflatten(best_f, template), remaining, tol, on_evaluation)

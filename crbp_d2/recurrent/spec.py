@@ -48,14 +48,20 @@ CONFIG_KEYS: Dict[str, str] = {
     "CAP_RELATIVE": "cap_relative",
     "PHANTOM_STEPS": "phantom_steps",
     "PHANTOM_DAMPING": "phantom_damping",
-    "SOLVER": "solver",
+    "FORWARD_SOLVER": "solver",
     "SOLVER_TOL": "solver_tol",
     "ANDERSON_WINDOW": "anderson_window",
     "ANDERSON_DAMPING": "anderson_damping",
     "FIDELITY_PERIOD": "fidelity_period",
     "NONFINITE": "nonfinite",
     "CONVERGENCE_TOL": "convergence_tol",
+    "COMPILE_CELL": "compile_cell",
+    "CUDA_GRAPH": "cuda_graph",
 }
+# deprecated key -> its new name: read (when set, i.e. not "") with a FutureWarning naming the
+# new key. The defaults hold the old key as "" so that yacs (which rejects unknown keys) still
+# merges old config files on both front-ends.
+DEPRECATED_KEYS: Dict[str, str] = {"SOLVER": "FORWARD_SOLVER"}
 _ZERO_IS_UNSET = ("TEST_TIMESTEPS", "TBPTT_STEPS", "HALT_TOLERANCE", "NEUMANN_TOL", "SOLVER_TOL")
 _FLOAT_KEYS = (
     "CAP_THRESHOLD",
@@ -114,9 +120,10 @@ class EngineSpec:
         halt_tolerance: at inference, stop once every sample's relative residual is below it.
         phantom_steps: k >= 1, the damped steps ``phantom`` tracks (Geng et al. 2021: 5).
         phantom_damping: lambda in (0, 1] of the damped steps (Geng et al. 2021: 0.5).
-        solver: ``iterate | anderson``, the forward solver of the steps without a graph.
+        solver: ``iterate | anderson``, the forward solver of the steps without a graph, in
+            training and at inference (config key FORWARD_SOLVER; SOLVER before).
         solver_tol: stop those steps once the relative residual is at most this (None: run the
-            whole budget).
+            whole budget); ``steps`` is then the budget of cell evaluations.
         anderson_window: m >= 1, iterates Anderson combines.
         anderson_damping: beta in (0, 1] of the Anderson update.
         fidelity_period: log the gradient fidelity every this many training iterations (0: off;
@@ -126,6 +133,13 @@ class EngineSpec:
         convergence_tol: a state whose relative residual at N is above this is flagged as not
             converged in the diagnostics; the fixed-point methods (rbp, crbp, jfb, cjfb) also
             warn once, since their gradient assumes a fixed point.
+        compile_cell: run the steps without a graph and the Neumann VJPs through a
+            ``torch.compile``-d copy of the cell step (regional compilation; the tracked step
+            and the LCP's double backward stay eager). Falls back to eager, logging why, where
+            compiling fails. See :mod:`crbp_d2.recurrent.compiled`.
+        cuda_graph: on CUDA, with plain iteration and no ``solver_tol`` (a fixed N), replay the
+            steps without a graph from a captured CUDA graph (RoI batches padded to buckets);
+            see :mod:`crbp_d2.recurrent.cuda_graph`. Ignored (logged once) on other devices.
     """
 
     steps: int = 20
@@ -151,6 +165,8 @@ class EngineSpec:
     fidelity_period: int = 0
     nonfinite: str = "error"
     convergence_tol: float = 0.05
+    compile_cell: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int("steps", self.steps)
@@ -190,6 +206,9 @@ class EngineSpec:
         _check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
         if not _is_number(self.convergence_tol) or self.convergence_tol <= 0:
             raise SpecError("convergence_tol", self.convergence_tol, "must be a number > 0")
+        for name in ("compile_cell", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, getattr(self, name), "must be True or False")
         if not _is_int(self.fidelity_period) or self.fidelity_period < 0:
             raise SpecError("fidelity_period", self.fidelity_period, "must be an integer >= 0")
 
@@ -239,6 +258,7 @@ def engine_config_defaults(**overrides: Any) -> Dict[str, Any]:
     for key, name in CONFIG_KEYS.items():
         value = getattr(spec, name)
         values[key] = (0.0 if key in _FLOAT_KEYS else 0) if value is None else value
+    values.update({old: "" for old in DEPRECATED_KEYS})
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise KeyError(f"unknown engine config keys {unknown}; known: {sorted(values)}")
@@ -253,12 +273,22 @@ def spec_from_node(node: Mapping[str, Any], where: str = "RECURRENT") -> EngineS
     ``KeyError`` naming it for a missing key. Other keys of the node (the cell's) are ignored.
     """
     kwargs: Dict[str, Any] = {}
+    renamed = {}
+    for old, new in DEPRECATED_KEYS.items():
+        if node.get(old, "") not in ("", None):
+            warnings.warn(
+                f"config key {where}.{old} is deprecated: use {where}.{new}; the old name will "
+                "be removed in the next version",
+                FutureWarning,
+                stacklevel=2,
+            )
+            renamed[new] = node[old]
     for key, name in CONFIG_KEYS.items():
         if key not in node:
             raise KeyError(
                 f"config node {where} has no key {key} (engine keys: {list(CONFIG_KEYS)})"
             )
-        value = node[key]
+        value = renamed.get(key, node[key])
         if key in _ZERO_IS_UNSET and _is_number(value) and value == 0:
             value = None
         elif key in _FLOAT_KEYS and _is_int(value):

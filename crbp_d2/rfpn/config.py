@@ -84,8 +84,9 @@ def add_crbp_config(cfg: CN) -> CN:
     # CAP_THRESHOLD / CAP_RELATIVE, LCP_WEIGHT (authors: XI = 0.001 with the sum reduction),
     # LCP_LAMBDA (authors: TAU; their fork's default 0.95 was in effect for its COCO runs),
     # LCP_REDUCTION, MONITOR_LCP, HALT_TOLERANCE, NEUMANN_TOL, PHANTOM_STEPS / PHANTOM_DAMPING,
-    # SOLVER / SOLVER_TOL / ANDERSON_WINDOW / ANDERSON_DAMPING, FIDELITY_PERIOD. Defaults: the
-    # paper's R-FPN C-RBP-20 (the Detectron2 code's summed LCP with weight 1e-3).
+    # FORWARD_SOLVER (SOLVER before) / SOLVER_TOL / ANDERSON_WINDOW / ANDERSON_DAMPING,
+    # COMPILE_CELL, FIDELITY_PERIOD. Defaults: the paper's R-FPN C-RBP-20 (the Detectron2 code's
+    # summed LCP with weight 1e-3).
 
     # Cell run on the 14x14 RoI features: "hgru" (the paper's mask-head hGRU) | "convlstm"
     # (GALA, NONLINEARITY, LESS_SOFTPLUS, CHRONOS_LOG and CELL_NORM* apply to the hGRU only).
@@ -100,6 +101,10 @@ def add_crbp_config(cfg: CN) -> CN:
     node.LESS_SOFTPLUS = True
     # Chronos gate-bias init log U(1, T-1) (True, the intent) or U(1, T-1) (False, authors' code).
     node.CHRONOS_LOG = True
+    # Two inits of the authors' mask-head code (True): the GALA channel bottleneck's bias at
+    # PyTorch's default (ours: zero) and, without GALA, the update gate's 1x1 weight at PyTorch's
+    # default (ours: Kaiming normal). See MaskHeadHGRUCell(authors_init=...).
+    node.AUTHORS_INIT = False
     # Norm inside the cell: "GN" | "IN" | "none" ("" accepted) (authors: NORM = "GN"). BN/SyncBN
     # are rejected.
     node.CELL_NORM = "GN"

@@ -47,6 +47,7 @@ LABELS = {
     "bptt": "BPTT",
     "cjfb": "C-JFB (JFB + LCP)",
     "cphantom": "C-phantom (phantom + LCP)",
+    "crbp_fast": "C-RBP fast (Anderson to 3e-3, Neumann to 1e-2)",
 }
 
 Record = Dict[str, object]

@@ -106,8 +106,12 @@ TRAIN_FIELDS = (
     "neumann_terms",
     "neumann_cap_fired",
     "forward_evaluations",
+    "solver_residual",
+    "solver_fell_back",
     "grad_cosine",
     "grad_relative_error",
+    "reference_residual",
+    "reference_converged",
     "lr",
     "seconds_per_iter",
 )

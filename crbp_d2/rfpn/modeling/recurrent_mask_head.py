@@ -123,6 +123,7 @@ def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
             nonlinearity=node.NONLINEARITY,
             less_softplus=node.LESS_SOFTPLUS,
             chronos_log=node.CHRONOS_LOG,
+            authors_init=node.AUTHORS_INIT,
         )
     else:
         cell = ConvLSTMCell(input_channels, hidden, node.KERNEL_SIZE, implicit_state="joint")

@@ -1,0 +1,431 @@
+"""What the cheap C-RBP settings buy in time: ``docs/results/speed_cpu.{json,md,png}``.
+
+Measures (the ``measure`` field of each record):
+
+- ``pathfinder_step``: one training step (forward, backward, Adam) of the Pathfinder CPU
+  protocol's model (12 channels, 5x5 kernels, 64 px, batch 8; ``configs/pathfinder/cpu_protocol``)
+  on a fixed random batch at its initial weights, median of ``iters`` steps after a warm-up
+  (the warm-up includes the compilation of ``COMPILE_CELL``).
+- ``rfpn_step``: one Panoptic FPN R-50 training step with the mask head of each variant
+  (:func:`crbp_d2.rfpn.experiments.benchmark.measure_variant`, 256 px, batch 1, 64 mask RoIs).
+- ``layout_step``: one C-RBP-20 step of each cell alone in float32, in channels_last and under
+  bfloat16 autocast (the Neumann sum stays float32), to decide whether those levers pay.
+- ``pathfinder_job`` / ``rfpn_protocol`` (wall time and IoU at N and 3N of whole training jobs)
+  come from ``tools/pathfinder_cpu_protocol.py`` with the ``crbp_fast`` config; not run here.
+
+Variants: ``bptt6`` / ``bptt5`` / ``fpn`` (the baselines), ``crbp20`` (the defaults: 19 plain
+steps, 15 Neumann terms), ``crbp20-fast`` (Anderson to ``SOLVER_TOL`` with 20 as the budget,
+Neumann series to ``NEUMANN_TOL`` with K = 15 as the budget), ``crbp20-compiled`` and
+``crbp20-fast-compiled`` (the same with ``COMPILE_CELL``). Each variant runs in a process of its
+own, on one thread. Every record carries ``shared_machine`` (timings taken while other jobs ran
+on the same cores are not clean numbers) and the machine.
+
+Usage: ``python -m crbp_d2.benchmarks.speed [--measures pathfinder_step rfpn_step layout_step]
+[--shared] [--merge]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from ..utils import pyplot, write_results
+from ..utils.bench import print_record, run_isolated
+from ..utils.machine import machine_record
+
+Record = Dict[str, object]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PF_CONFIGS = REPO_ROOT / "configs" / "pathfinder" / "cpu_protocol"
+# the cheap settings: Anderson (m = 5) to the residual 20 plain steps reach on the trained
+# protocol model (3.7e-3, docs/results/anderson_cpu.md), the Neumann series to 1e-2 of ||g0||
+FAST = {"FORWARD_SOLVER": "anderson", "SOLVER_TOL": 3e-3, "NEUMANN_TOL": 1e-2}
+COMPILED = {"COMPILE_CELL": True}
+PATHFINDER_VARIANTS: Dict[str, Dict[str, object]] = {
+    "bptt6": {"METHOD": "bptt", "TIMESTEPS": 6},
+    "crbp20": {"METHOD": "crbp", "TIMESTEPS": 20},
+    "crbp20-fast": {"METHOD": "crbp", "TIMESTEPS": 20, **FAST},
+    "crbp20-compiled": {"METHOD": "crbp", "TIMESTEPS": 20, **COMPILED},
+    "crbp20-fast-compiled": {"METHOD": "crbp", "TIMESTEPS": 20, **FAST, **COMPILED},
+}
+RFPN_VARIANTS: Dict[str, tuple] = {
+    "fpn": ("FPN", {}),
+    "bptt5": ("BPTT-5", {}),
+    "crbp20": ("CRBP-20", {}),
+    "crbp20-fast": ("CRBP-20", FAST),
+    "crbp20-fast-compiled": ("CRBP-20", {**FAST, **COMPILED}),
+}
+
+
+def _overrides(prefix: str, keys: Dict[str, object]) -> List[str]:
+    out: List[str] = []
+    for key, value in keys.items():
+        out += [f"{prefix}.{key}", value if isinstance(value, str) else repr(value)]
+    return out
+
+
+def measure_pathfinder_step(variant: str, iters: int = 5, batch: int = 8) -> Record:
+    """One variant of ``pathfinder_step``, in this process (one thread)."""
+    import torch
+
+    from ..pathfinder.config import load_config
+    from ..pathfinder.modeling import build_model
+    from ..pathfinder.train.losses import compute_loss
+
+    torch.set_num_threads(1)
+    keys = PATHFINDER_VARIANTS[variant]
+    cfg = load_config(
+        str(PF_CONFIGS / "base.yaml"), _overrides("MODEL.RECURRENT", keys), freeze=True
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    size = cfg.DATA.IMAGE_SIZE
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, 1, size, size, generator=generator)
+    label = (torch.rand(batch, size, size, generator=generator) > 0.9).long()
+    diagnostics: List[Dict[str, float]] = []
+
+    split: List[tuple] = []
+
+    def step() -> float:
+        start = time.perf_counter()
+        total, _, out = compute_loss(model, image, label, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        middle = time.perf_counter()
+        total.backward()
+        optimizer.step()
+        end = time.perf_counter()
+        split.append((middle - start, end - middle))
+        diagnostics.append(out.diagnostics.scalars() if out.diagnostics is not None else {})
+        return end - start
+
+    warm = step()
+    times = [step() for _ in range(iters)]
+    last = diagnostics[-1]
+    timed = split[1:]
+    return {
+        "measure": "pathfinder_step",
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "warmup_seconds": warm,
+        # the profile: forward (graph-free steps, tracked step, LCP value) and backward (Neumann
+        # VJPs, the LCP's double backward, the optimizer step)
+        "forward_seconds": statistics.median(f for f, _ in timed),
+        "backward_seconds": statistics.median(b for _, b in timed),
+        "settings": {**keys, "batch": batch, "image_size": size, "channels": cfg.MODEL.CHANNELS},
+        "forward_evaluations": last.get("forward_evaluations"),
+        "neumann_terms": last.get("neumann_terms"),
+        "solver_fell_back": last.get("solver_fell_back"),
+        "residual": last.get("residual"),
+        "compiled": _compiled_state(model),
+    }
+
+
+def _compiled_state(model) -> object:
+    from ..recurrent.compiled import _STEPS
+
+    engine = getattr(model, "engine", None)
+    if engine is None or not engine.spec.compile_cell:
+        return None
+    step = _STEPS.get(engine.cell)
+    return {"failure": None if step is None else step.failure, "calls": step and step.calls}
+
+
+def measure_rfpn_step(variant: str, iters: int = 2, instances: int = 8) -> Record:
+    """One variant of ``rfpn_step`` (Panoptic FPN R-50, 256 px, batch 1, 64 mask RoIs as in
+    ``docs/results/rfpn_benchmark``)."""
+    from ..rfpn.experiments.benchmark import RFPNBenchmark, measure_variant
+
+    name, keys = RFPN_VARIANTS[variant]
+    settings = RFPNBenchmark(
+        size=256,
+        batch=1,
+        instances=instances,
+        iters=iters,
+        device="cpu",
+        threads=1,
+        opts=tuple(str(v) for v in _overrides("MODEL.ROI_MASK_HEAD.RECURRENT", keys)),
+    )
+    record = measure_variant(settings, name)
+    return {
+        "measure": "rfpn_step",
+        "variant": variant,
+        "seconds": record["seconds_per_iter"],
+        "mask_rois": record["mask_rois"],
+        "settings": {"variant": name, **keys, "size": 256, "batch": 1, "instances": instances},
+    }
+
+
+CORE_VARIANTS: Dict[str, Dict[str, object]] = {
+    "bptt6": {"method": "bptt", "steps": 6},
+    "crbp20": {"method": "crbp", "steps": 20},
+    "crbp20-cudagraph": {"method": "crbp", "steps": 20, "cuda_graph": True},
+    "crbp20-fast": {"method": "crbp", "steps": 20, "solver": "anderson", "solver_tol": 3e-3,
+                    "neumann_tol": 1e-2},
+    "crbp20-compiled": {"method": "crbp", "steps": 20, "compile_cell": True},  # last: compiles
+}  # fmt: skip
+
+
+def measure_core_step(variant: str, device: str, tiny: bool = False, iters: int = 5) -> Record:
+    """``core_step``: one training step of the Pathfinder hGRU core alone (the paper's 25
+    channels, 15x15 kernels, 150 px, batch 32; ``tiny``: 4 channels, 3x3, 24 px, batch 2) on
+    ``device``, with ``grad_relative_error`` against the eager C-RBP-20 gradient for the
+    variants that must not change it (cudagraph, compiled)."""
+    import torch
+
+    from ..recurrent import HGRUCell, RecurrentEngine
+
+    torch.manual_seed(0)
+    channels, kernel, size, batch = (4, 3, 24, 2) if tiny else (25, 15, 150, 32)
+    cell = HGRUCell(channels, kernel).to(device)
+    x = torch.rand(batch, channels, size, size, device=device)
+    settings = CORE_VARIANTS[variant]
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def step(engine) -> float:
+        sync()
+        start = time.perf_counter()
+        cell.zero_grad(set_to_none=True)
+        out = engine(x)
+        loss = out.state.square().mean() + (out.lcp if out.lcp is not None else 0)
+        loss.backward()
+        sync()
+        last.update(out.diagnostics.scalars())
+        return time.perf_counter() - start
+
+    def gradient() -> "torch.Tensor":
+        return torch.cat([p.grad.reshape(-1) for p in cell.parameters()]).double()
+
+    last: Dict[str, float] = {}
+    engine = RecurrentEngine(cell, **settings, neumann_steps=15)
+    warm = step(engine)
+    got = gradient()
+    times = [step(engine) for _ in range(iters)]
+    error, used = None, dict(last)
+    if variant in ("crbp20-cudagraph", "crbp20-compiled"):
+        step(RecurrentEngine(cell, method="crbp", steps=20, neumann_steps=15))
+        want = gradient()
+        error = float((got - want).norm() / want.norm())
+    return {
+        "measure": "core_step",
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "warmup_seconds": warm,
+        "grad_relative_error": error,
+        "forward_evaluations": used.get("forward_evaluations"),
+        "neumann_terms": used.get("neumann_terms"),
+        "settings": {**settings, "channels": channels, "kernel": kernel, "size": size,
+                     "batch": batch, "device": device},
+    }  # fmt: skip
+
+
+LAYOUT_VARIANTS = tuple(
+    f"{cell}-{layout}"
+    for cell in ("pathfinder", "mask_head")
+    for layout in ("fp32", "channels_last", "bf16")
+)
+
+
+def measure_layout_step(variant: str, iters: int = 3) -> Record:
+    """``layout_step``: one C-RBP-20 training step (K = 15, LCP) of a cell alone on the CPU,
+    float32 contiguous, float32 channels_last, or under bfloat16 autocast (the Neumann sum stays
+    float32): the Pathfinder protocol's hGRU (12 ch, 5x5, 64 px, batch 8) or the paper's
+    mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs). Not engine switches: measured to decide."""
+    import torch
+
+    from ..recurrent import HGRUCell, MaskHeadHGRUCell, RecurrentEngine
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    name, layout = variant.split("-", 1)
+    if name == "pathfinder":
+        cell, x = HGRUCell(12, 5), torch.rand(8, 12, 64, 64)
+    else:
+        cell, x = MaskHeadHGRUCell(256, 3), torch.rand(16, 256, 14, 14)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    engine = RecurrentEngine(cell, 20, "crbp", neumann_steps=15)
+
+    def step() -> float:
+        start = time.perf_counter()
+        cell.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=layout == "bf16"):
+            out = engine(x)
+        (out.state.float().square().mean() + out.lcp.float()).backward()
+        return time.perf_counter() - start
+
+    warm = step()
+    times = [step() for _ in range(iters)]
+    return {
+        "measure": "layout_step",
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "warmup_seconds": warm,
+        "settings": {"cell": name, "layout": layout, "method": "crbp", "steps": 20},
+    }
+
+
+def table(records: Sequence[Record]) -> str:
+    """Markdown: per measure, seconds and the factor against the first baseline."""
+    lines = [
+        "| measure | variant | s / step | vs C-RBP-20 | vs baseline | evaluations | terms "
+        "| forward s | backward s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for measure in dict.fromkeys(r["measure"] for r in records):
+        rows = [r for r in records if r["measure"] == measure]
+        crbp = next((r["seconds"] for r in rows if r["variant"] in ("crbp20",)), None)
+        if measure == "layout_step":  # against the same cell in float32
+            crbp = None
+        base = next((r for r in rows if r["variant"] in ("bptt6", "bptt5")), None)
+        for r in rows:
+            if measure == "layout_step":  # the baseline: the same cell in float32, contiguous
+                cell = r["variant"].split("-")[0]
+                base = next((b for b in rows if b["variant"] == f"{cell}-fp32"), None)
+            vs_crbp = f"{r['seconds'] / crbp:.2f}" if crbp else ""
+            vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
+            evals = r.get("forward_evaluations", r["settings"].get("steps"))
+            terms = r.get("neumann_terms")
+            split = [r.get("forward_seconds"), r.get("backward_seconds")]
+            forward, backward = ("" if v is None else f"{v:.3f}" for v in split)
+            lines.append(
+                f"| {measure} | {r['variant']} | {r['seconds']:.3f} | {vs_crbp} | {vs_base} | "
+                f"{'' if evals is None else int(evals)} | {'' if terms is None else int(terms)} | "
+                f"{forward} | {backward} |"
+            )
+    machine = records[0].get("machine", {}) if records else {}
+    shared = any(r.get("shared_machine") for r in records)
+    lines += [
+        "",
+        "forward s / backward s (pathfinder_step): the forward pass (graph-free steps, tracked "
+        "step, LCP value) and the backward pass with the optimizer step (Neumann VJPs, the "
+        "LCP's double backward).",
+        "",
+        f"Measured on {machine.get('device', '?')}, torch {machine.get('torch', '?')}, 1 thread "
+        "per variant, each in its own process (`python -m crbp_d2.benchmarks.speed`)."
+        + (
+            " **Shared machine**: other jobs ran on the same 2 cores while these were taken; "
+            "the factors are indicative, not clean numbers."
+            if shared
+            else ""
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def plot(records: Sequence[Record], path: str) -> None:
+    plt = pyplot()
+    measures = list(dict.fromkeys(r["measure"] for r in records))
+    fig, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 3.5), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        rows = [r for r in records if r["measure"] == measure]
+        ax.barh([r["variant"] for r in rows], [r["seconds"] for r in rows], color="tab:blue")
+        ax.set_xlabel("seconds per training step (1 thread)")
+        ax.set_title(measure + (" (shared machine)" if rows[0].get("shared_machine") else ""))
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _worker(job_json: str) -> None:
+    job = json.loads(job_json)
+    if job["measure"] == "layout_step":
+        record = measure_layout_step(job["variant"], job["iters"])
+    elif job["measure"] == "core_step":
+        record = measure_core_step(job["variant"], job["device"], job["tiny"], job["iters"])
+    elif job["measure"] == "pathfinder_step":
+        record = measure_pathfinder_step(job["variant"], job["iters"])
+    else:
+        record = measure_rfpn_step(job["variant"], job["iters"])
+    print_record(record)
+
+
+def main(argv: Sequence[str] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "--worker":
+        _worker(argv[1])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--measures", nargs="+", default=["pathfinder_step", "rfpn_step", "layout_step"])
+    p.add_argument("--pathfinder-variants", nargs="+", default=list(PATHFINDER_VARIANTS))
+    p.add_argument("--rfpn-variants", nargs="+", default=list(RFPN_VARIANTS))
+    p.add_argument("--iters", type=int, default=5, help="timed steps per variant (rfpn: 2)")
+    p.add_argument("--shared", action="store_true", help="flag the records shared_machine")
+    p.add_argument(
+        "--core-device",
+        default=None,
+        help="measure core_step (the hGRU core alone: eager, CUDA graph, compiled) on this "
+        "device instead (the GPU check: tools/cuda_check.sh)",
+    )
+    p.add_argument("--tiny", action="store_true", help="core_step at tiny sizes (smoke test)")
+    p.add_argument("--out", default=str(REPO_ROOT / "docs" / "results" / "speed_cpu"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the records already in OUT.json that this run does not measure again",
+    )
+    p.add_argument("--report-only", action="store_true", help="rewrite OUT.md/.png from OUT.json")
+    args = p.parse_args(argv)
+    if args.report_only:
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        write_results(args.out, records, table(records), plot)
+        return 0
+    for measure in args.measures:
+        if measure not in ("pathfinder_step", "rfpn_step", "layout_step"):
+            p.error(
+                f"unknown measure {measure!r}; choose pathfinder_step, rfpn_step or layout_step"
+            )
+    jobs = []
+    if args.core_device:
+        variants = list(CORE_VARIANTS)
+        if not args.core_device.startswith("cuda"):  # smoke: no graph capture, no compile
+            variants = [v for v in variants if v not in ("crbp20-cudagraph", "crbp20-compiled")]
+        for variant in variants:
+            jobs.append(
+                {"measure": "core_step", "variant": variant, "device": args.core_device,
+                 "tiny": args.tiny, "iters": args.iters}
+            )  # fmt: skip
+        args.measures = []
+    for measure in args.measures:
+        if measure == "layout_step":
+            for variant in LAYOUT_VARIANTS:
+                jobs.append({"measure": measure, "variant": variant, "iters": min(args.iters, 3)})
+            continue
+        table_ = PATHFINDER_VARIANTS if measure == "pathfinder_step" else RFPN_VARIANTS
+        variants = args.pathfinder_variants if measure == "pathfinder_step" else args.rfpn_variants
+        for variant in variants:
+            if variant not in table_:
+                p.error(f"unknown {measure} variant {variant!r}; choose from {list(table_)}")
+            iters = args.iters if measure == "pathfinder_step" else min(args.iters, 2)
+            jobs.append({"measure": measure, "variant": variant, "iters": iters})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    machine = {**machine_record(args.core_device or "cpu"), "threads": 1}
+    records: List[Record] = []
+    if args.merge and os.path.isfile(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            again = {(job["measure"], job["variant"]) for job in jobs}
+            records = [r for r in json.load(f) if (r["measure"], r["variant"]) not in again]
+    for job in jobs:
+        record = run_isolated("crbp_d2.benchmarks.speed", ["--worker", json.dumps(job)], env=env)
+        record.update(shared_machine=bool(args.shared), machine=machine)
+        records.append(record)
+        print(f"{record['measure']} {record['variant']}: {record['seconds']:.3f} s", flush=True)
+        write_results(args.out, records, table(records), plot)  # partial results survive
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
