@@ -5,7 +5,8 @@ Floors, bottom up: the core and the shared helpers (``recurrent``, ``utils``), t
 Detectron2-free generators (``contours``, ``scenes``), the two front-ends side by side
 (``pathfinder``, ``rfpn``), the front-end-free benchmarks, the programs (``cli``). Imports inside
 functions count; imports under ``if __name__ == "__main__":`` (an entry point, not a dependency)
-and the deprecated aliases of old paths (:mod:`crbp_d2._deprecated`) do not.
+or ``if TYPE_CHECKING:`` (annotations only) and the deprecated aliases of old paths
+(:mod:`crbp_d2._deprecated`) do not.
 
     python tests/test_import_graph.py [PACKAGE_DIR]   # prints the graph's numbers
 """
@@ -49,11 +50,17 @@ def module_names(package: Path) -> Dict[str, Path]:
 
 
 def _is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":`` (an entry point) or ``if TYPE_CHECKING:`` (annotations
+    only): imports under them are not run when the module is imported."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
+        return True
     return (
-        isinstance(node, ast.If)
-        and isinstance(node.test, ast.Compare)
-        and isinstance(node.test.left, ast.Name)
-        and node.test.left.id == "__name__"
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
     )
 
 

@@ -160,9 +160,8 @@ def exact_gradient(
 def _bptt_gradient(
     engine: "RecurrentEngine", x: Tensor, loss_fn: LossFn, steps: int, tol: Optional[float]
 ) -> Tuple[Tensor, ReferenceReport]:
-    from .engine import RecurrentEngine
-
-    bptt = RecurrentEngine.from_spec(
+    # the engine's own class: fidelity sits below the engine and does not import it
+    bptt = type(engine).from_spec(
         engine.cell,
         engine.spec.replace(
             method="bptt", steps=steps, solver="iterate", solver_tol=None, monitor_lcp=False
