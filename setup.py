@@ -11,7 +11,13 @@ PATHFINDER = [
     "Pillow>=7.1",
     "opencv-python-headless",
 ]
-TORCHVISION = ["torchvision", "pycocotools>=2.0.2", "Pillow>=7.1", "scipy", "opencv-python-headless"]
+TORCHVISION = [
+    "torchvision",
+    "pycocotools>=2.0.2",
+    "Pillow>=7.1",
+    "scipy",
+    "opencv-python-headless",
+]
 EXTRAS = {
     # crbp_d2.pathfinder and crbp_d2.contours
     "pathfinder": PATHFINDER,

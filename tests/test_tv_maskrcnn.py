@@ -48,8 +48,16 @@ def toy_batch(size: int = 96):
 
 
 def tiny_model(method: str = "crbp", **engine) -> MaskRCNN:
-    return small_maskrcnn(3, head="recurrent", width=WIDTH, method=method, steps=3,
-                          neumann_steps=3, cell_norm_groups=8, **engine)
+    return small_maskrcnn(
+        3,
+        head="recurrent",
+        width=WIDTH,
+        method=method,
+        steps=3,
+        neumann_steps=3,
+        cell_norm_groups=8,
+        **engine,
+    )
 
 
 @pytest.mark.parametrize("method", ["bptt", "rbp", "crbp", "jfb", "cbptt"])
@@ -88,7 +96,9 @@ def test_per_step_readout_ends_at_the_returned_masks_logits():
     model = tiny_model("crbp").eval()
     model.roi_heads.return_timecourse = True
     logits = []
-    model.roi_heads.mask_predictor.register_forward_hook(lambda m, a, out: logits.append(out) and None)
+    model.roi_heads.mask_predictor.register_forward_hook(
+        lambda m, a, out: logits.append(out) and None
+    )
     with torch.no_grad():
         images, _ = toy_batch()
         results = model(images)
@@ -134,8 +144,8 @@ def test_convlstm_cell_in_the_head_trains():
 
 def write_coco(root: Path, masks, categories=(7, 3)):
     """A one-image COCO instance set with ``masks`` (n, H, W) given as RLE segmentations."""
-    from pycocotools import mask as mask_util
     from PIL import Image
+    from pycocotools import mask as mask_util
 
     height, width = masks.shape[1:]
     (root / "images").mkdir(parents=True)
@@ -145,11 +155,22 @@ def write_coco(root: Path, masks, categories=(7, 3)):
         rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         x, y, w, h = mask_util.toBbox(rle).tolist()
-        anns.append({"id": k + 1, "image_id": 5, "category_id": categories[k % 2], "iscrowd": 0,
-                     "segmentation": rle, "area": float(m.sum()), "bbox": [x, y, w, h]})
-    data = {"images": [{"id": 5, "file_name": "a.png", "height": height, "width": width}],
-            "annotations": anns,
-            "categories": [{"id": c, "name": f"c{c}"} for c in sorted(set(categories))]}
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": 5,
+                "category_id": categories[k % 2],
+                "iscrowd": 0,
+                "segmentation": rle,
+                "area": float(m.sum()),
+                "bbox": [x, y, w, h],
+            }
+        )
+    data = {
+        "images": [{"id": 5, "file_name": "a.png", "height": height, "width": width}],
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"c{c}"} for c in sorted(set(categories))],
+    }
     (root / "instances.json").write_text(json.dumps(data))
     return root / "images", root / "instances.json"
 
@@ -186,8 +207,12 @@ class Oracle(torch.nn.Module):
 
     def __init__(self, masks, labels, boxes, shift: int = 0):
         super().__init__()
-        self.out = {"boxes": boxes, "labels": labels, "scores": torch.ones(len(labels)),
-                    "masks": torch.from_numpy(np.roll(masks, shift, axis=2)).float()[:, None]}
+        self.out = {
+            "boxes": boxes,
+            "labels": labels,
+            "scores": torch.ones(len(labels)),
+            "masks": torch.from_numpy(np.roll(masks, shift, axis=2)).float()[:, None],
+        }
 
     def forward(self, images):
         return [self.out]
@@ -231,8 +256,14 @@ def test_training_script_runs_without_detectron2(tiny_shapes, tmp_path):
         "assert not [m for m in sys.modules if m.startswith('detectron2') and sys.modules[m]]\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     saved = json.loads(record.read_text())
     assert saved["head"] == "recurrent" and saved["shared_machine"] is True
@@ -245,9 +276,20 @@ def test_training_script_reports_a_folder_without_the_set_in_one_line(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "train").mkdir()
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train_tv_maskrcnn.py"), "--iters", "1",
-         "--data-root", str(tmp_path), "--head", "conv"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools" / "train_tv_maskrcnn.py"),
+            "--iters",
+            "1",
+            "--data-root",
+            str(tmp_path),
+            "--head",
+            "conv",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=300,
     )
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]

@@ -36,7 +36,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--neumann-steps", type=int, default=5)
     parser.add_argument("--lcp-weight", type=float, default=1e-3)
     parser.add_argument(
-        "--eval-steps", type=int, nargs="*", default=None,
+        "--eval-steps",
+        type=int,
+        nargs="*",
+        default=None,
         help="test steps to evaluate the recurrent head at (default: N)",
     )
     parser.add_argument("--width", type=int, default=64, help="FPN / mask-head channels")
@@ -48,7 +51,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--clip", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--data-root", default=None,
+        "--data-root",
+        default=None,
         help="the shapes set (default: $DETECTRON2_DATASETS or ./datasets, "
         "/synthetic_panoptic_large; generated on first use)",
     )
@@ -57,7 +61,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="save the trained weights here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument(
-        "--shared-machine", action="store_true",
+        "--shared-machine",
+        action="store_true",
         help="flag the record's timings as taken on a machine shared with other jobs",
     )
     parser.add_argument("--log-period", type=int, default=50)
@@ -146,8 +151,11 @@ def _run(args: argparse.Namespace) -> int:
         losses = model(images, targets)
         total = sum(losses.values())
         if not math.isfinite(float(total.detach())):
-            print(f"{PROG}: non-finite loss at iteration {iteration}: "
-                  f"{ {k: float(v) for k, v in losses.items()} }", file=sys.stderr)
+            print(
+                f"{PROG}: non-finite loss at iteration {iteration}: "
+                f"{ {k: float(v) for k, v in losses.items()} }",
+                file=sys.stderr,
+            )
             return 1
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -157,16 +165,21 @@ def _run(args: argparse.Namespace) -> int:
         for key, value in losses.items():
             running[key] = running.get(key, 0.0) + float(value.detach())
         if (iteration + 1) % args.log_period == 0 or iteration + 1 == args.iters:
-            count = args.log_period if (iteration + 1) % args.log_period == 0 else (
-                (iteration + 1) % args.log_period
+            count = (
+                args.log_period
+                if (iteration + 1) % args.log_period == 0
+                else ((iteration + 1) % args.log_period)
             )
             entry = {"iteration": iteration + 1, **{k: v / count for k, v in running.items()}}
             entry["seconds"] = time.perf_counter() - start
             log.append(entry)
             running = {}
-            print(f"[{PROG}] iter {iteration + 1}/{args.iters} "
-                  + " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k.startswith("loss"))
-                  + f" ({entry['seconds']:.0f} s)", flush=True)
+            print(
+                f"[{PROG}] iter {iteration + 1}/{args.iters} "
+                + " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k.startswith("loss"))
+                + f" ({entry['seconds']:.0f} s)",
+                flush=True,
+            )
     train_seconds = time.perf_counter() - start
     if args.checkpoint:
         atomic_torch_save(model.state_dict(), args.checkpoint)
@@ -180,11 +193,14 @@ def _run(args: argparse.Namespace) -> int:
             model.roi_heads.mask_head.engine.test_steps = steps
         began = time.perf_counter()
         scores = coco_ap(model, val_set)
-        evaluations.append(
-            {"test_steps": steps, **scores, "seconds": time.perf_counter() - began}
+        evaluations.append({"test_steps": steps, **scores, "seconds": time.perf_counter() - began})
+        print(
+            f"[{PROG}] eval"
+            + (f" at {steps} steps" if steps else "")
+            + ": "
+            + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()),
+            flush=True,
         )
-        print(f"[{PROG}] eval" + (f" at {steps} steps" if steps else "") + ": "
-              + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()), flush=True)
 
     record = {
         "what": "torchvision Mask R-CNN (ResNet-18-FPN, random init) on the synthetic shapes set",
@@ -192,12 +208,20 @@ def _run(args: argparse.Namespace) -> int:
         "engine": engine_settings or None,
         "mask_head_params": mask_params,
         "schedule": {
-            "iters": args.iters, "batch": args.batch, "lr": args.lr,
-            "weight_decay": args.weight_decay, "warmup": args.warmup, "clip": args.clip,
-            "seed": args.seed, "width": args.width,
+            "iters": args.iters,
+            "batch": args.batch,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "warmup": args.warmup,
+            "clip": args.clip,
+            "seed": args.seed,
+            "width": args.width,
         },
-        "data": {"root": os.path.basename(os.path.normpath(root)),
-                 "train_images": len(train_set), "val_images": len(val_set)},
+        "data": {
+            "root": os.path.basename(os.path.normpath(root)),
+            "train_images": len(train_set),
+            "val_images": len(val_set),
+        },
         "train_seconds": train_seconds,
         "seconds_per_iter": train_seconds / args.iters,
         "evaluations": evaluations,

@@ -189,7 +189,9 @@ class RecurrentRoIHeads(RoIHeads):
         elif out.states is not None:
             labels = [r["labels"] for r in result]
             per_step = [
-                maskrcnn_inference(self.mask_predictor(self.mask_head.engine.cell.output(s)), labels)
+                maskrcnn_inference(
+                    self.mask_predictor(self.mask_head.engine.cell.output(s)), labels
+                )
                 for s in out.states
             ]  # T x images x (n, 1, 28, 28)
             for i, r in enumerate(result):

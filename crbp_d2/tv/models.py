@@ -80,6 +80,10 @@ def small_maskrcnn(
         return MaskRCNN(backbone, num_classes=None, **settings)
     # placeholders: use_recurrent_mask_head replaces both slots
     model = MaskRCNN(
-        backbone, num_classes=None, mask_head=nn.Identity(), mask_predictor=nn.Identity(), **settings
+        backbone,
+        num_classes=None,
+        mask_head=nn.Identity(),
+        mask_predictor=nn.Identity(),
+        **settings,
     )
     return use_recurrent_mask_head(model, build_mask_head_engine(width, **engine), num_classes)
