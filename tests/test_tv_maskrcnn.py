@@ -19,6 +19,7 @@ pytest.importorskip("pycocotools")
 from torchvision.models.detection import MaskRCNN  # noqa: E402
 from torchvision.models.detection.roi_heads import maskrcnn_inference  # noqa: E402
 
+from crbp_d2.cli.train_tv_maskrcnn import main  # noqa: E402
 from crbp_d2.recurrent import LCP_METHODS  # noqa: E402
 from crbp_d2.tv import (  # noqa: E402
     RecurrentRoIHeads,
@@ -270,6 +271,11 @@ def test_training_script_runs_without_detectron2(tiny_shapes, tmp_path):
     assert [e["test_steps"] for e in saved["evaluations"]] == [2, 3]
     assert "loss_lcp" in saved["log"][-1] and len(saved["log"]) == 3
     assert 0.0 <= saved["evaluations"][0]["segm_AP"] <= 100.0
+    table = tmp_path / "table.md"
+    assert main(["--report", str(record), "--markdown", str(table)]) == 0
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| recurrent")]
+    assert [row.split(" | ")[1] for row in rows] == ["2", "3"]
+    assert "shared with other jobs" in table.read_text()
 
 
 def test_training_script_reports_a_folder_without_the_set_in_one_line(tmp_path):

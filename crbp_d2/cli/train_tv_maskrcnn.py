@@ -9,6 +9,9 @@ all parameters at once), 2 images per step, horizontal flips.
 
     python tools/train_tv_maskrcnn.py --head recurrent --method crbp --iters 1750 \\
         --json docs/results/tv_maskrcnn_crbp.json
+    # the README table from such records (no training):
+    python tools/train_tv_maskrcnn.py --report docs/results/tv_maskrcnn_*.json \\
+        --markdown docs/results/tv_maskrcnn.md
 """
 
 from __future__ import annotations
@@ -66,7 +69,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="flag the record's timings as taken on a machine shared with other jobs",
     )
     parser.add_argument("--log-period", type=int, default=50)
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        default=None,
+        metavar="RECORD",
+        help="no training: write the Markdown table of these records to --markdown",
+    )
+    parser.add_argument("--markdown", default=None, help="where --report writes its table")
     args = parser.parse_args(argv)
+    if args.report and not args.markdown:
+        parser.error("--report needs --markdown OUT.md")
     for name in ("iters", "batch", "steps", "width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -89,7 +102,83 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors(PROG):
+        if args.report:
+            return _report(args.report, args.markdown)
         return _run(args)
+
+
+def results_table(records: List[dict]) -> str:
+    """Markdown: one row per record and evaluated test-step count, then the machine line."""
+    from ..utils import markdown_table
+
+    rows = []
+    for rec in records:
+        engine = rec["engine"]
+        head = (
+            f"recurrent {engine['cell']}, {engine['method']}, N = {engine['steps']}"
+            if engine
+            else "feedforward: 4 convs (torchvision)"
+        )
+        sched = rec["schedule"]
+        for ev in rec["evaluations"]:
+            rows.append(
+                [
+                    head,
+                    ev["test_steps"] or "",
+                    f"{rec['mask_head_params']:,}",
+                    f"{sched['iters']} x {sched['batch']}",
+                    f"{ev['segm_AP']:.1f}",
+                    f"{ev['segm_AP50']:.1f}",
+                    f"{ev['bbox_AP']:.1f}",
+                    f"{rec['seconds_per_iter']:.2f}",
+                    f"{rec['train_seconds'] / 60:.1f}",
+                ]
+            )
+    table = markdown_table(
+        [
+            "mask head",
+            "test steps",
+            "mask-head params",
+            "steps x images",
+            "mask AP",
+            "mask AP50",
+            "box AP",
+            "s / step",
+            "training (min)",
+        ],
+        rows,
+    )
+    machines = sorted(
+        {
+            f"{r['machine']['device']}, torch {r['machine']['torch']}, "
+            f"{r['machine']['threads']} thread(s)"
+            for r in records
+        }
+    )
+    shared = any(r.get("shared_machine") for r in records)
+    first = records[0]
+    note = (
+        f"Measured on {'; '.join(machines)}"
+        + (" (a machine shared with other jobs: the timings are not clean)" if shared else "")
+        + f": torchvision Mask R-CNN, ResNet-18-FPN ({first['schedule']['width']} channels) from "
+        f"random init, trained on {first['data']['train_images']} images of the synthetic shapes "
+        f"set, mask / box AP (pycocotools) on {first['data']['val_images']} validation images "
+        "(`tools/train_tv_maskrcnn.py`; records `docs/results/tv_maskrcnn_*.json`)."
+    )
+    return table + "\n\n" + note + "\n"
+
+
+def _report(paths: List[str], markdown: str) -> int:
+    import json
+
+    from ..utils import atomic_write_text
+
+    records = []
+    for path in paths:
+        with open(path) as f:
+            records.append(json.load(f))
+    atomic_write_text(markdown, results_table(records))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
