@@ -161,8 +161,9 @@ def results_table(records: List[dict]) -> str:
         f"Measured on {'; '.join(machines)}"
         + (" (a machine shared with other jobs: the timings are not clean)" if shared else "")
         + f": torchvision Mask R-CNN, ResNet-18-FPN ({first['schedule']['width']} channels) from "
-        f"random init, trained on {first['data']['train_images']} images of the synthetic shapes "
-        f"set, mask / box AP (pycocotools) on {first['data']['val_images']} validation images "
+        f"random init, trained on images drawn from the {first['data']['train_images']} of the "
+        f"synthetic shapes set, one seed ({first['schedule']['seed']}), mask / box AP "
+        f"(pycocotools) on {first['data']['val_images']} validation images "
         "(`tools/train_tv_maskrcnn.py`; records `docs/results/tv_maskrcnn_*.json`)."
     )
     return table + "\n\n" + note + "\n"

@@ -9,14 +9,14 @@ No Detectron2 import anywhere here. Named ``tv`` so as not to read as (or shadow
 - :mod:`.data`: COCO-format instance data (pycocotools) and the synthetic shapes set.
 - :mod:`.evaluate`: COCO mask / box AP with pycocotools.
 
-Example::
+Example (any torchvision Mask R-CNN; the losses then include ``loss_lcp``):
 
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-    from crbp_d2.tv import build_mask_head_engine, use_recurrent_mask_head
-
-    model = maskrcnn_resnet50_fpn(weights=None, num_classes=5)
-    engine = build_mask_head_engine(width=256, steps=20, method="crbp")
-    use_recurrent_mask_head(model, engine)   # losses now include loss_lcp
+>>> from torchvision.models.detection import maskrcnn_resnet50_fpn
+>>> from crbp_d2.tv import build_mask_head_engine, use_recurrent_mask_head
+>>> model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)
+>>> model = use_recurrent_mask_head(model, build_mask_head_engine(width=256, steps=20))
+>>> type(model.roi_heads).__name__, model.roi_heads.mask_head.engine.spec.method
+('RecurrentRoIHeads', 'crbp')
 """
 
 from .._extras import require_extra
