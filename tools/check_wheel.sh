@@ -6,6 +6,8 @@
 # Environment: BUILD_PYTHON builds the wheel (default .venv/bin/python, no build isolation);
 # PYTHON makes the empty venv (default python3); WHEEL_CHECK_JSON=FILE writes the timings there.
 set -euo pipefail
+# a checkout on PYTHONPATH would make pip think the package is installed already (its egg-info)
+unset PYTHONPATH PYTHONHOME
 cd "$(dirname "$0")/.."
 REPO="$PWD"
 BUILD_PY="${BUILD_PYTHON:-.venv/bin/python}"
