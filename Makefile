@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 OUT ?= output/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all demo demo-small demo-memory demo-pathfinder demo-d2 demo-d2-train \
+.PHONY: setup test test-all check-wheel demo demo-small demo-memory demo-pathfinder demo-d2 demo-d2-train \
 	demo-d2-evaluate demo-summary lint \
 	benchmark-memory benchmark-methods rfpn-cpu-protocol rfpn-finetune-vs-scratch demo-record
 
@@ -20,6 +20,12 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q --durations=15
+
+# The wheel alone (torch + numpy): build it, install it into an empty venv, one C-RBP step there,
+# and the front-ends' one-line "install the extra" errors (7-8 min on a shared 2-core machine,
+# most of it pip installing torch; docs/results/wheel_check.json). Also a slow test.
+check-wheel: setup
+	BUILD_PYTHON=$(PY) bash tools/check_wheel.sh
 
 # The main job on built-in data, small enough for a laptop CPU (see README "make demo"). Each
 # step prints one line when it ends; its output goes to $(OUT)/logs/<step>.log (the end of it is

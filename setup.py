@@ -2,6 +2,43 @@
 
 from setuptools import find_packages, setup
 
+PATHFINDER = [
+    "scipy",
+    "matplotlib",
+    "tqdm",
+    "pyyaml",
+    "yacs>=0.1.8",
+    "Pillow>=7.1",
+    "opencv-python-headless",
+]
+TORCHVISION = [
+    "torchvision",
+    "pycocotools>=2.0.2",
+    "Pillow>=7.1",
+    "scipy",
+    "opencv-python-headless",
+]
+EXTRAS = {
+    # crbp_d2.pathfinder and crbp_d2.contours
+    "pathfinder": PATHFINDER,
+    # the Detectron2 front-end: everything but Detectron2 itself
+    "d2": PATHFINDER
+    + [
+        "tensorboard",
+        "torchvision",
+        "fvcore>=0.1.5,<0.1.6",
+        "iopath>=0.1.7,<0.1.10",
+        "pycocotools>=2.0.2",
+        "hotcoco>=1.3",
+    ],
+    # crbp_d2.tv: the recurrent mask head in torchvision's Mask R-CNN (OpenCV / SciPy generate
+    # the synthetic shapes set)
+    "torchvision": TORCHVISION,
+    # crbp_d2.onnx_export: ONNX export of the fixed-step head and its onnxruntime check
+    "onnx": ["onnx", "onnxscript", "onnxruntime"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
 setup(
     name="crbp-d2",
     version="0.2.0",
@@ -10,30 +47,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["crbp_d2", "crbp_d2.*"]),
-    # Detectron2 is deliberately not listed: it is not on PyPI; tools/install_detectron2.sh
-    # installs it (or keep your own upstream build). The core (crbp_d2.recurrent) needs torch
-    # only; crbp_d2.contours and crbp_d2.pathfinder need the rest.
-    install_requires=[
-        "torch>=2.1",
-        "numpy",
-        "scipy",
-        "matplotlib",
-        "tqdm",
-        "tensorboard",
-        "pyyaml",
-        "yacs>=0.1.8",
-        "Pillow>=7.1",
-        "opencv-python-headless",
-    ],
-    extras_require={
-        "d2": [
-            "torchvision",
-            "fvcore>=0.1.5,<0.1.6",
-            "iopath>=0.1.7,<0.1.10",
-            "pycocotools>=2.0.2",
-            "hotcoco>=1.3",
-        ],
-    },
+    # The core (crbp_d2.recurrent) needs torch and numpy only; each front-end has an extra and,
+    # imported without it, says in one line which (crbp_d2._extras). Detectron2 is deliberately
+    # not listed: it is not on PyPI; tools/install_detectron2.sh installs it (or keep your own
+    # upstream build). requirements.txt (the dev / CI environment) pins everything.
+    install_requires=["torch>=2.1", "numpy"],
+    extras_require=EXTRAS,
     # Every command-line program: crbp_d2/cli/NAME.py with main(argv=None) -> int, installed as
     # crbp-NAME (dashes for underscores); tools/NAME.py runs the same program from a checkout.
     entry_points={
@@ -64,6 +83,8 @@ setup(
             "crbp-pathfinder-cpu-protocol = crbp_d2.cli.pathfinder_cpu_protocol:main",
             "crbp-cuda-pathfinder-check = crbp_d2.cli.cuda_pathfinder_check:main",
             "crbp-benchmark-generator = crbp_d2.cli.benchmark_generator:main",
+            # torchvision
+            "crbp-train-tv-maskrcnn = crbp_d2.cli.train_tv_maskrcnn:main",
         ],
     },
 )

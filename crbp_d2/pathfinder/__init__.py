@@ -17,6 +17,10 @@ worker processes import only :mod:`.data.storage`.
 
 import importlib
 
+from .._extras import require_extra
+
+require_extra("pathfinder", "crbp_d2.pathfinder")
+
 # public name -> the module that defines it, relative to this package
 _EXPORTS = {
     **dict.fromkeys(

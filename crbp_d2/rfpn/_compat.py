@@ -2,8 +2,9 @@
 
 Imported first by ``crbp_d2/rfpn/__init__.py``, so before any module of the Detectron2 front-end
 imports detectron2; the core and the Pathfinder front-end never import it, so they patch nothing.
-Nothing is patched when detectron2 is not installed, and every patch is applied only when
-missing, so with upstream Detectron2 (compiled ``_C``, newer code) it is a no-op.
+Without Detectron2 or the packages of the ``d2`` extra, importing it raises one line naming what
+to install. Every patch is applied only when missing, so with upstream Detectron2 (compiled
+``_C``, newer code) it is a no-op.
 """
 
 import importlib.util
@@ -12,6 +13,10 @@ import sys
 import types
 
 import numpy as np
+
+from .._extras import require_detectron2
+
+require_detectron2("the Detectron2 front-end (crbp_d2.rfpn.config, .modeling, .evaluation, ...)")
 
 
 def _patch_numpy_aliases() -> None:
