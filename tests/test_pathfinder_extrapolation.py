@@ -167,3 +167,16 @@ def test_hypotheses_verdicts():
     assert [tests[h]["verdict"] for h in ("H1", "H2", "H3")] == ["not held"] * 3
     tests = ex.hypotheses([r for r in rows if r["model"] != "cnn_x4"])
     assert tests["H1"]["verdict"] == "not yet measured"
+
+
+def test_gpu_setup_is_the_papers_scale():
+    settings = ex.Settings(config_dir=str(ex.CONFIG_DIR / "extrapolation_gpu"))
+    cfg = ex.run_config(settings, "crbp", 0)
+    assert (cfg.DATA.TRAIN_LENGTH, cfg.DATA.CANVAS_SIZE, cfg.DATA.IMAGE_SIZE) == (14, 300, 150)
+    assert (cfg.MODEL.CHANNELS, cfg.MODEL.KERNEL_SIZE) == (25, 15)
+    assert count_parameters(build_model(cfg)) == 284127
+    assert count_parameters(build_model(ex.run_config(settings, "cnn", 0))) == 845527
+    sizes = [ex.length_params(cfg, n) for n in (14, 20, 25)]
+    assert [(p.canvas_size, s, p.num_distractors) for p, s in sizes] == [
+        (300, 150, 15), (432, 216, 31), (536, 268, 48)
+    ]  # fmt: skip

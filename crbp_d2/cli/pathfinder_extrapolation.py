@@ -23,10 +23,12 @@ import argparse
 import os
 import sys
 
-from crbp_d2.pathfinder.config import REPO_ROOT, ConfigError
+from crbp_d2.pathfinder.config import CONFIG_DIR, REPO_ROOT, ConfigError
 from crbp_d2.pathfinder.experiments.extrapolation import (
+    CONFIGS,
     MODEL_BY_KEY,
     SEEDS,
+    STEM,
     TEST_LENGTHS,
     Settings,
     run_all,
@@ -53,6 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-eval-steps", type=int, default=60, help="read out to max(3N, this)")
     p.add_argument("--jobs", type=int, default=2, help="1-thread runs side by side")
     p.add_argument("--data-cache", default=None, help="generated data (default OUT_DIR/data)")
+    p.add_argument("--configs", default=str(CONFIGS), help="folder of MODEL.yaml configs")
+    p.add_argument("--stem", default=STEM, help="results file names (default: %(default)s)")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the paper-scale set-up sized for ~9 min on one GPU: configs/pathfinder/"
+        "extrapolation_gpu, PF14 -> PF14/20/25, 1 seed, 1 job, stem pathfinder_extrapolation_gpu",
+    )
     p.add_argument(
         "--shared-machine",
         action="store_true",
@@ -69,6 +79,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pilot-checkpoint", default=None, help="score this checkpoint instead")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = p.parse_args(argv)
+    if args.gpu:
+        args.configs = str(CONFIG_DIR / "extrapolation_gpu")
+        args.stem = "pathfinder_extrapolation_gpu"
+        args.test_lengths, args.seeds, args.jobs = [14, 20, 25], [0], 1
+        if args.models == p.get_default("models"):
+            args.models = ["crbp", "bptt", "cnn"]
+        if args.out_dir == p.get_default("out_dir"):
+            args.out_dir = os.path.join(REPO_ROOT, "output", "pathfinder", "extrapolation_gpu")
+        if args.test_size == p.get_default("test_size"):
+            args.test_size = 256
     for name in ("test_size", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -91,6 +111,8 @@ def main(argv=None) -> int:
         min_eval_steps=args.min_eval_steps,
         smoke=args.smoke,
         data_cache=os.path.abspath(args.data_cache) if args.data_cache else None,
+        config_dir=os.path.abspath(args.configs),
+        stem=args.stem,
     )
     try:
         if args.only_run:
@@ -103,7 +125,12 @@ def main(argv=None) -> int:
             )
             return 0
         if not args.report_only:
-            run_all(settings, jobs=args.jobs, progress=not args.no_progress)
+            run_all(
+                settings,
+                jobs=args.jobs,
+                progress=not args.no_progress,
+                threads_per_job=0 if args.gpu else 1,
+            )
         if not args.no_report:
             write_report(settings)
     except (ConfigError, FileNotFoundError, ValueError) as err:

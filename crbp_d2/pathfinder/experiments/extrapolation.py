@@ -166,10 +166,12 @@ class Settings:
     min_eval_steps: int = MIN_EVAL_STEPS
     smoke: bool = False
     data_cache: Optional[str] = None  # default: OUT_DIR/data
+    config_dir: str = str(CONFIGS)  # MODEL.yaml for each model (extrapolation_gpu: paper scale)
+    stem: str = STEM  # results file names
 
     @property
     def runs_dir(self) -> str:
-        return os.path.join(self.results_dir, f"{STEM}_runs")
+        return os.path.join(self.results_dir, f"{self.stem}_runs")
 
     @property
     def cache_dir(self) -> str:
@@ -197,7 +199,7 @@ def run_config(settings: Settings, model: str, seed: int):
     if settings.smoke and MODEL_BY_KEY[model].recurrent:
         steps = "6" if model in ("bptt", "cbptt") else "4"
         overrides += ["MODEL.RECURRENT.TIMESTEPS", steps, "MODEL.RECURRENT.NEUMANN_STEPS", "3"]
-    return load_config(str(CONFIGS / f"{model}.yaml"), overrides)
+    return load_config(os.path.join(settings.config_dir, f"{model}.yaml"), overrides)
 
 
 def run_name(model: str, seed: int) -> str:
@@ -250,7 +252,8 @@ def evaluate_run(model, cfg, settings: Settings, label: str, key: str) -> List[R
         dataset = build_test_set(cfg, length, settings.test_size, settings.cache_dir)
         loader = DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE, shuffle=False)
         steps = list(range(1, top + 1)) if recurrent else [None]
-        results = evaluate_model(model, loader, "cpu", steps, loss_kind=cfg.SOLVER.LOSS)
+        device = next(model.parameters()).device
+        results = evaluate_model(model, loader, device, steps, loss_kind=cfg.SOLVER.LOSS)
         set_params, image_size = length_params(cfg, length)
         for s, summary in results.items():
             layers = cfg.MODEL.CNN_LAYERS if cfg.MODEL.ARCH == "cnn" else n
@@ -285,14 +288,16 @@ def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log =
     cfg = run_config(settings, model_key, seed)
     output = cfg.OUTPUT_DIR
     last = os.path.join(output, "last.pth")
-    train_set = cached_in_memory(
-        generator_params(cfg, cfg.DATA.TRAIN_LENGTH),
-        cfg.DATA.TRAIN_SIZE,
-        cfg.DATA.SEED,
-        cfg.DATA.IMAGE_SIZE,
-        cfg.DATA.RANDOM_FLIP,
-        settings.cache_dir,
-    )
+    train_set = None  # on_the_fly / disk (the GPU set-up): the trainer builds it with workers
+    if cfg.DATA.SOURCE == "memory":
+        train_set = cached_in_memory(
+            generator_params(cfg, cfg.DATA.TRAIN_LENGTH),
+            cfg.DATA.TRAIN_SIZE,
+            cfg.DATA.SEED,
+            cfg.DATA.IMAGE_SIZE,
+            cfg.DATA.RANDOM_FLIP,
+            settings.cache_dir,
+        )
     test_set = build_test_set(cfg, cfg.DATA.TRAIN_LENGTH, settings.test_size, settings.cache_dir)
     resume = os.path.isfile(last)
     prepare_output_dir(output, resume=resume, overwrite=not resume)
@@ -318,7 +323,9 @@ def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log =
             "shared_machine": settings.shared_machine,
             "load_average_at_start": load,
             "machine": machine(),
-            "config": f"configs/pathfinder/extrapolation/{model_key}.yaml",
+            "config": os.path.relpath(
+                os.path.join(settings.config_dir, f"{model_key}.yaml"), REPO_ROOT
+            ),
             "overrides": list(settings.overrides),
             "records": records,
         },
@@ -347,6 +354,7 @@ def settings_arguments(settings: Settings) -> List[str]:
         str(settings.min_eval_steps),
     ]
     args += ["--test-lengths", *map(str, settings.test_lengths)]
+    args += ["--configs", settings.config_dir, "--stem", settings.stem]
     if settings.data_cache:
         args += ["--data-cache", settings.data_cache]
     if settings.shared_machine:
@@ -356,8 +364,15 @@ def settings_arguments(settings: Settings) -> List[str]:
     return args + list(settings.overrides)
 
 
-def run_all(settings: Settings, jobs: int = 2, progress: bool = True, log: Log = print) -> None:
-    """Run every pending run as a 1-thread child process, ``jobs`` at a time, with a progress
+def run_all(
+    settings: Settings,
+    jobs: int = 2,
+    progress: bool = True,
+    log: Log = print,
+    threads_per_job: int = 1,
+) -> None:
+    """Run every pending run as a child process (``threads_per_job`` threads; 0: as the
+    environment says), ``jobs`` at a time, with a progress
     bar over runs; each child writes its record (so an interrupted protocol resumes). Raises
     RuntimeError naming the runs that failed (their logs are in ``out_dir``)."""
     todo = pending_runs(settings)
@@ -382,7 +397,11 @@ def run_all(settings: Settings, jobs: int = 2, progress: bool = True, log: Log =
             name = run_name(model, seed)
             command = [sys.executable, "-m", "crbp_d2.cli.pathfinder_extrapolation"]
             command += ["--only-run", model, str(seed), *settings_arguments(settings)]
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            env = dict(os.environ)
+            if threads_per_job:
+                env.update(
+                    OMP_NUM_THREADS=str(threads_per_job), MKL_NUM_THREADS=str(threads_per_job)
+                )
             with open(os.path.join(settings.out_dir, f"{name}.log"), "w") as out:
                 code = subprocess.run(
                     command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
@@ -635,8 +654,9 @@ def markdown_report(
     text += (
         f"Pooled IoU on {settings.test_size} test images per length, mean over the seeds listed "
         "(recurrent: IoU after N steps / 3N steps / the best step 1..max(3N, 60) of the mean "
-        "curve; feed-forward controls and baselines: one number). Trained on PF9 "
-        f"(128 px -> 64 px). Test sets: {'; '.join(canvases.values())}. "
+        "curve; feed-forward controls and baselines: one number). Trained on "
+        f"PF{cfg.DATA.TRAIN_LENGTH} ({cfg.DATA.CANVAS_SIZE} px -> {cfg.DATA.IMAGE_SIZE} px). "
+        f"Test sets: {'; '.join(canvases.values())}. "
         f"Machine: {', '.join(machines) or 'none yet'}"
         + ("; **timings from a shared machine**" if shared else "")
         + ".\n\n"
@@ -693,7 +713,8 @@ def plot_curves(records: List[Record], path: str) -> None:
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle("Trained on PF9; IoU vs steps on longer contours (dotted verticals: N)")
+    train = min((r["train_length"] for r in records if r["train_length"]), default="?")
+    fig.suptitle(f"Trained on PF{train}; IoU vs steps on longer contours (dotted verticals: N)")
     fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -757,7 +778,7 @@ def timecourse_figure(
         fig.colorbar(mappable, cax=cax, label="p(contour)")
     cax2 = fig.add_subplot(grid[2, 4])
     fig.colorbar(onset, cax=cax2, label="step")
-    fig.suptitle("C-RBP trained on PF9, run for more steps on a PF20 image", fontsize=10)
+    fig.suptitle(f"C-RBP run for more steps than trained on a PF{length} image", fontsize=10)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -768,8 +789,9 @@ def write_report(settings: Settings, log: Log = print) -> Dict[str, object]:
     torch.set_num_threads(1)
     records, runs = collect_records(settings)
     rows = summary_rows(records)
-    tests = hypotheses(rows, train_length=9)
-    stem = os.path.join(settings.results_dir, STEM)
+    train_length = run_config(settings, "crbp", 0).DATA.TRAIN_LENGTH
+    tests = hypotheses(rows, train_length=train_length)
+    stem = os.path.join(settings.results_dir, settings.stem)
     atomic_write_json(
         {"records": records, "summary": rows, "hypotheses": tests, "runs": runs}, stem + ".json"
     )
