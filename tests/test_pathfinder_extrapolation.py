@@ -180,3 +180,33 @@ def test_gpu_setup_is_the_papers_scale():
     assert [(p.canvas_size, s, p.num_distractors) for p, s in sizes] == [
         (300, 150, 15), (432, 216, 31), (536, 268, 48)
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", [3, 60])
+def test_timecourse_figure_has_no_overlapping_panels(steps):
+    """Every panel, colour bar and their titles lie apart and inside the figure (issue 17: the
+    target was drawn over "after step 1" and the colour bar over the last panel)."""
+    import numpy as np
+
+    from crbp_d2.pathfinder.evaluation.plots import timecourse_figure
+
+    rng = np.random.default_rng(0)
+    course = {
+        "probability": rng.random((steps, 32, 32)),
+        "iou": [0.5] * steps,
+        "onset": rng.integers(0, steps + 1, (32, 32)),
+    }
+    fig = timecourse_figure(rng.random((32, 32)), rng.random((32, 32)) > 0.5, course)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible() and ax.has_data()]
+    boxes += [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(boxes) >= steps // 5 + 3
+    figure = fig.bbox
+    for i, a in enumerate(boxes):
+        assert a.x0 >= figure.x0 - 1 and a.x1 <= figure.x1 + 1
+        assert a.y0 >= figure.y0 - 1 and a.y1 <= figure.y1 + 1
+        for b in boxes[i + 1 :]:
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert overlap_x <= 1 or overlap_y <= 1, (a, b)

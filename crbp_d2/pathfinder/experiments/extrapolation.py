@@ -45,6 +45,7 @@ from ..config import CONFIG_DIR, REPO_ROOT, load_config
 from ..data.datasets import InMemoryPathfinder, generator_params
 from ..evaluation.baselines import dataset_pairs, evaluate_baselines
 from ..evaluation.evaluator import METRIC_KEYS, evaluate_model
+from ..evaluation.plots import plot_timecourse as draw_timecourse
 from ..modeling import count_parameters
 from .cpu_protocol import FLOOD_RADII, machine
 
@@ -736,51 +737,12 @@ def plot_timecourse(settings: Settings, path: str, length: int = 20, seed: int =
     label = torch.stack([b[1] for b in batch])
     top = eval_steps(settings, cfg.MODEL.RECURRENT.TIMESTEPS)
     course = timecourse(model, image, label, top)
-    timecourse_figure(image[0, 0].numpy(), label[0].numpy(), course, path, length)
+    title = (
+        f"C-RBP trained on PF{cfg.DATA.TRAIN_LENGTH} (N = {cfg.MODEL.RECURRENT.TIMESTEPS}), "
+        f"run for {top} steps on a PF{length} image"
+    )
+    draw_timecourse(image[0, 0].numpy(), label[0].numpy(), course, path, title=title)
     return True
-
-
-def timecourse_figure(
-    image: np.ndarray, label: np.ndarray, course: Dict[str, object], path: str, length: int
-) -> None:
-    """Input, target, p(contour) at six steps (one shared colour bar in its own column) and the
-    step at which each pixel became contour; laid out on a grid so that nothing overlaps."""
-    plt = pyplot()
-    prob = course["probability"]
-    total = prob.shape[0]
-    shown = sorted({max(1, int(round(t))) for t in np.geomspace(1, total, 6)})
-    fig = plt.figure(figsize=(2.3 * 4 + 0.9, 2.5 * 3))
-    grid = fig.add_gridspec(3, 5, width_ratios=[1, 1, 1, 1, 0.08], wspace=0.25, hspace=0.45)
-    panels = [fig.add_subplot(grid[i // 4, i % 4]) for i in range(12)]
-    panels[0].imshow(image, cmap="gray")
-    panels[0].set_title(f"input (PF{length})", fontsize=8)
-    panels[1].imshow(label, cmap="gray")
-    panels[1].set_title("target", fontsize=8)
-    mappable = None
-    for ax, t in zip(panels[2:], shown):
-        mappable = ax.imshow(prob[t - 1], cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"step {t}: IoU {course['iou'][t - 1]:.2f}", fontsize=8)
-    onset_ax = panels[2 + len(shown)]
-    first = np.where(course["onset"] > 0, course["onset"], np.nan)
-    onset = onset_ax.imshow(first, cmap="viridis", vmin=1, vmax=total)
-    onset_ax.set_title("first step as contour", fontsize=8)
-    curve_ax = panels[3 + len(shown)]
-    for ax in panels:
-        ax.axis("off")
-    curve_ax.axis("on")
-    curve_ax.plot(range(1, total + 1), course["iou"], lw=1.2)
-    curve_ax.set_ylim(0, 1)
-    curve_ax.set_xlabel("step", fontsize=7)
-    curve_ax.set_title("IoU of this image", fontsize=8)
-    curve_ax.tick_params(labelsize=7)
-    if mappable is not None:
-        cax = fig.add_subplot(grid[0:2, 4])
-        fig.colorbar(mappable, cax=cax, label="p(contour)")
-    cax2 = fig.add_subplot(grid[2, 4])
-    fig.colorbar(onset, cax=cax2, label="step")
-    fig.suptitle(f"C-RBP run for more steps than trained on a PF{length} image", fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(settings: Settings, log: Log = print) -> Dict[str, object]:
