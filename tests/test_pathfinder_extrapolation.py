@@ -210,3 +210,20 @@ def test_timecourse_figure_has_no_overlapping_panels(steps):
             overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
             overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
             assert overlap_x <= 1 or overlap_y <= 1, (a, b)
+
+
+def test_pilot_is_recorded_by_code(tmp_path):
+    settings = ex.Settings(
+        out_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"), smoke=True,
+        test_lengths=(9,), test_size=4, shared_machine=True, overrides=("SOLVER.LR", "0.02"),
+    )  # fmt: skip
+    entry = ex.run_pilot(settings, "lr2e2", "cnn", note="a try", log=lambda _: None)
+    again = ex.run_pilot(settings, "lr2e2", "cnn", note="again", log=lambda _: None)
+    with open(tmp_path / "results" / f"{ex.PILOTS}.json") as f:
+        entries = json.load(f)
+    assert [e["note"] for e in entries] == ["again"]  # one entry per name
+    score = entry["scores"]["PF9"]
+    assert score["minus_marker_only"] == pytest.approx(score["iou_at_N"] - score["marker_only"])
+    assert entry["overrides"] == ["SOLVER.LR", "0.02"] and again["shared_machine"] is True
+    text = (tmp_path / "results" / f"{ex.PILOTS}.md").read_text()
+    assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
