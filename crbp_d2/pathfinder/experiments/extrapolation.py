@@ -280,6 +280,13 @@ def evaluate_run(model, cfg, settings: Settings, label: str, key: str) -> List[R
     return records
 
 
+def device_name(device: torch.device) -> str:
+    """The card's name for a CUDA device, else "cpu"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
 def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log = print) -> str:
     """Train run (model, seed) (continuing a partial one), evaluate it, write its record file.
     Returns the record path."""
@@ -323,7 +330,7 @@ def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log =
             "resumed": resume,
             "shared_machine": settings.shared_machine,
             "load_average_at_start": load,
-            "machine": machine(),
+            "machine": dict(machine(), device=device_name(trainer.device)),
             "config": os.path.relpath(
                 os.path.join(settings.config_dir, f"{model_key}.yaml"), REPO_ROOT
             ),
