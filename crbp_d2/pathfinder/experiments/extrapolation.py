@@ -720,7 +720,8 @@ def plot_curves(records: List[Record], path: str) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    ncol = max(3, min(5, 2 * len(lengths) - 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     train = min((r["train_length"] for r in records if r["train_length"]), default="?")
     fig.suptitle(f"Trained on PF{train}; IoU vs steps on longer contours (dotted verticals: N)")
     fig.tight_layout(rect=(0, 0.2, 1, 1))
