@@ -689,6 +689,7 @@ def plot_curves(records: List[Record], path: str) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = {m.key: colors[i % len(colors)] for i, m in enumerate(MODELS)}
     styles = {"marker_only": ("0.6", ":"), "flood_fill": ("0.3", ":")}
+    top = max((int(r["steps"]) for r in records if r["recurrent"]), default=MIN_EVAL_STEPS)
     for ax, length in zip(axes[0], lengths):
         rs = [r for r in records if r["test_length"] == length]
         for model in dict.fromkeys(r["model"] for r in rs):
@@ -710,6 +711,7 @@ def plot_curves(records: List[Record], path: str) -> None:
                 color, ls = styles.get(model, (color_of.get(model, "k"), "--"))
                 ax.axhline(value, color=color, ls=ls, lw=1.2, label=label)
         ax.set_title(f"test PF{length}", fontsize=10)
+        ax.set_xlim(1, top)
         ax.set_xlabel("inference steps t")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
