@@ -81,6 +81,7 @@ setup(
             "crbp-pathfinder-state-space = crbp_d2.cli.pathfinder_state_space:main",
             "crbp-pathfinder-timecourse = crbp_d2.cli.pathfinder_timecourse:main",
             "crbp-pathfinder-cpu-protocol = crbp_d2.cli.pathfinder_cpu_protocol:main",
+            "crbp-pathfinder-extrapolation = crbp_d2.cli.pathfinder_extrapolation:main",
             "crbp-cuda-pathfinder-check = crbp_d2.cli.cuda_pathfinder_check:main",
             "crbp-benchmark-generator = crbp_d2.cli.benchmark_generator:main",
             # torchvision

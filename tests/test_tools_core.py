@@ -25,6 +25,7 @@ PATHFINDER_PROGRAMS = {
     "pathfinder_state_space",
     "pathfinder_timecourse",
     "pathfinder_cpu_protocol",
+    "pathfinder_extrapolation",
     "cuda_pathfinder_check",
     "benchmark_generator",
 }

@@ -94,12 +94,16 @@ def _kde_contour(ax, points: np.ndarray, cmap: str) -> None:
     ax.contour(xs, ys, density, levels=5, cmap=cmap, linewidths=1)
 
 
-def plot_timecourse(
-    image: np.ndarray, label: np.ndarray, course: Dict[str, object], path: str, max_panels: int = 12
-) -> None:
-    """A grid: the (H, W) input image, its label, the predicted contour probability after up to
-    ``max_panels`` steps (one colour bar for all) and the step at which each pixel first became
-    contour (``course`` from :func:`~.analysis.timecourse`)."""
+def timecourse_figure(
+    image: np.ndarray,
+    label: np.ndarray,
+    course: Dict[str, object],
+    max_panels: int = 12,
+    title: str = "Pathfinder timecourse: the segmentation step by step",
+):
+    """The figure of :func:`plot_timecourse` (returned open, for checks of its layout): a grid
+    of panels plus a narrow last column that holds the two colour bars, so that no colour bar
+    or title lies over a panel."""
     plt = pyplot()
     prob = course["probability"]
     steps = prob.shape[0]
@@ -107,8 +111,21 @@ def plot_timecourse(
     panels = len(shown) + 3
     columns = min(panels, 5)
     rows = -(-panels // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns + 0.8, 2.5 * rows))
-    axes = np.atleast_1d(axes).ravel()
+    fig = plt.figure(figsize=(2.3 * columns + 1.0, 2.6 * rows + 0.5))
+    grid = fig.add_gridspec(
+        rows,
+        columns + 1,
+        width_ratios=[1] * columns + [0.07],
+        wspace=0.3,
+        hspace=0.5,
+        left=0.02,
+        right=0.92,
+        top=1 - 0.55 / (2.6 * rows + 0.5),
+        bottom=0.03,
+    )
+    axes = [fig.add_subplot(grid[i // columns, i % columns]) for i in range(panels)]
+    for i in range(panels, rows * columns):
+        fig.add_subplot(grid[i // columns, i % columns]).axis("off")
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("input image", fontsize=8)
     axes[1].imshow(label, cmap="gray")
@@ -116,18 +133,35 @@ def plot_timecourse(
     probability = None
     for ax, t in zip(axes[2:], shown):
         probability = ax.imshow(prob[t - 1], cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"p(contour) after step {t}\nIoU {course['iou'][t - 1]:.2f}", fontsize=8)
+        ax.set_title(f"after step {t}: IoU {course['iou'][t - 1]:.2f}", fontsize=8)
     first = np.where(course["onset"] > 0, course["onset"], np.nan)
-    onset = axes[len(shown) + 2].imshow(first, cmap="viridis", vmin=1, vmax=steps)
-    axes[len(shown) + 2].set_title("step at which a pixel\nbecomes contour", fontsize=8)
+    onset = axes[-1].imshow(first, cmap="viridis", vmin=1, vmax=steps)
+    axes[-1].set_title("step at which a pixel\nbecomes contour", fontsize=8)
     for ax in axes:
         ax.axis("off")
     if probability is not None:
-        fig.colorbar(probability, ax=list(axes[2 : len(shown) + 2]), shrink=0.8, label="p(contour)")
-    fig.colorbar(onset, ax=axes[len(shown) + 2], shrink=0.8, label="step")
-    fig.suptitle("Pathfinder timecourse: the segmentation step by step", fontsize=10)
+        bar_rows = slice(0, max(rows - 1, 1))
+        fig.colorbar(probability, cax=fig.add_subplot(grid[bar_rows, columns]), label="p(contour)")
+    if rows > 1:
+        fig.colorbar(onset, cax=fig.add_subplot(grid[rows - 1, columns]), label="step")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_timecourse(
+    image: np.ndarray,
+    label: np.ndarray,
+    course: Dict[str, object],
+    path: str,
+    max_panels: int = 12,
+    title: str = "Pathfinder timecourse: the segmentation step by step",
+) -> None:
+    """A grid: the (H, W) input image, its label, the predicted contour probability after up to
+    ``max_panels`` steps (one colour bar for all) and the step at which each pixel first became
+    contour (``course`` from :func:`~.analysis.timecourse`); laid out without overlaps."""
+    fig = timecourse_figure(image, label, course, max_panels, title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def plot_training(diagnostics: Dict[str, dict], path: str) -> None:

@@ -1,0 +1,229 @@
+"""The extrapolation protocol (issue 17): longer test sets, controls, per-step records, resuming."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from crbp_d2.contours.stats import path_statistics
+from crbp_d2.pathfinder.evaluation.evaluator import evaluate_at
+from crbp_d2.pathfinder.experiments import extrapolation as ex
+from crbp_d2.pathfinder.modeling import build_model, count_parameters
+
+SHAPE_FIELDS = (
+    "paddle_length",
+    "paddle_thickness",
+    "paddle_margin",
+    "continuity",
+    "marker_radius",
+    "seed_distance",
+    "padding",
+    "antialias_scale",
+)
+
+
+def _cfg(model="crbp", smoke=False, **kwargs):
+    return ex.run_config(ex.Settings(smoke=smoke, **kwargs), model, 0)
+
+
+@pytest.mark.parametrize("length", [14, 20, 25])
+def test_longer_sets_keep_the_training_paddles_and_density(length):
+    cfg = _cfg()
+    train, train_size = ex.length_params(cfg, 9)
+    longer, size = ex.length_params(cfg, length)
+    assert (train.canvas_size, train_size) == (128, 64)  # the training set itself
+    for field in SHAPE_FIELDS:
+        assert getattr(longer, field) == getattr(train, field), field
+    # the same downscaling (so the same paddle width in input pixels)
+    assert size / longer.canvas_size == train_size / train.canvas_size
+    # the canvas grows with the length, the distractors with the canvas area
+    assert longer.canvas_size >= train.canvas_size * length / 9
+    density = longer.num_distractors / longer.canvas_size**2
+    assert density == pytest.approx(train.num_distractors / train.canvas_size**2, rel=0.1)
+    # measured on generated samples: the same dash pitch, and contours that fill the canvas the
+    # same way (end-to-end extent / canvas side)
+    measured_train = path_statistics(train, seed=1, num=8)
+    measured = path_statistics(longer, seed=1, num=8)
+    for key in ("pitch_min", "pitch_max"):
+        assert measured[key] == pytest.approx(measured_train[key], abs=1e-6), key
+    assert measured["pitch_mean"] == pytest.approx(measured_train["pitch_mean"], rel=0.05)
+    extent = measured["end_to_end_p50"] / longer.canvas_size
+    assert extent == pytest.approx(measured_train["end_to_end_p50"] / train.canvas_size, rel=0.3)
+    assert measured["distractors_placed_mean"] == pytest.approx(longer.num_distractors, rel=0.1)
+
+
+def test_test_sets_are_cached_and_identical(tmp_path):
+    cfg = _cfg()
+    first = ex.build_test_set(cfg, 14, 3, str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 1
+    again = ex.build_test_set(cfg, 14, 3, str(tmp_path))
+    assert first.images.shape == (3, 1, 100, 100)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    image, label = again[1]
+    assert image.shape == (1, 100, 100) and label.shape == (100, 100) and label.sum() > 0
+
+
+def test_controls_parameter_counts():
+    counts = {m.key: count_parameters(build_model(_cfg(m.key))) for m in ex.MODELS}
+    hgru = counts["crbp"]
+    assert hgru == 8270
+    assert {counts[k] for k in ("rbp", "bptt", "cbptt")} == {hgru}  # one weight-tied hGRU
+    assert abs(counts["cnn"] - hgru) / hgru < 0.05  # the CNN control at ~1x
+    assert counts["cnn_x4"] >= 3 * hgru  # and at >= 3x
+    # the feed-forward hGRU: 6 cells with their own weights around the same input and readout
+    cell = sum(p.numel() for p in build_model(_cfg("crbp")).engine.cell.parameters())
+    assert counts["ff_hgru"] == hgru + 5 * cell
+
+
+@pytest.mark.parametrize("model", ["cnn", "cnn_x4"])
+def test_cnn_receptive_field_is_55_pixels(model):
+    """The configs' comments state 55 px of the 64-px input: measured by the input gradient of
+    the centre output (running BN statistics, so pixels do not mix through the batch)."""
+    net = build_model(_cfg(model)).eval()
+    image = torch.rand(1, 1, 97, 97, requires_grad=True)
+    net(image).logits[0, 1, 48, 48].backward()
+    rows = torch.nonzero(image.grad[0, 0].abs().sum(1)).flatten()
+    assert int(rows.max() - rows.min() + 1) == 55
+
+
+def test_recurrent_records_cover_every_step_in_one_pass(tmp_path):
+    settings = ex.Settings(
+        out_dir=str(tmp_path), results_dir=str(tmp_path / "r"), smoke=True, test_size=4,
+        test_lengths=(9, 14), shared_machine=True,
+    )  # fmt: skip
+    cfg = ex.run_config(settings, "crbp", 0)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    records = ex.evaluate_run(model, cfg, settings, "C-RBP", "crbp")
+    n = cfg.MODEL.RECURRENT.TIMESTEPS
+    for length in (9, 14):
+        steps = [r["steps"] for r in records if r["test_length"] == length]
+        assert steps == list(range(1, 3 * n + 1))
+    needed = {"model", "method", "params", "seed", "train_length", "test_length", "steps", "iou"}
+    assert needed <= set(records[0]) and records[0]["shared_machine"] is True
+    assert records[0]["method"] == "crbp" and records[0]["train_length"] == 9
+    # the one-pass readout at N equals a separate run of N steps (BN: the same test batches)
+    dataset = ex.build_test_set(cfg, 14, 4, settings.cache_dir)
+    loader = DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE)
+    alone = evaluate_at(model, loader, n)["iou"]
+    at_n = [r for r in records if r["test_length"] == 14 and r["steps"] == n][0]["iou"]
+    assert at_n == pytest.approx(alone, abs=1e-6)
+    # the full protocol reads out to max(3N, 60)
+    assert ex.eval_steps(dataclasses.replace(settings, smoke=False), n) == 60
+
+
+def test_smoke_protocol_writes_the_report_and_resumes(tmp_path):
+    settings = ex.Settings(
+        out_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"), smoke=True,
+        models=("crbp", "cnn"), seeds=(0,), test_lengths=(9, 14), test_size=4,
+    )  # fmt: skip
+    assert ex.pending_runs(settings) == [("crbp", 0), ("cnn", 0)]
+    for model, seed in ex.pending_runs(settings):
+        ex.train_and_evaluate(settings, model, seed, log=lambda _: None)
+    assert ex.pending_runs(settings) == []
+    ex.write_report(settings, log=lambda _: None)
+    stem = os.path.join(settings.results_dir, ex.STEM)
+    with open(stem + ".json") as f:
+        report = json.load(f)
+    models = {r["model"] for r in report["records"]}
+    assert models == {"crbp", "cnn", "marker_only", "flood_fill"}
+    assert set(report["hypotheses"]) == {"H1", "H2", "H3"}
+    assert report["hypotheses"]["H1"]["verdict"] == "not yet measured"  # no PF20, no ff_hgru
+    text = open(stem + ".md").read()
+    assert "PF14: 200 px -> 100 px" in text and "H3 not yet measured" in text
+    assert os.path.getsize(stem + ".png") > 0
+    # other overrides = other runs: the records no longer count as finished
+    changed = dataclasses.replace(settings, overrides=("SOLVER.LR", "0.02"))
+    assert ex.pending_runs(changed) == [("crbp", 0), ("cnn", 0)]
+
+
+def _row(model, length, at_n=None, at_3n=None, iou=None, recurrent=True):
+    row = {"model": model, "label": model, "test_length": length, "recurrent": recurrent}
+    if recurrent:
+        row.update(iou_at_N=at_n, iou_at_3N=at_3n)
+    else:
+        row.update(iou=iou)
+    return row
+
+
+def test_hypotheses_verdicts():
+    rows = []
+    for length in (14, 20, 25):
+        rows += [
+            _row("crbp", length, 0.80, 0.81),
+            _row("rbp", length, 0.80, 0.70),
+            _row("bptt", length, 0.80, 0.60),
+        ]
+        rows += [_row(m, length, iou=0.70, recurrent=False) for m in ex.FEEDFORWARD]
+    tests = ex.hypotheses(rows)
+    assert [tests[h]["verdict"] for h in ("H1", "H2", "H3")] == ["held"] * 3
+    rows[3]["iou"] = 0.78  # a control within 0.05 of C-RBP on PF14
+    rows[2]["iou_at_3N"] = 0.795  # BPTT holds on PF14
+    rows[-6 + 1]["iou_at_3N"] = 0.9  # RBP above C-RBP on PF25
+    tests = ex.hypotheses(rows)
+    assert [tests[h]["verdict"] for h in ("H1", "H2", "H3")] == ["not held"] * 3
+    tests = ex.hypotheses([r for r in rows if r["model"] != "cnn_x4"])
+    assert tests["H1"]["verdict"] == "not yet measured"
+
+
+def test_gpu_setup_is_the_papers_scale():
+    settings = ex.Settings(config_dir=str(ex.CONFIG_DIR / "extrapolation_gpu"))
+    cfg = ex.run_config(settings, "crbp", 0)
+    assert (cfg.DATA.TRAIN_LENGTH, cfg.DATA.CANVAS_SIZE, cfg.DATA.IMAGE_SIZE) == (14, 300, 150)
+    assert (cfg.MODEL.CHANNELS, cfg.MODEL.KERNEL_SIZE) == (25, 15)
+    assert count_parameters(build_model(cfg)) == 284127
+    assert count_parameters(build_model(ex.run_config(settings, "cnn", 0))) == 845527
+    sizes = [ex.length_params(cfg, n) for n in (14, 20, 25)]
+    assert [(p.canvas_size, s, p.num_distractors) for p, s in sizes] == [
+        (300, 150, 15), (432, 216, 31), (536, 268, 48)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", [3, 60])
+def test_timecourse_figure_has_no_overlapping_panels(steps):
+    """Every panel, colour bar and their titles lie apart and inside the figure (issue 17: the
+    target was drawn over "after step 1" and the colour bar over the last panel)."""
+    import numpy as np
+
+    from crbp_d2.pathfinder.evaluation.plots import timecourse_figure
+
+    rng = np.random.default_rng(0)
+    course = {
+        "probability": rng.random((steps, 32, 32)),
+        "iou": [0.5] * steps,
+        "onset": rng.integers(0, steps + 1, (32, 32)),
+    }
+    fig = timecourse_figure(rng.random((32, 32)), rng.random((32, 32)) > 0.5, course)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible() and ax.has_data()]
+    boxes += [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(boxes) >= steps // 5 + 3
+    figure = fig.bbox
+    for i, a in enumerate(boxes):
+        assert a.x0 >= figure.x0 - 1 and a.x1 <= figure.x1 + 1
+        assert a.y0 >= figure.y0 - 1 and a.y1 <= figure.y1 + 1
+        for b in boxes[i + 1 :]:
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert overlap_x <= 1 or overlap_y <= 1, (a, b)
+
+
+def test_pilot_is_recorded_by_code(tmp_path):
+    settings = ex.Settings(
+        out_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"), smoke=True,
+        test_lengths=(9,), test_size=4, shared_machine=True, overrides=("SOLVER.LR", "0.02"),
+    )  # fmt: skip
+    entry = ex.run_pilot(settings, "lr2e2", "cnn", note="a try", log=lambda _: None)
+    again = ex.run_pilot(settings, "lr2e2", "cnn", note="again", log=lambda _: None)
+    with open(tmp_path / "results" / f"{ex.PILOTS}.json") as f:
+        entries = json.load(f)
+    assert [e["note"] for e in entries] == ["again"]  # one entry per name
+    score = entry["scores"]["PF9"]
+    assert score["minus_marker_only"] == pytest.approx(score["iou_at_N"] - score["marker_only"])
+    assert entry["overrides"] == ["SOLVER.LR", "0.02"] and again["shared_machine"] is True
+    text = (tmp_path / "results" / f"{ex.PILOTS}.md").read_text()
+    assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
