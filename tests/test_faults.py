@@ -395,7 +395,8 @@ def test_eval_only_refuses_a_checkpoint_that_leaves_the_model_mostly_random(
     tmp_path, capsys, monkeypatch
 ):
     pytest.importorskip("detectron2")
-    from crbp_d2 import training
+    from crbp_d2.rfpn.train import trainer as training
+
     from crbp_d2.cli import train_net
 
     evaluated = []
@@ -418,8 +419,8 @@ def test_eval_only_refuses_a_checkpoint_that_leaves_the_model_mostly_random(
 def test_eval_only_resume_evaluates_the_folders_last_checkpoint(tmp_path, monkeypatch):
     pytest.importorskip("detectron2")
     from crbp_d2.rfpn.checkpoint import RFPNCheckpointer
+    from crbp_d2.rfpn.train import trainer as training
 
-    from crbp_d2 import training
     from crbp_d2.cli import train_net
 
     run = tmp_path / "run"
@@ -501,7 +502,8 @@ def test_pathfinder_steps_labels_say_the_step_they_report():
 
 def test_eval_only_does_not_need_the_training_split(tmp_path):
     pytest.importorskip("detectron2")
-    from crbp_d2 import training
+    from crbp_d2.rfpn.train import trainer as training
+
     from crbp_d2.cli import train_net
 
     weights = tmp_path / "w.pth"
