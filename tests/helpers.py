@@ -132,6 +132,22 @@ def _nan_from_iteration(monkeypatch, term: str, first: int) -> None:
     monkeypatch.setattr(RecurrentMaskHead, "_forward_train", forward_train)
 
 
+def _exact_implicit_gradient(cell, prepare, x, weights, steps=600):
+    """The implicit-function-theorem gradient of sum(weights * h*) for the cell's parameters and
+    ``x``, from a dense Jacobian at the fixed point h* (reached by iterating the cell by hand):
+    (dF/dtheta)^T (I - J^T)^-1 w. Independent of the engine's backward code."""
+    drive = prepare(x).detach()
+    with torch.no_grad():
+        state = cell.init_state(drive) if hasattr(cell, "init_state") else torch.zeros_like(drive)
+        for _ in range(steps):
+            previous, state = state, cell(drive, state)
+    assert (_flat(state_parts(state)) - _flat(state_parts(previous))).norm() < 1e-12
+    jac = _dense_jacobian(cell, drive, state)
+    assert torch.linalg.eigvals(jac).abs().max() < 1.0
+    adjoint = torch.linalg.solve(torch.eye(jac.shape[0], dtype=DTYPE) - jac.T, _flat(weights))
+    return _param_grads_from_vector(cell, prepare, x, state, adjoint)
+
+
 # -- the Pathfinder trainer ----------------------------------------------------------------
 
 

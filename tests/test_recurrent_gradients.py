@@ -7,6 +7,7 @@ from helpers import (
     DTYPE,
     LinearCell,
     _dense_jacobian,
+    _exact_implicit_gradient,
     _flat,
     _input_for,
     _param_grads_from_vector,
@@ -34,22 +35,6 @@ def _fixed_point(cell, x, steps=600):
         out = engine(x)
     assert out.diagnostics.residual < 1e-12, "test cell did not converge"
     return out.state
-
-
-def _exact_implicit_gradient(cell, prepare, x, weights, steps=600):
-    """The implicit-function-theorem gradient of sum(weights * h*) for the cell's parameters and
-    ``x``, from a dense Jacobian at the fixed point h* (reached by iterating the cell by hand):
-    (dF/dtheta)^T (I - J^T)^-1 w. Independent of the engine's backward code."""
-    drive = prepare(x).detach()
-    with torch.no_grad():
-        state = cell.init_state(drive) if hasattr(cell, "init_state") else torch.zeros_like(drive)
-        for _ in range(steps):
-            previous, state = state, cell(drive, state)
-    assert (_flat(state_parts(state)) - _flat(state_parts(previous))).norm() < 1e-12
-    jac = _dense_jacobian(cell, drive, state)
-    assert torch.linalg.eigvals(jac).abs().max() < 1.0
-    adjoint = torch.linalg.solve(torch.eye(jac.shape[0], dtype=DTYPE) - jac.T, _flat(weights))
-    return _param_grads_from_vector(cell, prepare, x, state, adjoint)
 
 
 def _rbp_grads(cell, x, steps, terms, weights):

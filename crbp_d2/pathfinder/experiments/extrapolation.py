@@ -41,13 +41,14 @@ from crbp_d2.contours.generator import PathfinderParams
 from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.report import markdown_table, pyplot
 
+from ...utils.machine import machine_record
 from ..config import CONFIG_DIR, REPO_ROOT, load_config
 from ..data.datasets import InMemoryPathfinder, generator_params
 from ..evaluation.baselines import dataset_pairs, evaluate_baselines
 from ..evaluation.evaluator import METRIC_KEYS, evaluate_model
 from ..evaluation.plots import plot_timecourse as draw_timecourse
 from ..modeling import count_parameters
-from .cpu_protocol import FLOOD_RADII, machine
+from .cpu_protocol import FLOOD_RADII
 
 STEM = "pathfinder_extrapolation"
 CONFIGS = CONFIG_DIR / "extrapolation"
@@ -330,7 +331,7 @@ def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log =
             "resumed": resume,
             "shared_machine": settings.shared_machine,
             "load_average_at_start": load,
-            "machine": dict(machine(), device=device_name(trainer.device)),
+            "machine": dict(machine_record(), device=device_name(trainer.device)),
             "config": os.path.relpath(
                 os.path.join(settings.config_dir, f"{model_key}.yaml"), REPO_ROOT
             ),
@@ -841,7 +842,7 @@ def run_pilot(
         "wall_seconds": time.time() - tic,
         "shared_machine": settings.shared_machine,
         "load_average_at_start": load,
-        "machine": machine(),
+        "machine": machine_record(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     path = os.path.join(settings.results_dir, PILOTS + ".json")
