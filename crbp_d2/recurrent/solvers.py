@@ -49,13 +49,13 @@ class SolverStats:
 
 def _flatten(state: State) -> Tensor:
     """(B, D) float tensor of all parts of a state, per sample."""
-    return torch.cat([p.reshape(p.shape[0], -1) for p in state_parts(state)], dim=1)
+    return torch.cat([p.flatten(1) for p in state_parts(state)], dim=1)  # also for 0 rows
 
 
 def _unflatten(flat: Tensor, template: State) -> State:
     parts, start = [], 0
     for p in state_parts(template):
-        size = p[0].numel()
+        size = p.shape[1:].numel()  # also for 0 rows
         parts.append(flat[:, start : start + size].reshape(p.shape).to(p.dtype))
         start += size
     return state_like(parts, template)
