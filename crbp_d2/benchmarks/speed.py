@@ -10,8 +10,10 @@ Measures (the ``measure`` field of each record):
   (:func:`crbp_d2.rfpn.experiments.benchmark.measure_variant`, 256 px, batch 1, 64 mask RoIs).
 - ``layout_step``: one C-RBP-20 step of each cell alone in float32, in channels_last and under
   bfloat16 autocast (the Neumann sum stays float32), to decide whether those levers pay.
-- ``pathfinder_job`` / ``rfpn_protocol`` (wall time and IoU at N and 3N of whole training jobs)
-  come from ``tools/pathfinder_cpu_protocol.py`` with the ``crbp_fast`` config; not run here.
+- ``pathfinder_job`` (wall time of a whole training job and IoU at N and 3N) comes from a run of
+  ``tools/pathfinder_cpu_protocol.py`` (e.g. ``--methods crbp_fast bptt --stem
+  pathfinder_cpu_fast``), read by ``--add-protocol STEM`` (:func:`protocol_job_records`);
+  ``rfpn_protocol`` likewise from the R-FPN protocol (not run yet).
 
 Variants: ``bptt6`` / ``bptt5`` / ``fpn`` (the baselines), ``crbp20`` (the defaults: 19 plain
 steps, 15 Neumann terms), ``crbp20-fast`` (Anderson to ``SOLVER_TOL`` with 20 as the budget,
@@ -276,6 +278,43 @@ def measure_layout_step(variant: str, iters: int = 3) -> Record:
     }
 
 
+# the CPU protocol's method labels -> this benchmark's variant names
+PROTOCOL_VARIANTS = {"bptt": "bptt6", "crbp": "crbp20", "crbp_fast": "crbp20-fast", "cjfb": "cjfb20"}
+
+
+def protocol_job_records(
+    results_dir: "str | Path", stem: str, shared: bool = False
+) -> List[Record]:
+    """``pathfinder_job`` records from a finished CPU-protocol run (``STEM.json`` and
+    ``STEM_summary.json`` in ``results_dir``): each job's wall time (``seconds``, the whole
+    training job) and its IoU at N and at 3N on the protocol's test images, with the machine
+    and the shared-machine flag the run recorded (or ``shared``, for runs that did not record
+    it)."""
+    with open(os.path.join(results_dir, stem + ".json")) as f:
+        evaluations = json.load(f)
+    with open(os.path.join(results_dir, stem + "_summary.json")) as f:
+        summary = json.load(f)
+    records: List[Record] = []
+    for label, seconds in summary["job_seconds"].items():
+        rows = [r for r in evaluations if r.get("method") == label]
+        n = rows[0]["train_steps"]
+        iou = {r["eval_steps"]: r["iou"] for r in rows}
+        records.append(
+            {
+                "measure": "pathfinder_job",
+                "variant": PROTOCOL_VARIANTS.get(label, label),
+                "seconds": seconds,
+                "iou_n": iou.get(n),
+                "iou_3n": iou.get(3 * n),
+                "settings": {"steps": n, "config": summary.get("configs", {}).get(label)},
+                "source": f"docs/results/{stem}.json",
+                "shared_machine": shared or bool(summary["machine"].get("shared_machine")),
+                "machine": summary["machine"],
+            }
+        )
+    return records
+
+
 def table(records: Sequence[Record]) -> str:
     """Markdown: per measure, seconds and the factor against the first baseline."""
     lines = [
@@ -283,7 +322,8 @@ def table(records: Sequence[Record]) -> str:
         "| forward s | backward s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for measure in dict.fromkeys(r["measure"] for r in records):
+    jobs = [r for r in records if r["measure"].endswith(("_job", "_protocol"))]
+    for measure in dict.fromkeys(r["measure"] for r in records if r not in jobs):
         rows = [r for r in records if r["measure"] == measure]
         crbp = next((r["seconds"] for r in rows if r["variant"] in ("crbp20",)), None)
         if measure == "layout_step":  # against the same cell in float32
@@ -304,7 +344,27 @@ def table(records: Sequence[Record]) -> str:
                 f"{'' if evals is None else int(evals)} | {'' if terms is None else int(terms)} | "
                 f"{forward} | {backward} |"
             )
-    machine = records[0].get("machine", {}) if records else {}
+    if jobs:
+        lines += [
+            "",
+            "| measure | variant | job seconds | vs baseline | IoU at N | IoU at 3N |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in jobs:
+            base = next((b for b in jobs if b["measure"] == r["measure"] and b["variant"]
+                         in ("bptt6", "bptt5")), None)  # fmt: skip
+            vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
+            ious = ("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_n", "iou_3n"))
+            lines.append(
+                f"| {r['measure']} | {r['variant']} | {r['seconds']:.0f} | {vs_base} | "
+                + " | ".join(ious) + " |"
+            )
+        lines += [
+            "",
+            "job seconds: the whole training job (the protocol's jobs run two side by side, one "
+            "thread each), read from the protocol run's records (`--add-protocol STEM`).",
+        ]
+    machine = next((r["machine"] for r in records if r not in jobs), {}) if records else {}
     shared = any(r.get("shared_machine") for r in records)
     lines += [
         "",
@@ -331,7 +391,8 @@ def plot(records: Sequence[Record], path: str) -> None:
     for ax, measure in zip(axes[0], measures):
         rows = [r for r in records if r["measure"] == measure]
         ax.barh([r["variant"] for r in rows], [r["seconds"] for r in rows], color="tab:blue")
-        ax.set_xlabel("seconds per training step (1 thread)")
+        job = measure.endswith(("_job", "_protocol"))
+        ax.set_xlabel("seconds per training job" if job else "seconds per training step (1 thread)")
         ax.set_title(measure + (" (shared machine)" if rows[0].get("shared_machine") else ""))
         ax.invert_yaxis()
     fig.tight_layout()
@@ -377,10 +438,20 @@ def main(argv: Sequence[str] = None) -> int:
         help="keep the records already in OUT.json that this run does not measure again",
     )
     p.add_argument("--report-only", action="store_true", help="rewrite OUT.md/.png from OUT.json")
+    p.add_argument(
+        "--add-protocol",
+        metavar="STEM",
+        help="add the pathfinder_job records of a finished CPU-protocol run "
+        "(docs/results/STEM.json and STEM_summary.json) to OUT.json, then rewrite the report",
+    )
     args = p.parse_args(argv)
-    if args.report_only:
+    if args.report_only or args.add_protocol:
         with open(args.out + ".json") as f:
             records = json.load(f)
+        if args.add_protocol:
+            added = protocol_job_records(os.path.dirname(args.out), args.add_protocol, args.shared)
+            again = {(r["measure"], r["variant"]) for r in added}
+            records = [r for r in records if (r["measure"], r["variant"]) not in again] + added
         write_results(args.out, records, table(records), plot)
         return 0
     for measure in args.measures:

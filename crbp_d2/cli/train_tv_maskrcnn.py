@@ -74,7 +74,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         metavar="RECORD",
-        help="no training: write the Markdown table of these records to --markdown",
+        help="no training: write the Markdown table of these records to --markdown, and the "
+        "records as one list beside it (OUT.json)",
     )
     parser.add_argument("--markdown", default=None, help="where --report writes its table")
     args = parser.parse_args(argv)
@@ -174,11 +175,15 @@ def _report(paths: List[str], markdown: str) -> int:
 
     from ..utils import atomic_write_text
 
+    from ..utils import atomic_write_json
+
     records = []
     for path in paths:
         with open(path) as f:
             records.append(json.load(f))
     atomic_write_text(markdown, results_table(records))
+    # the README block's record: every run's record in one list beside the table
+    atomic_write_json(records, os.path.splitext(markdown)[0] + ".json")
     return 0
 
 

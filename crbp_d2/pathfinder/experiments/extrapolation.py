@@ -756,6 +756,21 @@ def plot_timecourse(settings: Settings, path: str, length: int = 20, seed: int =
     return True
 
 
+def report_provenance(runs: List[dict]) -> Dict[str, object]:
+    """The report's provenance: the runs' machines and torch versions (every run trains and is
+    evaluated as a 1-thread child process), the commit the report was written at, and whether
+    any run shared its machine (then its timings are not clean numbers)."""
+    here = machine_record()
+    machines = sorted({f"{r['machine'].get('cpu')} ({r['machine'].get('cores')} cores)" for r in runs})
+    return {
+        "device": "; ".join(machines) or here["device"],
+        "torch": "; ".join(sorted({str(r["machine"].get("torch")) for r in runs})) or here["torch"],
+        "threads": 1,
+        "git_commit": here["git_commit"],
+        "shared_machine": any(bool(r.get("shared_machine")) for r in runs),
+    }
+
+
 def write_report(settings: Settings, log: Log = print) -> Dict[str, object]:
     """``STEM.json`` (records + per-run summaries + hypotheses), ``STEM.md`` and ``STEM.png``
     from the finished runs, and ``STEM_timecourse.png`` when C-RBP seed 0 is done."""
@@ -766,7 +781,14 @@ def write_report(settings: Settings, log: Log = print) -> Dict[str, object]:
     tests = hypotheses(rows, train_length=train_length)
     stem = os.path.join(settings.results_dir, settings.stem)
     atomic_write_json(
-        {"records": records, "summary": rows, "hypotheses": tests, "runs": runs}, stem + ".json"
+        {
+            "records": records,
+            "summary": rows,
+            "hypotheses": tests,
+            "runs": runs,
+            "provenance": report_provenance(runs),
+        },
+        stem + ".json",
     )
     text = markdown_report(rows, tests, runs, settings)
     atomic_write_text(stem + ".md", text)
@@ -778,6 +800,15 @@ def write_report(settings: Settings, log: Log = print) -> Dict[str, object]:
 
 
 # -- pilots (item 6: a recipe on which the hGRU learns) -----------------------------------------
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it, else its file name alone
+    (records hold no absolute paths)."""
+    path, root = os.path.abspath(path), str(REPO_ROOT)
+    if path.startswith(root + os.sep):
+        return os.path.relpath(path, root)
+    return os.path.join("<outside the repository>", os.path.basename(path))
 
 PILOTS = "pathfinder_extrapolation_pilots"
 
@@ -813,7 +844,7 @@ def run_pilot(
     else:
         model, cfg = load_trained(checkpoint)
         records = evaluate_run(model, cfg, pilot, MODEL_BY_KEY[model_key].label, model_key)
-        source = checkpoint
+        source = _repo_relative(checkpoint)
     baselines = baseline_records(pilot)
     rows = summary_rows(records + baselines)
     scores = {}
