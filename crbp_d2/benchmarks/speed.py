@@ -279,7 +279,12 @@ def measure_layout_step(variant: str, iters: int = 3) -> Record:
 
 
 # the CPU protocol's method labels -> this benchmark's variant names
-PROTOCOL_VARIANTS = {"bptt": "bptt6", "crbp": "crbp20", "crbp_fast": "crbp20-fast", "cjfb": "cjfb20"}
+PROTOCOL_VARIANTS = {
+    "bptt": "bptt6",
+    "crbp": "crbp20",
+    "crbp_fast": "crbp20-fast",
+    "cjfb": "cjfb20",
+}
 
 
 def protocol_job_records(
@@ -357,7 +362,8 @@ def table(records: Sequence[Record]) -> str:
             ious = ("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_n", "iou_3n"))
             lines.append(
                 f"| {r['measure']} | {r['variant']} | {r['seconds']:.0f} | {vs_base} | "
-                + " | ".join(ious) + " |"
+                + " | ".join(ious)
+                + " |"
             )
         lines += [
             "",

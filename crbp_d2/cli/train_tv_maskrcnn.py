@@ -173,9 +173,7 @@ def results_table(records: List[dict]) -> str:
 def _report(paths: List[str], markdown: str) -> int:
     import json
 
-    from ..utils import atomic_write_text
-
-    from ..utils import atomic_write_json
+    from ..utils import atomic_write_json, atomic_write_text
 
     records = []
     for path in paths:

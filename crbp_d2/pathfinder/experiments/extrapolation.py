@@ -761,7 +761,9 @@ def report_provenance(runs: List[dict]) -> Dict[str, object]:
     evaluated as a 1-thread child process), the commit the report was written at, and whether
     any run shared its machine (then its timings are not clean numbers)."""
     here = machine_record()
-    machines = sorted({f"{r['machine'].get('cpu')} ({r['machine'].get('cores')} cores)" for r in runs})
+    machines = sorted(
+        {f"{r['machine'].get('cpu')} ({r['machine'].get('cores')} cores)" for r in runs}
+    )
     return {
         "device": "; ".join(machines) or here["device"],
         "torch": "; ".join(sorted({str(r["machine"].get("torch")) for r in runs})) or here["torch"],
@@ -809,6 +811,7 @@ def _repo_relative(path: str) -> str:
     if path.startswith(root + os.sep):
         return os.path.relpath(path, root)
     return os.path.join("<outside the repository>", os.path.basename(path))
+
 
 PILOTS = "pathfinder_extrapolation_pilots"
 
