@@ -1,6 +1,8 @@
 """The speed benchmark's report (crbp_d2.benchmarks.speed): the factors in its table and its
 input errors; its measurements run in tests/test_cuda_check.py (core_step, smoke)."""
 
+import json
+
 import pytest
 
 from crbp_d2.benchmarks import speed
@@ -52,3 +54,28 @@ def test_bad_arguments_are_one_clear_error(argv, message, capsys, tmp_path):
         speed.main(argv + ["--out", str(tmp_path / "x")])
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_protocol_jobs_become_pathfinder_job_records(tmp_path):
+    """``--add-protocol``: each protocol job's wall time and its IoU at N and 3N, the machine and
+    the shared flag it recorded (or the one given), in the table beside the BPTT job."""
+    from crbp_d2.benchmarks.speed import protocol_job_records, table
+
+    evaluations = [
+        {"method": "crbp_fast", "train_steps": 20, "eval_steps": 20, "iou": 0.49},
+        {"method": "crbp_fast", "train_steps": 20, "eval_steps": 60, "iou": 0.48},
+        {"method": "bptt", "train_steps": 6, "eval_steps": 6, "iou": 0.50},
+        {"method": "bptt", "train_steps": 6, "eval_steps": 18, "iou": 0.44},
+        {"method": "marker_only", "train_steps": None, "eval_steps": None, "iou": 0.38},
+    ]
+    summary = {"job_seconds": {"crbp_fast": 300.0, "bptt": 200.0}, "machine": {"device": "cpu"}}
+    (tmp_path / "run.json").write_text(json.dumps(evaluations))
+    (tmp_path / "run_summary.json").write_text(json.dumps(summary))
+    records = protocol_job_records(tmp_path, "run", shared=True)
+    by_variant = {r["variant"]: r for r in records}
+    assert set(by_variant) == {"crbp20-fast", "bptt6"}
+    fast = by_variant["crbp20-fast"]
+    assert (fast["seconds"], fast["iou_n"], fast["iou_3n"]) == (300.0, 0.49, 0.48)
+    assert by_variant["bptt6"]["iou_3n"] == 0.44
+    assert all(r["shared_machine"] and r["measure"] == "pathfinder_job" for r in records)
+    assert "| pathfinder_job | crbp20-fast | 300 | 1.50 | 0.490 | 0.480 |" in table(records)

@@ -227,3 +227,27 @@ def test_pilot_is_recorded_by_code(tmp_path):
     assert entry["overrides"] == ["SOLVER.LR", "0.02"] and again["shared_machine"] is True
     text = (tmp_path / "results" / f"{ex.PILOTS}.md").read_text()
     assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
+
+
+def test_fingerprint_reads_only_the_changes_from_the_defaults(monkeypatch):
+    """A key added to the defaults later (with a default that keeps the old behaviour) leaves
+    finished runs valid; a changed setting does not."""
+    settings = ex.Settings()
+    cfg = ex.run_config(settings, "crbp", 0)
+    before = ex.fingerprint(settings, cfg)
+    real_defaults = ex.get_default_config
+
+    def defaults_with_a_new_switch():
+        defaults = real_defaults()
+        defaults.MODEL.RECURRENT.NEW_SWITCH = False
+        return defaults
+
+    monkeypatch.setattr(ex, "get_default_config", defaults_with_a_new_switch)
+    cfg.defrost()
+    cfg.MODEL.RECURRENT.NEW_SWITCH = False
+    assert ex.fingerprint(settings, cfg) == before
+    cfg.MODEL.RECURRENT.NEW_SWITCH = True
+    assert ex.fingerprint(settings, cfg) != before
+    cfg.MODEL.RECURRENT.NEW_SWITCH = False
+    cfg.MODEL.RECURRENT.TIMESTEPS += 1
+    assert ex.fingerprint(settings, cfg) != before
