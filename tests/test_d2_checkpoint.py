@@ -3,7 +3,7 @@ Detectron2's model-zoo layout (a pickle of {"model": {name: numpy array}, "__aut
 the quick recipe's FPN twin is loaded into the R-FPN config that fine-tunes on it
 (``configs/quick/R-FPN-CRBP-from-FPN-synthetic.yaml``): everything but the mask head is loaded
 with the file's values, the 4-conv head is skipped, the recurrent head is new, the log says so,
-and ``TRAIN_ONLY_HEAD`` leaves the optimizer with the head's parameters only."""
+and ``SOLVER.TRAIN_ONLY_HEAD`` leaves the optimizer with the head's parameters only."""
 
 import logging
 import pickle
@@ -69,7 +69,7 @@ def test_feedforward_checkpoint_loads_all_but_the_mask_head(fpn_pkl, caplog):
         np.testing.assert_array_equal(model_state[key].numpy(), state[key], err_msg=key)
     for key, value in fresh_head.items():  # untouched by the file (deconv/predictor too)
         torch.testing.assert_close(model_state[key], value, rtol=0, atol=0)
-    # TRAIN_ONLY_HEAD made the backbone's BatchNorm FrozenBN: its step counters are not loaded
+    # SOLVER.TRAIN_ONLY_HEAD made the backbone's BatchNorm FrozenBN: its step counters are not loaded
     assert report.skipped_unused and all(
         k.endswith(".num_batches_tracked") and k.startswith("backbone.")
         for k in report.skipped_unused
@@ -94,7 +94,7 @@ def test_train_only_head_freezes_the_rest_and_the_optimizer_holds_the_head(fpn_p
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert in_optimizer == head
     # without the key: the whole model trains
-    _, whole = from_fpn_model(fpn_pkl[0], "MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD", "False")
+    _, whole = from_fpn_model(fpn_pkl[0], "SOLVER.TRAIN_ONLY_HEAD", "False")
     assert all(p.requires_grad for p in whole.backbone.bottom_up.res2.parameters())
     with pytest.raises(ValueError, match="no roi_heads.mask_head"):
         freeze_all_but_mask_head(whole.backbone)

@@ -31,7 +31,7 @@ def test_runs_and_their_configs():
         assert head.NAME == "RecurrentMaskHead" and cfg.SOLVER.MAX_ITER == run.budget
         assert cfg.SEED == run.seed
         finetune = run.arm == "finetune"
-        assert head.RECURRENT.TRAIN_ONLY_HEAD == finetune
+        assert cfg.SOLVER.TRAIN_ONLY_HEAD == finetune
         assert cfg.MODEL.WEIGHTS == ("fpn_final.pth" if finetune else "")
     with pytest.raises(ValueError, match="needs the FPN checkpoint"):
         ft.FinetuneRun("finetune", 500, 0).train_opts(None)

@@ -45,5 +45,5 @@ train.max_iter = 90000
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.eval_period = 0  # as TEST.EVAL_PERIOD 0: evaluate once, after the last iteration
 train.seed = -1  # as SEED -1: a random seed
-# Freeze everything but the mask head (the yacs MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD).
+# Freeze everything but the mask head (the yacs SOLVER.TRAIN_ONLY_HEAD).
 train.train_only_head = False

@@ -14,6 +14,7 @@ Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in t
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from typing import Optional, Sequence
 
@@ -25,6 +26,7 @@ from ..utils.configs import has_key, unknown_key_message, yaml_error_message
 
 __all__ = [
     "CELLS",
+    "DEPRECATED_CFG_KEYS",
     "CELL_NORMS",
     "READOUT_NORMS",
     "add_crbp_config",
@@ -32,6 +34,8 @@ __all__ = [
     "check_sync_norms",
     "check_weights_file",
     "get_crbp_cfg",
+    "move_deprecated_keys",
+    "train_only_head",
     "validate_crbp_config",
 ]
 
@@ -113,11 +117,9 @@ def add_crbp_config(cfg: CN) -> CN:
     # Norm on the final state before the deconv, any detectron2 get_norm name or "none" (authors:
     # OUTPUTNORM = "SyncBN"; use "GN" on CPU / single-image batches).
     node.READOUT_NORM = "SyncBN"
-    # Train the mask head only: every other parameter gets requires_grad False (so Detectron2's
-    # optimizer leaves it out) and BatchNorm outside the head becomes FrozenBN (its statistics stop
-    # moving). For fine-tuning a fresh recurrent head on a feedforward Panoptic FPN checkpoint
-    # (crbp_d2.rfpn.modeling.freeze_all_but_mask_head; the lazy configs' train.train_only_head).
-    node.TRAIN_ONLY_HEAD = False
+    # The old place of SOLVER.TRAIN_ONLY_HEAD (a training switch, not the head's): None = not set;
+    # a value set here is still read, with a FutureWarning (see DEPRECATED_CFG_KEYS).
+    node.TRAIN_ONLY_HEAD = None
 
     # Also score the mask head alone after each evaluation: its masks on the ground-truth boxes
     # and classes, mask IoU and boundary F-score per class (task "gt_box" of the results, in
@@ -127,7 +129,67 @@ def add_crbp_config(cfg: CN) -> CN:
     # Optimizer of tools/train_net.py: "SGD" (Detectron2's, the paper) | "ADAMW" (the authors'
     # SOLVER.OPTIM "adam"; trains the CPU quick configs from random init in a few hundred steps).
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Train the mask head only: every other parameter gets requires_grad False (so Detectron2's
+    # optimizer leaves it out) and BatchNorm outside the head becomes FrozenBN (its statistics stop
+    # moving). For fine-tuning a fresh recurrent head on a feedforward Panoptic FPN checkpoint
+    # (crbp_d2.rfpn.modeling.freeze_all_but_mask_head). It decides what the optimizer holds, so it
+    # sits with the optimizer's keys in SOLVER, which Detectron2's LazyConfigs spell train.*: the
+    # LazyConfig key is train.train_only_head. (MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD
+    # before: still read, with a FutureWarning.)
+    cfg.SOLVER.TRAIN_ONLY_HEAD = False
     return cfg
+
+
+# old key -> new key of the yacs config, read for one version with a FutureWarning naming the new
+# key (the old key stays in the defaults as None, "not set", so that yacs still merges old files).
+DEPRECATED_CFG_KEYS = {"MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD": "SOLVER.TRAIN_ONLY_HEAD"}
+
+
+def _node_and_leaf(cfg: CN, key: str):
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.get(part) if node is not None else None
+    return node, leaf
+
+
+def _deprecated_value(cfg: CN, old: str):
+    """The value set under the deprecated key ``old`` (warning), or None if it is not set."""
+    node, leaf = _node_and_leaf(cfg, old)
+    value = node.get(leaf) if node is not None else None
+    if value is not None:
+        warnings.warn(
+            f"config key {old} is deprecated: use {DEPRECATED_CFG_KEYS[old]}; the old name will "
+            "be removed in the next version",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return value
+
+
+def move_deprecated_keys(cfg: CN) -> CN:
+    """Move the values set under the old keys of :data:`DEPRECATED_CFG_KEYS` to their new keys
+    (a ``FutureWarning`` naming the new key for each), so that the rest of the code reads the new
+    keys only. A frozen config is left as it is (:func:`train_only_head` still reads it)."""
+    if cfg.is_frozen():
+        return cfg
+    for old, new in DEPRECATED_CFG_KEYS.items():
+        value = _deprecated_value(cfg, old)
+        if value is not None:
+            node, leaf = _node_and_leaf(cfg, new)
+            node[leaf] = value
+            old_node, old_leaf = _node_and_leaf(cfg, old)
+            old_node[old_leaf] = None
+    return cfg
+
+
+def train_only_head(cfg: CN) -> bool:
+    """``SOLVER.TRAIN_ONLY_HEAD`` (or, with a ``FutureWarning``, the old
+    ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD`` where a frozen config still holds it)."""
+    old = _deprecated_value(cfg, "MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD")
+    if old is not None:
+        return bool(old)
+    return bool(cfg.SOLVER.get("TRAIN_ONLY_HEAD", False))
 
 
 def _fail(key: str, value, why: str) -> None:
@@ -156,6 +218,7 @@ def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
         raise ValueError(
             f"cfg.SOLVER.OPTIMIZER = {optimizer!r}: unknown value; choose one of {OPTIMIZERS}"
         )
+    move_deprecated_keys(cfg)
     head = cfg.MODEL.ROI_MASK_HEAD
     uses_recurrent = head.NAME in ("RecurrentMaskHead", "RecurrentMaskRCNNConvUpsampleHead")
     if "RECURRENT" not in head:

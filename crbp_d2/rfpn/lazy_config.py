@@ -41,7 +41,8 @@ __all__ = [
     "recurrent_head_cfg",
 ]
 
-# Keys of the yacs node that are about training, not the head; in a LazyConfig they are ``train.*``.
+# Old keys of the yacs node that are about training, not the head (now ``SOLVER.*`` in a yacs
+# config); in a LazyConfig they are ``train.*``.
 TRAINING_KEYS: Dict[str, str] = {"TRAIN_ONLY_HEAD": "train.train_only_head"}
 _NODE = "MODEL.ROI_MASK_HEAD.RECURRENT"
 
@@ -69,7 +70,7 @@ def recurrent_head_cfg(width: int, **keys: Any) -> CfgNode:
         if key in TRAINING_KEYS:
             raise KeyError(
                 f"{_NODE}.{key} is a training setting, not the head's: in a LazyConfig set "
-                f"{TRAINING_KEYS[key]} instead"
+                f"{TRAINING_KEYS[key]} instead (SOLVER.{key} in a yacs config)"
             )
         if key not in node:
             raise KeyError(unknown_key_message(cfg, f"{_NODE}.{key}", "build_engine_from_keys"))

@@ -7,7 +7,7 @@ For each seed, and each budget B (training steps of 2 images):
   steps), trained once per seed: the checkpoint the fine-tuning starts from, and the reference;
 * ``finetune``: ``configs/quick/R-FPN-CRBP-from-FPN-synthetic.yaml`` from that checkpoint: its
   4-conv mask head skipped, the recurrent head (C-RBP, 6 steps, K = 5) fresh, everything else
-  frozen (``TRAIN_ONLY_HEAD``), B steps;
+  frozen (``SOLVER.TRAIN_ONLY_HEAD``), B steps;
 * ``scratch``: ``configs/quick/R-FPN-CRBP-synthetic.yaml`` from random init, B steps.
 
 Both R-FPN arms use the recipe's AdamW schedule with its LR drops at 90% and 96.6% of B (1575

@@ -1,7 +1,7 @@
 """Train the mask head only: freeze the rest of a Detectron2 model.
 
 For fine-tuning a fresh recurrent head on a feedforward Panoptic FPN checkpoint
-(``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD`` in a yacs config, ``train.train_only_head``
+(``SOLVER.TRAIN_ONLY_HEAD`` in a yacs config, ``train.train_only_head``
 in a LazyConfig): the backbone, RPN, box head and semantic head keep the checkpoint's weights and
 outputs, so the detections (boxes, scores, classes) and the stuff segmentation are those of the
 checkpoint and only the masks change.
@@ -54,7 +54,7 @@ def freeze_all_but_mask_head(model: nn.Module) -> Dict[str, int]:
     if not isinstance(head, nn.Module):
         raise ValueError(
             f"{type(model).__name__} has no {MASK_HEAD_PREFIX} module, so there is no mask head "
-            "to train alone (TRAIN_ONLY_HEAD / train.train_only_head need a Mask R-CNN / Panoptic "
+            "to train alone (SOLVER.TRAIN_ONLY_HEAD / train.train_only_head need a Mask R-CNN / Panoptic "
             "FPN model with MASK_ON)"
         )
     head_params = {id(p) for p in head.parameters()}

@@ -37,7 +37,13 @@ from ...utils.errors import NonFiniteLossError
 from ...utils.io import json_dumps
 from ...utils.rng import get_rng_state, preserved_rng, set_rng_state
 from ..checkpoint import RFPNCheckpointer, check_weights_cover_model
-from ..config import check_device, check_sync_norms, check_weights_file, get_crbp_cfg
+from ..config import (
+    check_device,
+    check_sync_norms,
+    check_weights_file,
+    get_crbp_cfg,
+    train_only_head,
+)
 from ..data import check_dataset_files, check_mask_format, check_num_classes
 from ..data.resumable import ResumableTrainLoader, build_resumable_train_loader
 from ..evaluation import build_evaluator
@@ -115,7 +121,7 @@ def stop_on_non_finite_loss(trainer, output_dir: Optional[str] = None) -> None:
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's evaluators (hotcoco PQ, COCO AP, semantic mIoU), the
-    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``
+    ``SOLVER.OPTIMIZER`` switch (SGD or AdamW), ``SOLVER.TRAIN_ONLY_HEAD``
     and :class:`~crbp_d2.rfpn.checkpoint.RFPNCheckpointer` (a feedforward Panoptic FPN checkpoint in
     ``MODEL.WEIGHTS`` loads into R-FPN with a fresh recurrent head; one summary of the keys);
     multi-process on CPU too (gloo, no device ids for DDP: :mod:`crbp_d2.rfpn.train.launch`).
@@ -204,14 +210,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Detectron2's model; with ``TRAIN_ONLY_HEAD`` everything but the mask head is frozen
+        """Detectron2's model; with ``SOLVER.TRAIN_ONLY_HEAD`` everything but the mask head is frozen
         (before the optimizer is built, so the optimizer holds the head's parameters only)."""
         model = super().build_model(cfg)
-        node = cfg.MODEL.ROI_MASK_HEAD.get("RECURRENT")
-        if node is not None and node.get("TRAIN_ONLY_HEAD", False):
+        if train_only_head(cfg):
             counts = freeze_all_but_mask_head(model)
             logging.getLogger("detectron2").info(
-                "TRAIN_ONLY_HEAD: training the mask head only (%s trainable parameters; %s "
+                "SOLVER.TRAIN_ONLY_HEAD: training the mask head only (%s trainable parameters; %s "
                 "frozen; %d BatchNorm layers made FrozenBN)",
                 f"{counts['trainable']:,}",
                 f"{counts['frozen']:,}",

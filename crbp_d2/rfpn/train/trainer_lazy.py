@@ -7,7 +7,7 @@ change it. What differs from Detectron2's script:
 
 * weights are loaded with :class:`~crbp_d2.rfpn.checkpoint.RFPNCheckpointer` (a feedforward Panoptic
   FPN checkpoint loads into R-FPN with a fresh recurrent head; one summary of the keys);
-* ``train.train_only_head`` (the yacs ``MODEL.ROI_MASK_HEAD.RECURRENT.TRAIN_ONLY_HEAD``) freezes
+* ``train.train_only_head`` (the yacs ``SOLVER.TRAIN_ONLY_HEAD``) freezes
   everything but the mask head before the optimizer is built;
 * an override of a key the config does not have is an error (``+key=value`` adds one on
   purpose), dataset names and class counts are checked before anything is built;
