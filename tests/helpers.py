@@ -183,7 +183,7 @@ def tiny_cfg(tmp_path, *overrides):
         str(tmp_path / "run"),
         "MODEL.CHANNELS",
         4,
-        "MODEL.KERNEL_SIZE",
+        "MODEL.RECURRENT.KERNEL_SIZE",
         3,
         "MODEL.RECURRENT.TIMESTEPS",
         3,

@@ -106,3 +106,69 @@ def test_rfpn_old_train_only_head_key_in_a_frozen_config_is_still_read():
     cfg.freeze()
     with pytest.warns(FutureWarning, match="use SOLVER.TRAIN_ONLY_HEAD"):
         assert train_only_head(cfg) is True
+
+
+# -- the cell: CELL and its keys inside the recurrent node, on both front-ends ------------------
+
+
+def test_pathfinder_cell_is_in_the_recurrent_node_as_on_detectron2():
+    from crbp_d2.pathfinder.config import get_default_config
+
+    node = get_default_config().MODEL.RECURRENT
+    shared = ("CELL", "KERNEL_SIZE", "CELL_NORM", "CELL_NORM_GROUPS", "CHRONOS_LOG")
+    assert all(key in node for key in shared)
+    model = get_default_config().MODEL
+    assert not any(key in model for key in shared + ("ARCH",))  # nothing beside the node
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import add_crbp_config
+
+    from detectron2.config import get_cfg
+
+    head = add_crbp_config(get_cfg()).MODEL.ROI_MASK_HEAD
+    assert all(key in head.RECURRENT for key in shared)
+    assert "CELL" not in head and "ARCH" not in head.RECURRENT
+
+
+@pytest.mark.parametrize(
+    "old, new, value",
+    [
+        ("MODEL.ARCH", "MODEL.RECURRENT.CELL", "convlstm"),
+        ("MODEL.KERNEL_SIZE", "MODEL.RECURRENT.KERNEL_SIZE", 5),
+        ("MODEL.CELL_NORM", "MODEL.RECURRENT.CELL_NORM", "GN"),
+        ("MODEL.GATE_TIMESCALE", "MODEL.RECURRENT.GATE_TIMESCALE", 4.0),
+    ],
+)
+@pytest.mark.parametrize("where", ["file", "overrides"])
+def test_pathfinder_old_cell_keys_are_read_with_a_warning_naming_the_new(
+    tmp_path, old, new, value, where
+):
+    from crbp_d2.pathfinder.config import load_config
+
+    section, key = old.split(".")
+    if where == "file":
+        args = (_write_yaml(tmp_path / "old.yaml", f"{section}:\n  {key}: {value}\n"), ())
+    else:
+        args = (None, (old, str(value)))
+    with pytest.warns(FutureWarning, match=f"{old} .* is deprecated: use {new}"):
+        cfg = load_config(*args)
+    node = cfg
+    for part in new.split("."):
+        node = node[part]
+    assert node == value
+    assert key not in cfg.MODEL  # moved, not copied
+
+
+def test_pathfinder_shipped_configs_use_the_new_cell_keys():
+    """Every shipped Pathfinder config loads without a deprecation warning."""
+    import glob
+    import os
+    import warnings
+
+    from crbp_d2.pathfinder.config import CONFIG_DIR, load_config
+
+    files = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
+    assert files
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            load_config(path)

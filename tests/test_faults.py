@@ -43,7 +43,7 @@ def _pathfinder_argv(tmp_path, *extra: str) -> list:
     """A tiny Pathfinder config (few small on-the-fly images) and ``extra`` arguments."""
     config = tmp_path / "pf.yaml"
     config.write_text(
-        f"OUTPUT_DIR: {tmp_path / 'run'}\nMODEL: {{CHANNELS: 4, KERNEL_SIZE: 3}}\n"
+        f"OUTPUT_DIR: {tmp_path / 'run'}\nMODEL: {{CHANNELS: 4, RECURRENT: {{KERNEL_SIZE: 3}}}}\n"
         "DATA: {SOURCE: memory, TRAIN_SIZE: 4, TEST_SIZE: 4, IMAGE_SIZE: 32, CANVAS_SIZE: 128, "
         "TRAIN_LENGTH: 9, TEST_LENGTH: 9, GENERATOR: {padding: 10, num_distractors: 3}}\n"
         "SOLVER: {BATCH_SIZE: 4, EPOCHS: 1}\nTEST: {BATCH_SIZE: 4}\n"

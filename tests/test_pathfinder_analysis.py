@@ -78,7 +78,7 @@ def trained_checkpoint(tmp_path_factory):
             str(out / "run"),
             "MODEL.CHANNELS",
             4,
-            "MODEL.KERNEL_SIZE",
+            "MODEL.RECURRENT.KERNEL_SIZE",
             3,
             "MODEL.RECURRENT.TIMESTEPS",
             3,

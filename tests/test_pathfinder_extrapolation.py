@@ -173,7 +173,7 @@ def test_gpu_setup_is_the_papers_scale():
     settings = ex.Settings(config_dir=str(ex.CONFIG_DIR / "extrapolation_gpu"))
     cfg = ex.run_config(settings, "crbp", 0)
     assert (cfg.DATA.TRAIN_LENGTH, cfg.DATA.CANVAS_SIZE, cfg.DATA.IMAGE_SIZE) == (14, 300, 150)
-    assert (cfg.MODEL.CHANNELS, cfg.MODEL.KERNEL_SIZE) == (25, 15)
+    assert (cfg.MODEL.CHANNELS, cfg.MODEL.RECURRENT.KERNEL_SIZE) == (25, 15)
     assert count_parameters(build_model(cfg)) == 284127
     assert count_parameters(build_model(ex.run_config(settings, "cnn", 0))) == 845527
     sizes = [ex.length_params(cfg, n) for n in (14, 20, 25)]
@@ -250,4 +250,30 @@ def test_fingerprint_reads_only_the_changes_from_the_defaults(monkeypatch):
     assert ex.fingerprint(settings, cfg) != before
     cfg.MODEL.RECURRENT.NEW_SWITCH = False
     cfg.MODEL.RECURRENT.TIMESTEPS += 1
+    assert ex.fingerprint(settings, cfg) != before
+
+
+def test_recorded_runs_stay_finished_after_the_cell_keys_moved():
+    """The cell's keys moved into MODEL.RECURRENT (MODEL.ARCH -> MODEL.RECURRENT.CELL, ...) after
+    runs were recorded: every recorded run still counts as finished (its fingerprint reads the
+    moved keys under their old names), and a moved key's change still changes the fingerprint."""
+    settings = ex.Settings()
+    records = sorted(
+        name[: -len(".json")]
+        for name in os.listdir(settings.runs_dir)
+        if name.endswith(".json") and "_s" in name
+    )
+    assert records, f"no recorded runs in {settings.runs_dir}"
+    for name in records:
+        with open(os.path.join(settings.runs_dir, f"{name}.json")) as f:
+            stored = json.load(f)
+        model, seed = name.rsplit("_s", 1)
+        run_settings = dataclasses.replace(settings, overrides=tuple(stored.get("overrides", ())))
+        assert ex.finished(run_settings, model, int(seed)), name
+    cfg = ex.run_config(settings, "cnn", 0)
+    assert cfg.MODEL.RECURRENT.CELL == "cnn"
+    assert ("MODEL.ARCH", "'cnn'") in ex.config_changes(cfg)
+    before = ex.fingerprint(settings, cfg)
+    cfg.defrost()
+    cfg.MODEL.RECURRENT.KERNEL_SIZE += 2
     assert ex.fingerprint(settings, cfg) != before

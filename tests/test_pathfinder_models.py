@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*has not converged:RuntimeWarni
 
 
 def small_cfg(*overrides):
-    base = ["MODEL.CHANNELS", 5, "MODEL.KERNEL_SIZE", 3, "MODEL.RECURRENT.TIMESTEPS", 4]
+    base = ["MODEL.CHANNELS", 5, "MODEL.RECURRENT.KERNEL_SIZE", 3, "MODEL.RECURRENT.TIMESTEPS", 4]
     return load_config(overrides=base + list(overrides))
 
 
@@ -81,12 +81,12 @@ def test_bank_with_other_channel_counts_and_bad_input():
 )
 def test_hgru_parameter_counts(kernel, expected):
     # The authors' counts are 100 higher: their cell holds 4 BatchNorms and uses only 2.
-    cfg = load_config(overrides=["MODEL.KERNEL_SIZE", kernel])
+    cfg = load_config(overrides=["MODEL.RECURRENT.KERNEL_SIZE", kernel])
     assert count_parameters(build_model(cfg)) == expected
 
 
 def test_cnn_control_parameter_count_matches_the_authors():
-    cfg = load_config(overrides=["MODEL.ARCH", "cnn", "MODEL.RECURRENT.METHOD", "bptt"])
+    cfg = load_config(overrides=["MODEL.RECURRENT.CELL", "cnn", "MODEL.RECURRENT.METHOD", "bptt"])
     model = build_model(cfg)
     assert isinstance(model, FeedforwardCNN)
     assert count_parameters(model) == 845_527
@@ -98,7 +98,7 @@ def test_cnn_control_parameter_count_matches_the_authors():
 @pytest.mark.parametrize("arch", ["hgru", "convlstm"])
 @pytest.mark.parametrize("method", METHODS)
 def test_recurrent_models_forward_backward_every_method(arch, method):
-    cfg = small_cfg("MODEL.ARCH", arch, "MODEL.RECURRENT.METHOD", method)
+    cfg = small_cfg("MODEL.RECURRENT.CELL", arch, "MODEL.RECURRENT.METHOD", method)
     model = build_model(cfg)
     assert isinstance(model, RecurrentSegmenter)
     image, label = batch()
@@ -119,7 +119,7 @@ def test_recurrent_models_forward_backward_every_method(arch, method):
 
 @pytest.mark.parametrize("arch", ["cnn", "ff_hgru"])
 def test_feedforward_controls_forward_backward(arch):
-    cfg = small_cfg("MODEL.ARCH", arch, "MODEL.RECURRENT.METHOD", "bptt")
+    cfg = small_cfg("MODEL.RECURRENT.CELL", arch, "MODEL.RECURRENT.METHOD", "bptt")
     model = build_model(cfg)
     image, label = batch()
     total, _, out = compute_loss(model, image, label, cfg)
@@ -130,8 +130,10 @@ def test_feedforward_controls_forward_backward(arch):
 
 def test_feedforward_hgru_rejects_a_recurrent_method_and_other_steps():
     with pytest.raises(ValueError, match="feedforward hGRU"):
-        build_model(small_cfg("MODEL.ARCH", "ff_hgru", "MODEL.RECURRENT.METHOD", "crbp"))
-    model = build_model(small_cfg("MODEL.ARCH", "ff_hgru", "MODEL.RECURRENT.METHOD", "bptt"))
+        build_model(small_cfg("MODEL.RECURRENT.CELL", "ff_hgru", "MODEL.RECURRENT.METHOD", "crbp"))
+    model = build_model(
+        small_cfg("MODEL.RECURRENT.CELL", "ff_hgru", "MODEL.RECURRENT.METHOD", "bptt")
+    )
     with pytest.raises(ValueError, match="exactly 4 layers"):
         model(batch()[0], steps=6)
 
@@ -139,11 +141,16 @@ def test_feedforward_hgru_rejects_a_recurrent_method_and_other_steps():
 def test_unrolled_hgru_with_tied_weights_equals_the_bptt_hgru():
     """Reference: copying one cell into every layer of the feedforward hGRU gives the BPTT model's
     logits, and the sum of its per-layer gradients is the shared cell's gradient."""
-    cfg = small_cfg("MODEL.RECURRENT.METHOD", "bptt", "MODEL.CELL_NORM", "GN")
+    cfg = small_cfg("MODEL.RECURRENT.METHOD", "bptt", "MODEL.RECURRENT.CELL_NORM", "GN")
     recurrent = build_model(cfg).double()
     unrolled = build_model(
         small_cfg(
-            "MODEL.RECURRENT.METHOD", "bptt", "MODEL.ARCH", "ff_hgru", "MODEL.CELL_NORM", "GN"
+            "MODEL.RECURRENT.METHOD",
+            "bptt",
+            "MODEL.RECURRENT.CELL",
+            "ff_hgru",
+            "MODEL.RECURRENT.CELL_NORM",
+            "GN",
         )
     ).double()
     assert isinstance(unrolled, UnrolledHGRU)
@@ -167,7 +174,7 @@ def test_unrolled_hgru_with_tied_weights_equals_the_bptt_hgru():
 
 
 def test_logits_at_steps_match_the_forward_at_those_steps():
-    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model = build_model(small_cfg("MODEL.RECURRENT.CELL_NORM", "GN"))
     model.eval()
     image, _ = batch()
     with torch.no_grad():
@@ -181,7 +188,7 @@ def test_logits_at_steps_match_the_forward_at_those_steps():
 
 
 def test_logits_at_steps_run_the_cell_only_up_to_the_largest_count():
-    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model = build_model(small_cfg("MODEL.RECURRENT.CELL_NORM", "GN"))
     model.eval()
     image, _ = batch()
     calls = []
@@ -196,7 +203,7 @@ def test_logits_at_steps_run_the_cell_only_up_to_the_largest_count():
 
 
 def test_each_step_count_reports_its_own_residual():
-    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model = build_model(small_cfg("MODEL.RECURRENT.CELL_NORM", "GN"))
     model.eval()
     image, _ = batch()
     with torch.no_grad():
@@ -211,7 +218,7 @@ def test_each_step_count_reports_its_own_residual():
 
 
 def test_evaluation_reports_the_residual_of_each_count():
-    model = build_model(small_cfg("MODEL.CELL_NORM", "GN"))
+    model = build_model(small_cfg("MODEL.RECURRENT.CELL_NORM", "GN"))
     image, label = batch()
     results = evaluate_model(model, [(image, label)], "cpu", steps=[1, 4])
     with torch.no_grad():
@@ -244,6 +251,6 @@ def test_input_layer_is_the_squared_gabor_conv():
 
 
 def test_unknown_architecture_is_one_clear_error():
-    cfg = small_cfg("MODEL.ARCH", "transformer")
-    with pytest.raises(ValueError, match="unknown MODEL.ARCH 'transformer'"):
+    cfg = small_cfg("MODEL.RECURRENT.CELL", "transformer")
+    with pytest.raises(ValueError, match="unknown MODEL.RECURRENT.CELL 'transformer'"):
         build_model(cfg)

@@ -131,7 +131,14 @@ def test_pathfinder_config_reads_the_cheap_settings_and_the_old_solver_key():
     from crbp_d2.pathfinder.config import load_config
     from crbp_d2.pathfinder.modeling import build_model
 
-    keys = ["MODEL.CHANNELS", 4, "MODEL.KERNEL_SIZE", 3, "MODEL.RECURRENT.SOLVER_TOL", 1e-3]
+    keys = [
+        "MODEL.CHANNELS",
+        4,
+        "MODEL.RECURRENT.KERNEL_SIZE",
+        3,
+        "MODEL.RECURRENT.SOLVER_TOL",
+        1e-3,
+    ]
     with pytest.warns(FutureWarning, match="MODEL.RECURRENT.FORWARD_SOLVER"):
         cfg = load_config(overrides=keys + ["MODEL.RECURRENT.SOLVER", "anderson"])
         spec = build_model(cfg).engine.spec

@@ -8,7 +8,10 @@ The recurrence (steps, learning method, Neumann series, LCP) is described by ``M
 whose keys are those of the Detectron2 head's ``MODEL.ROI_MASK_HEAD.RECURRENT``
 (:mod:`crbp_d2.recurrent.spec`). The keys that lived under ``SOLVER`` before (``SOLVER.STEPS``,
 ``SOLVER.METHOD``, ...) are still read, with a ``FutureWarning`` naming the new key; they will be
-removed in the next version.
+removed in the next version. So are the cell's keys that sat beside ``MODEL.RECURRENT`` before
+(``MODEL.ARCH``, now ``MODEL.RECURRENT.CELL``; ``MODEL.KERNEL_SIZE``, ... now
+``MODEL.RECURRENT.KERNEL_SIZE``, ...: :data:`CELL_KEYS_MOVED`), where the Detectron2 head keeps
+them.
 """
 
 from __future__ import annotations
@@ -44,22 +47,13 @@ def get_default_config() -> CN:
     cfg.NUM_THREADS = 0  # torch.set_num_threads (0: leave as is)
 
     cfg.MODEL = CN()
-    cfg.MODEL.ARCH = "hgru"  # hgru | convlstm | cnn | ff_hgru
     cfg.MODEL.CHANNELS = 25  # input filters = hidden channels
-    cfg.MODEL.KERNEL_SIZE = 15  # hGRU / convLSTM / CNN kernel (3, 5, 9 in the kernel sweep)
     cfg.MODEL.INPUT_KERNEL = 7  # side of the input filter bank
     cfg.MODEL.INPUT_INIT = "gabor_dog"  # gabor_dog (paper) | gabor_disk (authors' npy) | random
     cfg.MODEL.INPUT_SQUARE = True  # square the input conv's output (the authors' code)
-    cfg.MODEL.CELL_NORM = "BN"  # BN (batch stats always, as the authors) | GN | IN | none
-    cfg.MODEL.CELL_NORM_GROUPS = 1  # groups of GN
     cfg.MODEL.READOUT_NORM = "BN"  # BN | GN | none
     cfg.MODEL.READOUT_BIAS = "zero"  # zero | authors (equal biases) | prior (p(contour)=0.01)
-    cfg.MODEL.CHRONOS_LOG = True  # intended log(U(1, T-1)) gate biases; False = authors' code
-    cfg.MODEL.GATE_TIMESCALE = 8.0  # T of the chronos init (authors: U(1, 7)); 0 = TIMESTEPS
-    cfg.MODEL.INHIBITION_SOFTPLUS = True  # the Pathfinder cell's extra softplus on inhibition
-    cfg.MODEL.OUTPUT_SOFTPLUS = True  # ... and on the output
-    cfg.MODEL.LSTM_IMPLICIT_STATE = "joint"  # joint (h, c) | h_only (authors' convLSTM RBP/LCP)
-    cfg.MODEL.CNN_LAYERS = 6  # k x k conv layers of the CNN control
+    cfg.MODEL.CNN_LAYERS = 6  # k x k conv layers of the CNN control (RECURRENT.CELL cnn)
     # The recurrence: the same keys as the Detectron2 head's MODEL.ROI_MASK_HEAD.RECURRENT
     # (TIMESTEPS, TEST_TIMESTEPS, METHOD, NEUMANN_STEPS, LCP_WEIGHT, FORWARD_SOLVER, ...), each
     # documented on its field of EngineSpec in crbp_d2/recurrent/spec.py (CONFIG_KEYS maps key ->
@@ -67,6 +61,21 @@ def get_default_config() -> CN:
     # paper's C-RBP-20 with the Pathfinder code's LCP (weight 10 on the mean penalty), monitored
     # LCP.
     cfg.MODEL.RECURRENT = CN(engine_config_defaults(LCP_WEIGHT=10.0, MONITOR_LCP=True))
+    # The cell and its keys, in the node as on the Detectron2 side (MODEL.ROI_MASK_HEAD.RECURRENT:
+    # CELL, KERNEL_SIZE, CELL_NORM, CELL_NORM_GROUPS, CHRONOS_LOG); MODEL.ARCH, MODEL.KERNEL_SIZE,
+    # ... before (still read, with a FutureWarning: CELL_KEYS_MOVED).
+    node = cfg.MODEL.RECURRENT
+    # hgru | convlstm, or a feedforward control in the cell's place: cnn (CNN_LAYERS k x k convs)
+    # | ff_hgru (TIMESTEPS hGRU layers with their own weights)
+    node.CELL = "hgru"
+    node.KERNEL_SIZE = 15  # hGRU / convLSTM / CNN kernel (3, 5, 9 in the kernel sweep)
+    node.CELL_NORM = "BN"  # BN (batch stats always, as the authors) | GN | IN | none
+    node.CELL_NORM_GROUPS = 1  # groups of GN
+    node.CHRONOS_LOG = True  # intended log(U(1, T-1)) gate biases; False = authors' code
+    node.GATE_TIMESCALE = 8.0  # T of the chronos init (authors: U(1, 7)); 0 = TIMESTEPS
+    node.INHIBITION_SOFTPLUS = True  # the Pathfinder cell's extra softplus on inhibition
+    node.OUTPUT_SOFTPLUS = True  # ... and on the output
+    node.LSTM_IMPLICIT_STATE = "joint"  # joint (h, c) | h_only (authors' convLSTM RBP/LCP)
 
     cfg.SOLVER = CN()
     cfg.SOLVER.LOSS = "ce"  # ce (paper) | focal (authors' code, gamma FOCAL_GAMMA)
@@ -139,8 +148,26 @@ def _deep_update(target: Dict[str, Any], update: Dict[str, Any]) -> None:
             target[key] = value
 
 
+# The cell's keys, beside MODEL.RECURRENT before, now in it (the Detectron2 head's place).
+CELL_KEYS_MOVED: Dict[str, str] = {
+    "MODEL.ARCH": "MODEL.RECURRENT.CELL",
+    **{
+        f"MODEL.{key}": f"MODEL.RECURRENT.{key}"
+        for key in (
+            "KERNEL_SIZE",
+            "CELL_NORM",
+            "CELL_NORM_GROUPS",
+            "CHRONOS_LOG",
+            "GATE_TIMESCALE",
+            "INHIBITION_SOFTPLUS",
+            "OUTPUT_SOFTPLUS",
+            "LSTM_IMPLICIT_STATE",
+        )
+    },
+}
 # old key -> new key (read with a FutureWarning for one version)
 RENAMED_KEYS: Dict[str, str] = {
+    **CELL_KEYS_MOVED,
     "SOLVER.METHOD": "MODEL.RECURRENT.METHOD",
     "SOLVER.STEPS": "MODEL.RECURRENT.TIMESTEPS",
     "SOLVER.TEST_STEPS": "MODEL.RECURRENT.TEST_TIMESTEPS",

@@ -344,38 +344,41 @@ class FeedforwardCNN(nn.Module):
 def build_model(cfg) -> nn.Module:
     """Build the Pathfinder model described by a config (see :mod:`crbp_d2.pathfinder.config`)."""
     m = cfg.MODEL
-    spec = spec_from_node(m.RECURRENT, "MODEL.RECURRENT")
-    if m.ARCH not in ARCHITECTURES:
-        raise ValueError(f"unknown MODEL.ARCH {m.ARCH!r}; choose one of {ARCHITECTURES}")
-    if m.ARCH == "cnn":
-        return FeedforwardCNN(m.CHANNELS, m.KERNEL_SIZE, m.CNN_LAYERS)
+    node = m.RECURRENT  # the engine's keys and the cell's, as in the Detectron2 head's node
+    spec = spec_from_node(node, "MODEL.RECURRENT")
+    if node.CELL not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown MODEL.RECURRENT.CELL {node.CELL!r}; choose one of {ARCHITECTURES}"
+        )
+    if node.CELL == "cnn":
+        return FeedforwardCNN(m.CHANNELS, node.KERNEL_SIZE, m.CNN_LAYERS)
     input_layer = InputLayer(m.CHANNELS, m.INPUT_KERNEL, m.INPUT_INIT, m.INPUT_SQUARE)
     readout = Readout(m.CHANNELS, m.READOUT_NORM, m.READOUT_BIAS)
 
     def hgru_cell() -> HGRUCell:
         return HGRUCell(
             channels=m.CHANNELS,
-            kernel_size=m.KERNEL_SIZE,
-            norm=m.CELL_NORM,
+            kernel_size=node.KERNEL_SIZE,
+            norm=node.CELL_NORM,
             norm_eps=1e-3,
-            norm_groups=m.CELL_NORM_GROUPS,
-            gate_timescale=m.GATE_TIMESCALE if m.GATE_TIMESCALE > 0 else float(spec.steps),
-            chronos_log=m.CHRONOS_LOG,
-            inhibition_softplus=m.INHIBITION_SOFTPLUS,
-            output_softplus=m.OUTPUT_SOFTPLUS,
+            norm_groups=node.CELL_NORM_GROUPS,
+            gate_timescale=node.GATE_TIMESCALE if node.GATE_TIMESCALE > 0 else float(spec.steps),
+            chronos_log=node.CHRONOS_LOG,
+            inhibition_softplus=node.INHIBITION_SOFTPLUS,
+            output_softplus=node.OUTPUT_SOFTPLUS,
         )
 
-    if m.ARCH == "ff_hgru":
+    if node.CELL == "ff_hgru":
         if spec.method != "bptt":
             raise ValueError(
                 "the feedforward hGRU has no recurrence; MODEL.RECURRENT.METHOD must be 'bptt', "
                 f"got {spec.method!r}"
             )
         return UnrolledHGRU(input_layer, [hgru_cell() for _ in range(spec.steps)], readout)
-    if m.ARCH == "hgru":
+    if node.CELL == "hgru":
         cell: nn.Module = hgru_cell()
     else:
-        cell = ConvLSTMCell(m.CHANNELS, m.CHANNELS, m.KERNEL_SIZE, m.LSTM_IMPLICIT_STATE)
+        cell = ConvLSTMCell(m.CHANNELS, m.CHANNELS, node.KERNEL_SIZE, node.LSTM_IMPLICIT_STATE)
     engine = RecurrentEngine.from_spec(cell, spec)
     return RecurrentSegmenter(input_layer, engine, readout)
 

@@ -101,7 +101,7 @@ def generalization_matrix(
                 dict(
                     summary,
                     model=name,
-                    arch=cfg.MODEL.ARCH,
+                    arch=cfg.MODEL.RECURRENT.CELL,
                     method=cfg.MODEL.RECURRENT.METHOD,
                     train_length=cfg.DATA.TRAIN_LENGTH,
                     test_length=length,

@@ -169,7 +169,7 @@ def evaluate_all(
             records.append(
                 dict(
                     rows[t],
-                    model=cfg.MODEL.ARCH,
+                    model=cfg.MODEL.RECURRENT.CELL,
                     method=method,
                     train_length=cfg.DATA.TRAIN_LENGTH,
                     test_length=length,

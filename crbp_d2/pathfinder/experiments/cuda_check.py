@@ -37,7 +37,7 @@ from ..train.loop import Trainer
 
 BASE_CONFIG = CONFIG_DIR / "Base-PF.yaml"
 MEMORY_RUNS = (("bptt", 6), ("cbptt", 6), ("rbp", 20), ("crbp", 20))
-TINY = ["MODEL.CHANNELS", 6, "MODEL.KERNEL_SIZE", 5, "DATA.IMAGE_SIZE", 48]
+TINY = ["MODEL.CHANNELS", 6, "MODEL.RECURRENT.KERNEL_SIZE", 5, "DATA.IMAGE_SIZE", 48]
 TINY += ["SOLVER.BATCH_SIZE", 4, "TEST.BATCH_SIZE", 4]
 
 Log = Callable[[str], None]

@@ -42,7 +42,7 @@ from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.report import markdown_table, pyplot
 
 from ...utils.machine import machine_record
-from ..config import CONFIG_DIR, REPO_ROOT, get_default_config, load_config
+from ..config import CELL_KEYS_MOVED, CONFIG_DIR, REPO_ROOT, get_default_config, load_config
 from ..data.datasets import InMemoryPathfinder, generator_params
 from ..evaluation.baselines import dataset_pairs, evaluate_baselines
 from ..evaluation.evaluator import METRIC_KEYS, evaluate_model
@@ -234,10 +234,15 @@ def config_changes(cfg) -> List[Tuple[str, str]]:
     defaults later (with a default that keeps the old behaviour) does not invalidate runs."""
     defaults = _flat_config(get_default_config())
     return sorted(
-        (key, repr(value))
+        (_FINGERPRINT_NAMES.get(key, key), repr(value))
         for key, value in _flat_config(cfg).items()
         if key != "OUTPUT_DIR" and (key not in defaults or defaults[key] != value)
     )
+
+
+# Keys moved after runs were recorded keep their old names in the fingerprint, so that moving a
+# key (the cell's keys into MODEL.RECURRENT) leaves finished runs finished.
+_FINGERPRINT_NAMES: Dict[str, str] = {new: old for old, new in CELL_KEYS_MOVED.items()}
 
 
 def fingerprint(settings: Settings, cfg) -> str:
@@ -286,13 +291,13 @@ def evaluate_run(model, cfg, settings: Settings, label: str, key: str) -> List[R
         results = evaluate_model(model, loader, device, steps, loss_kind=cfg.SOLVER.LOSS)
         set_params, image_size = length_params(cfg, length)
         for s, summary in results.items():
-            layers = cfg.MODEL.CNN_LAYERS if cfg.MODEL.ARCH == "cnn" else n
+            layers = cfg.MODEL.CNN_LAYERS if cfg.MODEL.RECURRENT.CELL == "cnn" else n
             records.append(
                 dict(
                     {k: summary[k] for k in METRIC_KEYS},
                     model=key,
                     label=label,
-                    arch=cfg.MODEL.ARCH,
+                    arch=cfg.MODEL.RECURRENT.CELL,
                     method=cfg.MODEL.RECURRENT.METHOD if recurrent else "feedforward",
                     recurrent=bool(recurrent),
                     params=params,

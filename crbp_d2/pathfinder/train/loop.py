@@ -284,7 +284,7 @@ class Trainer:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointReadError(
                 f"checkpoint {path} does not fit the configured model ({first}; "
-                "is it from another MODEL.ARCH / MODEL.CHANNELS?)"
+                "is it from another MODEL.RECURRENT.CELL / MODEL.CHANNELS?)"
             ) from None
         if weights_only:
             return
@@ -369,7 +369,7 @@ class Trainer:
             train_log = CsvLog(os.path.join(self.output_dir, "train_log.csv"), TRAIN_FIELDS, done)
             eval_log = CsvLog(os.path.join(self.output_dir, "eval_log.csv"), EVAL_FIELDS, done)
             print(
-                f"[pathfinder] {cfg.MODEL.ARCH} / {cfg.MODEL.RECURRENT.METHOD}, "
+                f"[pathfinder] {cfg.MODEL.RECURRENT.CELL} / {cfg.MODEL.RECURRENT.METHOD}, "
                 f"{count_parameters(unwrap(self.model)):,} parameters, device {self.device}, "
                 f"{self.dist.world_size} process(es), {len(self.train_set)} train / "
                 f"{len(self.test_set)} test images",
