@@ -172,3 +172,15 @@ def test_pathfinder_shipped_configs_use_the_new_cell_keys():
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             load_config(path)
+
+
+def test_pathfinder_old_checkpoint_config_restores_the_cell_keys_into_the_node():
+    """A config saved before the move (in a checkpoint) loads with the cell in MODEL.RECURRENT."""
+    from crbp_d2.pathfinder.config import config_from_dump
+
+    old_dump = "MODEL: {ARCH: convlstm, KERNEL_SIZE: 5, CHANNELS: 3, RECURRENT: {TIMESTEPS: 7}}\n"
+    with pytest.warns(FutureWarning, match="MODEL.ARCH .* use MODEL.RECURRENT.CELL"):
+        cfg = config_from_dump(old_dump, "old.pth")
+    node = cfg.MODEL.RECURRENT
+    assert (node.CELL, node.KERNEL_SIZE, node.TIMESTEPS) == ("convlstm", 5, 7)
+    assert cfg.MODEL.CHANNELS == 3

@@ -69,7 +69,8 @@ def test_feedforward_checkpoint_loads_all_but_the_mask_head(fpn_pkl, caplog):
         np.testing.assert_array_equal(model_state[key].numpy(), state[key], err_msg=key)
     for key, value in fresh_head.items():  # untouched by the file (deconv/predictor too)
         torch.testing.assert_close(model_state[key], value, rtol=0, atol=0)
-    # SOLVER.TRAIN_ONLY_HEAD made the backbone's BatchNorm FrozenBN: its step counters are not loaded
+    # SOLVER.TRAIN_ONLY_HEAD made the backbone's BatchNorm FrozenBN: its step counters are not
+    # loaded
     assert report.skipped_unused and all(
         k.endswith(".num_batches_tracked") and k.startswith("backbone.")
         for k in report.skipped_unused

@@ -4,7 +4,8 @@
     python tools/pathfinder_extrapolation.py --jobs 1 --shared-machine  # one job at a time
     python tools/pathfinder_extrapolation.py --report-only      # only rewrite the report
     python tools/pathfinder_extrapolation.py --models crbp bptt cnn --seeds 0
-    python tools/pathfinder_extrapolation.py --pilot NAME --pilot-model bptt MODEL.RECURRENT.KERNEL_SIZE 7
+    python tools/pathfinder_extrapolation.py --pilot NAME --pilot-model bptt \\
+        MODEL.RECURRENT.KERNEL_SIZE 7
     python tools/pathfinder_extrapolation.py --smoke --out-dir /tmp/x --results /tmp/x/results
 
 Models (configs/pathfinder/extrapolation/): C-RBP-20, RBP-20, BPTT-6, C-BPTT-6 (the hGRU), the

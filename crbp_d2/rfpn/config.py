@@ -5,8 +5,10 @@ PointRend's ``add_pointrend_config`` adds its keys). Run it on a fresh ``get_cfg
 ``merge_from_file`` / ``merge_from_list``, so that yacs knows the keys (it rejects unknown keys).
 
 ``validate_crbp_config(cfg)`` rejects invalid combinations with one ``ValueError`` naming the key;
-the head's ``from_config`` and ``tools/train_net.py`` call it, so a bad config fails when the model
-is built, before any data is loaded.
+``get_crbp_cfg`` and ``tools/train_net.py`` call it, so a bad config fails before any data is
+loaded. The head reads its node itself when it is built (``head_spec`` in
+:mod:`crbp_d2.rfpn.modeling.recurrent_mask_head`: the same two checks, the engine's keys and the
+head's own), without coming back here.
 
 Names in the authors' Detectron2 fork (``MODEL.ROI_MASK_HEAD.*``) are given in the comments.
 """
@@ -21,8 +23,8 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode as CN
 
 from ..recurrent import EngineSpec, engine_config_defaults, spec_from_node
-from ..recurrent.base import NONLINEARITIES
 from ..utils.configs import has_key, unknown_key_message, yaml_error_message
+from .modeling.recurrent_mask_head import CELL_NORMS, CELLS, READOUT_NORMS, check_head_keys
 
 __all__ = [
     "CELLS",
@@ -39,31 +41,7 @@ __all__ = [
     "validate_crbp_config",
 ]
 
-CELLS = ("hgru", "convlstm")
 OPTIMIZERS = ("SGD", "ADAMW")
-# Norms allowed *inside* the cell: it is double-differentiated by the LCP and must be a per-ROI map.
-CELL_NORMS = ("GN", "IN", "none", "")  # "none": off ("" accepted, as Detectron2 spells it)
-# Norms Detectron2's get_norm accepts for the readout (outside the recurrence, so any of them).
-READOUT_NORMS = (
-    "none",
-    "",
-    "BN",
-    "SyncBN",
-    "naiveSyncBN",
-    "naiveSyncBN_N",
-    "nnSyncBN",
-    "FrozenBN",
-    "GN",
-)
-_BATCH_NORMS = (
-    "BN",
-    "SyncBN",
-    "naiveSyncBN",
-    "naiveSyncBN_N",
-    "nnSyncBN",
-    "NaiveSyncBN",
-    "FrozenBN",
-)
 
 
 def add_crbp_config(cfg: CN) -> CN:
@@ -192,21 +170,6 @@ def train_only_head(cfg: CN) -> bool:
     return bool(cfg.SOLVER.get("TRAIN_ONLY_HEAD", False))
 
 
-def _fail(key: str, value, why: str) -> None:
-    raise ValueError(f"cfg.MODEL.ROI_MASK_HEAD.RECURRENT.{key} = {value!r}: {why}")
-
-
-def _check_int(node: CN, key: str, minimum: int) -> None:
-    value = node[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(key, value, f"must be an integer >= {minimum}")
-
-
-def _check_choice(node: CN, key: str, choices) -> None:
-    if node[key] not in choices:
-        _fail(key, node[key], f"unknown value; choose one of {tuple(choices)}")
-
-
 def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
     """Raise ``ValueError`` (naming the key) if the recurrent head's settings are invalid.
 
@@ -229,38 +192,11 @@ def validate_crbp_config(cfg: CN) -> Optional[EngineSpec]:
                 "before merging the config file"
             )
         return None
-    node = head.RECURRENT
-    spec = spec_from_node(node, "cfg.MODEL.ROI_MASK_HEAD.RECURRENT")
-    _check_choice(node, "CELL", CELLS)
-    _check_choice(node, "NONLINEARITY", tuple(NONLINEARITIES))
-    _check_int(node, "KERNEL_SIZE", 1)
-    if node.KERNEL_SIZE % 2 == 0:
-        _fail("KERNEL_SIZE", node.KERNEL_SIZE, "must be odd (same padding)")
-    if node.CELL_NORM in _BATCH_NORMS:
-        _fail(
-            "CELL_NORM",
-            node.CELL_NORM,
-            "batch norms cannot be inside the recurrent cell: SyncBN has no double backward (the "
-            "LCP needs one), FrozenBN is not a norm of the state, and BN's batch statistics mix "
-            "all RoIs of the batch into every RoI's map (and change between train and test). Use "
-            "'GN' (the paper), 'IN' or 'none'; BN/SyncBN belong in READOUT_NORM",
-        )
-    _check_choice(node, "CELL_NORM", CELL_NORMS)
-    _check_choice(node, "READOUT_NORM", READOUT_NORMS)
-    _check_int(node, "CELL_NORM_GROUPS", 1)
-    if node.CELL == "hgru" and node.CELL_NORM == "GN" and head.CONV_DIM % node.CELL_NORM_GROUPS:
-        _fail(
-            "CELL_NORM_GROUPS",
-            node.CELL_NORM_GROUPS,
-            f"MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) must be divisible by it",
-        )
-    if node.READOUT_NORM == "GN" and head.CONV_DIM % 32:
-        _fail(
-            "READOUT_NORM",
-            "GN",
-            f"Detectron2's GN uses 32 groups; MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) "
-            "is not divisible by 32",
-        )
+    # the engine's keys, then the head's own (what the head's head_spec does when it is built;
+    # called here directly, so that the way from the YAML to the engine is as short as the
+    # Pathfinder one: tests/test_yaml_to_engine.py)
+    spec = spec_from_node(head.RECURRENT, "cfg.MODEL.ROI_MASK_HEAD.RECURRENT")
+    check_head_keys(cfg)
     return spec
 
 

@@ -54,8 +54,8 @@ def freeze_all_but_mask_head(model: nn.Module) -> Dict[str, int]:
     if not isinstance(head, nn.Module):
         raise ValueError(
             f"{type(model).__name__} has no {MASK_HEAD_PREFIX} module, so there is no mask head "
-            "to train alone (SOLVER.TRAIN_ONLY_HEAD / train.train_only_head need a Mask R-CNN / Panoptic "
-            "FPN model with MASK_ON)"
+            "to train alone (SOLVER.TRAIN_ONLY_HEAD / train.train_only_head need a Mask R-CNN / "
+            "Panoptic FPN model with MASK_ON)"
         )
     head_params = {id(p) for p in head.parameters()}
     trainable = frozen = 0

@@ -41,19 +41,52 @@ from torch import Tensor, nn
 
 from ...recurrent import (
     ConvLSTMCell,
+    EngineSpec,
     MaskHeadHGRUCell,
     NonFiniteStateError,
     RecurrenceDiagnostics,
     RecurrentEngine,
+    spec_from_node,
 )
-from ..config import validate_crbp_config
+from ...recurrent.base import NONLINEARITIES
 
 __all__ = [
+    "CELLS",
+    "CELL_NORMS",
+    "READOUT_NORMS",
     "RecurrentMaskHead",
     "RecurrentMaskRCNNConvUpsampleHead",
     "build_recurrent_engine",
+    "check_head_keys",
+    "head_spec",
     "readout_norm_for_device",
 ]
+
+# The head's own keys of MODEL.ROI_MASK_HEAD.RECURRENT (the engine's are EngineSpec's).
+CELLS = ("hgru", "convlstm")
+# Norms allowed *inside* the cell: it is double-differentiated by the LCP and must be a per-ROI map.
+CELL_NORMS = ("GN", "IN", "none", "")  # "none": off ("" accepted, as Detectron2 spells it)
+# Norms Detectron2's get_norm accepts for the readout (outside the recurrence, so any of them).
+READOUT_NORMS = (
+    "none",
+    "",
+    "BN",
+    "SyncBN",
+    "naiveSyncBN",
+    "naiveSyncBN_N",
+    "nnSyncBN",
+    "FrozenBN",
+    "GN",
+)
+_BATCH_NORMS = (
+    "BN",
+    "SyncBN",
+    "naiveSyncBN",
+    "naiveSyncBN_N",
+    "nnSyncBN",
+    "NaiveSyncBN",
+    "FrozenBN",
+)
 
 SCALAR_PREFIX = "crbp/"
 # Detectron2 v0.6 get_norm names that build torch.nn.SyncBatchNorm, which synchronises CUDA (not
@@ -92,18 +125,85 @@ def readout_norm_for_device(norm: str, device) -> str:
     return GLOO_SYNC_NORM
 
 
+NODE = "cfg.MODEL.ROI_MASK_HEAD.RECURRENT"
+
+
+def _fail(key: str, value, why: str) -> None:
+    raise ValueError(f"{NODE}.{key} = {value!r}: {why}")
+
+
+def _check_int(node, key: str, minimum: int) -> None:
+    value = node[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(key, value, f"must be an integer >= {minimum}")
+
+
+def _check_choice(node, key: str, choices) -> None:
+    if node[key] not in choices:
+        _fail(key, node[key], f"unknown value; choose one of {tuple(choices)}")
+
+
+def check_head_keys(cfg) -> None:
+    """Raise ``ValueError`` naming the key if the head's own keys of
+    ``MODEL.ROI_MASK_HEAD.RECURRENT`` (the cell's and the readout's) are invalid. The engine's keys
+    are checked by :func:`~crbp_d2.recurrent.spec_from_node`."""
+    head = cfg.MODEL.ROI_MASK_HEAD
+    node = head.RECURRENT
+    _check_choice(node, "CELL", CELLS)
+    _check_choice(node, "NONLINEARITY", tuple(NONLINEARITIES))
+    _check_int(node, "KERNEL_SIZE", 1)
+    if node.KERNEL_SIZE % 2 == 0:
+        _fail("KERNEL_SIZE", node.KERNEL_SIZE, "must be odd (same padding)")
+    if node.CELL_NORM in _BATCH_NORMS:
+        _fail(
+            "CELL_NORM",
+            node.CELL_NORM,
+            "batch norms cannot be inside the recurrent cell: SyncBN has no double backward (the "
+            "LCP needs one), FrozenBN is not a norm of the state, and BN's batch statistics mix "
+            "all RoIs of the batch into every RoI's map (and change between train and test). Use "
+            "'GN' (the paper), 'IN' or 'none'; BN/SyncBN belong in READOUT_NORM",
+        )
+    _check_choice(node, "CELL_NORM", CELL_NORMS)
+    _check_choice(node, "READOUT_NORM", READOUT_NORMS)
+    _check_int(node, "CELL_NORM_GROUPS", 1)
+    if node.CELL == "hgru" and node.CELL_NORM == "GN" and head.CONV_DIM % node.CELL_NORM_GROUPS:
+        _fail(
+            "CELL_NORM_GROUPS",
+            node.CELL_NORM_GROUPS,
+            f"MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) must be divisible by it",
+        )
+    if node.READOUT_NORM == "GN" and head.CONV_DIM % 32:
+        _fail(
+            "READOUT_NORM",
+            "GN",
+            f"Detectron2's GN uses 32 groups; MODEL.ROI_MASK_HEAD.CONV_DIM ({head.CONV_DIM}) "
+            "is not divisible by 32",
+        )
+
+
+def head_spec(cfg) -> EngineSpec:
+    """The engine spec of ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT``, with the node read once: the
+    engine's keys by :func:`~crbp_d2.recurrent.spec_from_node`, the head's own keys by
+    :func:`check_head_keys` (each raises ``ValueError`` naming the key). What both the head and
+    :func:`crbp_d2.rfpn.config.validate_crbp_config` call, so that the way from the YAML to the
+    engine does not climb back into the config module (``tests/test_yaml_to_engine.py``)."""
+    if "RECURRENT" not in cfg.MODEL.ROI_MASK_HEAD:
+        raise ValueError(
+            "the config has no MODEL.ROI_MASK_HEAD.RECURRENT node: call "
+            "crbp_d2.rfpn.config.add_crbp_config(cfg) before merging the config file"
+        )
+    spec = spec_from_node(cfg.MODEL.ROI_MASK_HEAD.RECURRENT, NODE)
+    check_head_keys(cfg)
+    return spec
+
+
 def build_recurrent_engine(cfg, input_channels: int) -> RecurrentEngine:
     """The cell and engine described by ``cfg.MODEL.ROI_MASK_HEAD.RECURRENT`` (validated).
 
     Args:
         input_channels: channels of the RoI features (the FPN width).
     """
-    spec = validate_crbp_config(cfg)
-    if spec is None:
-        raise ValueError(
-            "the config has no MODEL.ROI_MASK_HEAD.RECURRENT node: call "
-            "crbp_d2.rfpn.config.add_crbp_config(cfg) before merging the config file"
-        )
+    spec = head_spec(cfg)
     node = cfg.MODEL.ROI_MASK_HEAD.RECURRENT
     hidden = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM
     if node.CELL == "hgru":

@@ -210,8 +210,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Detectron2's model; with ``SOLVER.TRAIN_ONLY_HEAD`` everything but the mask head is frozen
-        (before the optimizer is built, so the optimizer holds the head's parameters only)."""
+        """Detectron2's model; with ``SOLVER.TRAIN_ONLY_HEAD`` everything but the mask head is
+        frozen (before the optimizer is built, so that it holds the head's parameters only)."""
         model = super().build_model(cfg)
         if train_only_head(cfg):
             counts = freeze_all_but_mask_head(model)
