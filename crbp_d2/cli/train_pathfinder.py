@@ -15,12 +15,12 @@ import sys
 from contextlib import nullcontext
 
 from crbp_d2.pathfinder.config import ConfigError, load_config
-from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
+from crbp_d2.pathfinder.train.loop import Trainer, prepare_output_dir
 from crbp_d2.utils.io import json_dumps
 from crbp_d2.utils.procs import die_with_torchrun
 from crbp_d2.utils.run_dir import RunDirBusyError, RunDirLock, check_output_dir, is_main_launcher
 
-from ._common import interrupt_stops_cleanly, report_input_error
+from ._common import interrupt_stops_cleanly, report_input_error, training_stops_in_one_line
 
 PROG = "train_pathfinder.py"
 
@@ -78,11 +78,10 @@ def main(argv=None) -> int:
         with (
             lock if is_main_launcher() else nullcontext(),
             interrupt_stops_cleanly(PROG, lambda: last if os.path.isfile(last) else None),
+            # a non-finite loss: one line, status 1 (the same handler as train_net.py's)
+            training_stops_in_one_line(PROG),
         ):
             return _run(args, cfg)
-    except NonFiniteLossError as err:
-        print(f"train_pathfinder.py: error: training stopped: {err}", file=sys.stderr)
-        return 1
     except (ConfigError, OSError, ValueError, RunDirBusyError) as err:
         return report_input_error("train_pathfinder.py", err)
 
