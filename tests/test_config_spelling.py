@@ -179,8 +179,13 @@ def test_pathfinder_old_checkpoint_config_restores_the_cell_keys_into_the_node()
     from crbp_d2.pathfinder.config import config_from_dump
 
     old_dump = "MODEL: {ARCH: convlstm, KERNEL_SIZE: 5, CHANNELS: 3, RECURRENT: {TIMESTEPS: 7}}\n"
-    with pytest.warns(FutureWarning, match="MODEL.ARCH .* use MODEL.RECURRENT.CELL"):
+    with pytest.warns(FutureWarning) as warned:
         cfg = config_from_dump(old_dump, "old.pth")
+    messages = [str(w.message) for w in warned]
+    assert any(
+        "MODEL.ARCH (in old.pth) is deprecated: use MODEL.RECURRENT.CELL" in m for m in messages
+    )
+    assert any("MODEL.KERNEL_SIZE (in old.pth) is deprecated" in m for m in messages)
     node = cfg.MODEL.RECURRENT
     assert (node.CELL, node.KERNEL_SIZE, node.TIMESTEPS) == ("convlstm", 5, 7)
     assert cfg.MODEL.CHANNELS == 3
