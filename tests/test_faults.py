@@ -782,3 +782,77 @@ def test_lazyconfig_value_errors_name_the_lazy_key(tmp_path, capsys):
     line = _one_line(capsys.readouterr().err)
     assert "model.roi_heads.mask_head.engine.TIMESTEPS = -1: must be an integer >= 1" in line
     assert "MODEL.ROI_MASK_HEAD" not in line
+
+
+# -- the checkpoints written before the RNG-state change --------------------------------------
+
+
+def _old_format_pathfinder_checkpoint(tmp_path):
+    """A real Pathfinder trainer checkpoint (one tiny epoch), re-saved as the trainer saved it
+    before the RNG-state change: NumPy's raw ``np.random.get_state()`` tuple under ``rng.numpy``
+    and a NumPy float in its history."""
+    import numpy as np
+    from helpers import LineDataset, tiny_cfg
+
+    from crbp_d2.pathfinder.train.loop import Trainer
+
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 1)
+    Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False).train()
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "last.pth"), weights_only=True)
+    np.random.seed(1234)
+    np.random.random(7)  # a state part-way through the stream
+    state["rng"]["numpy"] = np.random.get_state()
+    state["history"] = [{"iou": np.float64(0.25)}]
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    return cfg, old, state
+
+
+def test_an_old_pathfinder_checkpoint_is_refused_naming_the_migration_tool(tmp_path):
+    cfg, old, _ = _old_format_pathfinder_checkpoint(tmp_path)
+    with pytest.raises(CheckpointReadError) as info:
+        load_torch_file(str(old))
+    message = str(info.value)
+    assert "\n" not in message and str(old) in message
+    assert "tools/migrate_pathfinder_checkpoint.py OLD.pth NEW.pth --trust" in message
+    crafted, _ = _crafted(tmp_path, "evil.pth")  # code, not NumPy: no advice to trust it
+    with pytest.raises(CheckpointReadError) as info:
+        load_torch_file(str(crafted))
+    assert "--trust" not in str(info.value)
+
+
+def test_the_migration_tool_converts_an_old_pathfinder_checkpoint(tmp_path, capsys):
+    import numpy as np
+    from helpers import LineDataset
+
+    from crbp_d2.cli import migrate_pathfinder_checkpoint as tool
+    from crbp_d2.pathfinder.train.loop import Trainer
+
+    cfg, old, state = _old_format_pathfinder_checkpoint(tmp_path)
+    before = old.read_bytes()
+    new = tmp_path / "new.pth"
+    assert tool.main([str(old), str(new)]) == 2  # no --trust: refused, nothing written
+    line = _one_line(capsys.readouterr().err)
+    assert "--trust" in line and str(old) in line and not new.exists()
+    assert tool.main([str(old), str(old), "--trust"]) == 2  # never over the input unless asked
+    errors = [x for x in capsys.readouterr().err.splitlines() if ": error: " in x]
+    assert len(errors) == 1 and "is the input file: pass --overwrite" in errors[0]
+    assert old.read_bytes() == before
+
+    assert tool.main([str(old), str(new), "--trust"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: reading" in err and "weights_only=False" in err
+    assert old.read_bytes() == before  # the input is kept
+    migrated = load_torch_file(str(new))  # now read as data only
+    assert migrated["history"] == [{"iou": 0.25}]
+    assert migrated["model"].keys() == state["model"].keys()
+    assert all(torch.equal(migrated["model"][k], v) for k, v in state["model"].items())
+    # the resumed trainer restores the very NumPy state the old checkpoint held
+    trainer = Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    np.random.seed(0)
+    trainer.load_checkpoint(str(new))
+    restored = np.random.get_state()
+    assert restored[0] == state["rng"]["numpy"][0] and restored[2] == state["rng"]["numpy"][2]
+    assert np.array_equal(restored[1], state["rng"]["numpy"][1])
+    assert tool.main([str(old), str(new), "--trust"]) == 2  # an existing NEW needs --overwrite
+    assert tool.main([str(old), str(new), "--trust", "--overwrite"]) == 0
