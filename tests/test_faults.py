@@ -684,9 +684,11 @@ def test_negative_counts_in_the_pathfinder_analysis_tools_are_one_line(capsys, t
     assert f"argument {option}: must be an integer >= " in err and "got '-3'" in err
 
 
-def test_step_counts_above_a_sane_bound_are_warned():
-    from crbp_d2.recurrent import engine_config_defaults
+def test_step_counts_above_a_sane_bound_are_warned(monkeypatch):
+    from crbp_d2.recurrent import engine_config_defaults, spec
     from crbp_d2.recurrent.spec import spec_from_node
+
+    monkeypatch.setattr(spec, "_WARNED_STEP_COUNTS", set())
 
     node = engine_config_defaults()
     node["TIMESTEPS"] = 1_000_000
@@ -856,3 +858,74 @@ def test_the_migration_tool_converts_an_old_pathfinder_checkpoint(tmp_path, caps
     assert np.array_equal(restored[1], state["rng"]["numpy"][1])
     assert tool.main([str(old), str(new), "--trust"]) == 2  # an existing NEW needs --overwrite
     assert tool.main([str(old), str(new), "--trust", "--overwrite"]) == 0
+
+
+def _step_count_warnings(record) -> list:
+    return [str(w.message) for w in record if "is above 10,000 (a typo?)" in str(w.message)]
+
+
+@pytest.mark.parametrize("front_end", ["pathfinder", "detectron2"])
+def test_a_step_count_above_the_bound_is_warned_once_on_each_front_end(monkeypatch, front_end):
+    """The config is read more than once (checked, then the model built): one warning, naming
+    the key and the bound."""
+    import warnings
+
+    from crbp_d2.recurrent import spec
+
+    monkeypatch.setattr(spec, "_WARNED_STEP_COUNTS", set())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if front_end == "pathfinder":
+            from crbp_d2.pathfinder.config import load_config
+            from crbp_d2.pathfinder.modeling import build_model
+
+            cfg = load_config(
+                overrides=["MODEL.CHANNELS", "4", "MODEL.RECURRENT.TIMESTEPS", "1000000"]
+            )
+            build_model(cfg)
+            key = "MODEL.RECURRENT.TIMESTEPS"
+        else:
+            pytest.importorskip("detectron2")
+            from crbp_d2.rfpn.config import get_crbp_cfg
+            from crbp_d2.rfpn.modeling.recurrent_mask_head import build_recurrent_engine
+
+            cfg = get_crbp_cfg(D2_CONFIG, ["MODEL.ROI_MASK_HEAD.RECURRENT.TIMESTEPS", "1000000"])
+            build_recurrent_engine(cfg, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM)
+            key = "MODEL.ROI_MASK_HEAD.RECURRENT.TIMESTEPS"
+    messages = _step_count_warnings(record)
+    assert len(messages) == 1, messages
+    assert f"{key} = 1000000 is above 10,000" in messages[0]
+
+
+@pytest.mark.parametrize("mode", ["inference", "train-crbp", "train-bptt"])
+def test_a_long_recurrence_prints_progress_lines(capsys, monkeypatch, mode):
+    """Over the bound (10,000 steps; 200 here, to be fast): the engine shows the run moving on
+    stderr (every tenth and at least every 30 s); runs up to the bound print nothing."""
+    from helpers import LinearCell
+
+    from crbp_d2.recurrent import RecurrentEngine
+    from crbp_d2.recurrent import engine as engine_module
+    from crbp_d2.recurrent.spec import EngineSpec
+
+    SANE_MAX_STEPS = 200
+    monkeypatch.setattr(engine_module, "SANE_MAX_STEPS", SANE_MAX_STEPS)
+    steps = SANE_MAX_STEPS + 20
+    method = "bptt" if mode == "train-bptt" else "crbp"
+    engine = RecurrentEngine.from_spec(LinearCell(2), EngineSpec(steps=steps, method=method))
+    x = torch.randn(1, 2, 1, 1, dtype=torch.float64)
+    if mode == "inference":
+        engine.eval()
+        with torch.no_grad():
+            engine(x)
+    else:
+        engine.train()
+        engine(x).state.sum().backward()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "recurrence" in line]
+    assert len(lines) >= 10, lines
+    total = steps - 1 if mode == "train-crbp" else steps  # crbp: N - 1 steps without a graph
+    assert lines[0].startswith(f"recurrence ({method}") and f"of {total:,} (10%)" in lines[0]
+    assert f"step {total:,} of {total:,} (100%)" in lines[-1]
+    engine = RecurrentEngine.from_spec(LinearCell(2), EngineSpec(steps=SANE_MAX_STEPS))
+    with torch.no_grad():
+        engine.eval()(x)
+    assert "recurrence" not in capsys.readouterr().err
