@@ -34,6 +34,7 @@ import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import (
     MetadataCatalog,
+    build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -51,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from ...utils.rng import preserved_rng
 from ..checkpoint import RFPNCheckpointer, check_weights_cover_model
 from ..data import check_dataset_name
-from ..data.resumable import ResumableTrainLoader
+from ..data.resumable import DatasetItemError, EvaluationItemError, ResumableTrainLoader
 from ..lazy_config import check_lazy_overrides
 from ..modeling.freeze import freeze_all_but_mask_head
 from .launch import create_ddp_model
@@ -62,6 +63,7 @@ from .trainer import (
     drop_redone_metrics,
     restore_rng_states,
     rng_states,
+    save_before_stopping,
     stop_on_non_finite_loss,
 )
 
@@ -194,7 +196,8 @@ def _do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     evaluator = instantiate(cfg.dataloader.evaluator)
     if not hasattr(evaluator, "process"):
         evaluator = DatasetEvaluators(list(evaluator))
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    loader = instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results
@@ -256,7 +259,10 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
         resume_state.continue_without_state(start_iter)
     if args.resume:
         drop_redone_metrics(cfg.train.output_dir, start_iter)
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except (DatasetItemError, EvaluationItemError) as error:  # a bad image: save, one line
+        raise save_before_stopping(checkpointer, trainer, error, start_iter) from None
 
 
 class _ResumeState:
@@ -311,6 +317,22 @@ def _resumable_loader_config(node: DictConfig) -> DictConfig:
     if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
         # an empty dataset or a category id not in its file: one line naming the file
         dataset._target_ = "crbp_d2.rfpn.data.resumable.load_training_dicts"
+    return node
+
+
+def _checked_test_loader_config(node: DictConfig) -> DictConfig:
+    """``dataloader.test`` with Detectron2's ``build_detection_test_loader`` and
+    ``get_detection_dataset_dicts`` swapped for the checked ones
+    (:func:`~crbp_d2.rfpn.data.resumable.checked_detection_test_loader`,
+    :func:`~crbp_d2.rfpn.data.resumable.load_test_dicts`: a bad image, an empty dataset, unknown
+    categories, tiny images: one line naming the file)."""
+    if not _is_target(node, build_detection_test_loader):
+        return node
+    node = copy.deepcopy(node)
+    node._target_ = "crbp_d2.rfpn.data.resumable.checked_detection_test_loader"
+    dataset = node.get("dataset")
+    if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
+        dataset._target_ = "crbp_d2.rfpn.data.resumable.load_test_dicts"
     return node
 
 
