@@ -929,3 +929,235 @@ def test_a_long_recurrence_prints_progress_lines(capsys, monkeypatch, mode):
     with torch.no_grad():
         engine.eval()(x)
     assert "recurrence" not in capsys.readouterr().err
+
+
+# -- the user's own COCO data: training and test datasets -------------------------------------
+
+
+def _truncated_jpeg(path) -> str:
+    """A 64x64 JPEG cut in half (as a failed copy leaves it)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+class _FakeTrainer:
+    """What a checkpointer saves of a Detectron2 trainer: its iteration."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iter = iteration
+
+    def state_dict(self):
+        return {"iteration": self.iter}
+
+    def load_state_dict(self, state):
+        self.iter = state["iteration"]
+
+
+def test_a_bad_training_image_saves_the_iterations_done_before_stopping(tmp_path):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.checkpoint import RFPNCheckpointer
+    from crbp_d2.rfpn.data.resumable import DatasetItemError
+    from crbp_d2.rfpn.train.trainer import save_before_stopping
+
+    trainer = _FakeTrainer(3)  # iterations 0..2 done, iteration 3's batch cannot be loaded
+    checkpointer = RFPNCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=trainer)
+    in_worker = DatasetItemError(
+        "Caught DatasetItemError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\ncrbp_d2.rfpn.data.resumable.DatasetItemError: '
+        "cannot load training item 7 of the dataset, image /data/mine/7.jpg: OSError: truncated\n"
+    )
+    error = save_before_stopping(checkpointer, trainer, in_worker, start_iter=0)
+    message = str(error)
+    assert isinstance(error, DatasetItemError) and "\n" not in message
+    assert message.startswith("cannot load training item 7 of the dataset, image /data/mine/7.jpg")
+    assert f"iterations 0..2 are saved in {tmp_path / 'model_0000002.pth'}" in message
+    assert "--resume" in message and trainer.iter == 3
+    saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert saved["trainer"]["iteration"] == 2  # --resume starts at iteration 3
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    # stopped at the first iteration after a resume: nothing new to save, the last one named
+    error = save_before_stopping(checkpointer, _FakeTrainer(3), in_worker, start_iter=3)
+    assert "no iteration was done since the checkpoint model_0000002.pth" in str(error)
+
+
+def test_a_truncated_training_image_stops_train_net_in_one_line_with_a_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    """For real: the quick recipe on a dataset whose third image is a truncated JPEG, drawn at
+    iteration 2 (about 8 s on a shared 2-core machine)."""
+    pytest.importorskip("detectron2")
+    import copy
+
+    from crbp_d2.rfpn.data import resumable
+
+    from crbp_d2.cli import train_net
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog  # isort: skip
+    from detectron2.data.samplers import TrainingSampler  # isort: skip
+
+    source = "synthetic_panoptic_train_separated"
+    dicts = copy.deepcopy(DatasetCatalog.get(source)[:3])
+    dicts[2]["file_name"] = _truncated_jpeg(tmp_path / "bad.jpg")
+    name = f"faults_truncated_{os.getpid()}_{id(tmp_path)}"
+    DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
+    metadata = MetadataCatalog.get(source).as_dict()
+    metadata.pop("name")
+    MetadataCatalog.get(name).set(**metadata)
+    # a stream seed whose first two items are good images and whose third is the bad one
+    seed = next(
+        s
+        for s in range(1000)
+        if [i for _, i in zip(range(3), iter(TrainingSampler(3, seed=s)))][2] == 2
+        and 2 not in [i for _, i in zip(range(2), iter(TrainingSampler(3, seed=s)))]
+    )
+    monkeypatch.setattr(resumable.comm, "shared_random_seed", lambda: seed)
+    run = tmp_path / "run"
+    argv = ["--config-file", D2_CONFIG, "OUTPUT_DIR", str(run), "DATASETS.TRAIN", f"('{name}',)"]
+    argv += ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    assert _d2_main(train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"training item 2 of the dataset, image {tmp_path / 'bad.jpg'}: OSError: " in line
+    assert f"iterations 0..1 are saved in {run / 'model_0000001.pth'}" in line
+    saved = torch.load(run / "model_0000001.pth", weights_only=True)
+    assert saved["iteration"] == 1 and saved["trainer"]["data"]["train"]["batches"] == 2
+
+
+def _register_coco(tmp_path, name, images, panoptic=None):
+    """A COCO instances dataset of ``images`` (dicts with file_name, width, height); with
+    ``panoptic`` (segments_info per image) also a COCO panoptic JSON in the metadata."""
+    import json
+
+    from detectron2.data.datasets import register_coco_instances  # isort: skip
+    from detectron2.data import MetadataCatalog  # isort: skip
+
+    content = {
+        "images": [dict(image, id=i + 1) for i, image in enumerate(images)],
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1,
+             "iscrowd": 0, "segmentation": [[0, 0, 1, 0, 1, 1]]}
+            for i in range(len(images))
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }  # fmt: skip
+    annotation_file = tmp_path / f"{name}.json"
+    annotation_file.write_text(json.dumps(content))
+    register_coco_instances(name, {}, str(annotation_file), str(tmp_path))
+    if panoptic is None:
+        return annotation_file, None
+    panoptic_file = tmp_path / f"{name}_panoptic.json"
+    panoptic_file.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {"image_id": i + 1, "file_name": f"{i + 1}.png", "segments_info": segments}
+                    for i, segments in enumerate(panoptic)
+                ],
+                "categories": [{"id": 1, "name": "x", "isthing": 1}],
+            }
+        )
+    )
+    MetadataCatalog.get(name).set(panoptic_json=str(panoptic_file))
+    return annotation_file, panoptic_file
+
+
+def _unique(tmp_path, what: str) -> str:
+    return f"faults_{what}_{os.getpid()}_{id(tmp_path)}"
+
+
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_an_image_too_small_for_the_model_is_named_at_first_load(tmp_path, split):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.data.resumable import DatasetError, load_test_dicts, load_training_dicts
+
+    name = _unique(tmp_path, "tiny")
+    images = [{"file_name": "ok.jpg", "width": 64, "height": 48}]
+    images += [{"file_name": "tiny.jpg", "width": 1, "height": 1}]
+    annotation_file, _ = _register_coco(tmp_path, name, images)
+    load = load_training_dicts if split == "training" else load_test_dicts
+    with pytest.raises(DatasetError) as info:
+        load([name])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{split} dataset(s) {name}")
+    assert f"image {tmp_path / 'tiny.jpg'} is 1x1 pixels, below the 8 px" in message
+    assert str(annotation_file) in message
+
+
+def test_an_unknown_category_in_the_panoptic_json_is_named(tmp_path):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.data.resumable import DatasetError, load_test_dicts
+
+    name = _unique(tmp_path, "panoptic")
+    images = [{"file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)]
+    good = [{"id": 5, "category_id": 1}]
+    _, panoptic_file = _register_coco(tmp_path, name, images, [good, good])
+    assert len(load_test_dicts([name])) == 2  # valid: loads
+    bad = [{"id": 5, "category_id": 1}, {"id": 6, "category_id": 99}]
+    _, panoptic_file = _register_coco(tmp_path, name + "_bad", images, [good, bad])
+    with pytest.raises(DatasetError) as info:
+        load_test_dicts([name + "_bad"])
+    message = str(info.value)
+    assert "\n" not in message and f"panoptic annotation file {panoptic_file}" in message
+    assert "segment 6 of 2.png has category_id=99" in message and "(ids 1)" in message
+
+
+@pytest.mark.parametrize("config_system", ["yacs", "lazy"])
+def test_a_bad_image_in_a_test_dataset_is_named(tmp_path, config_system):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import get_crbp_cfg
+    from crbp_d2.rfpn.data.resumable import EvaluationItemError
+    from crbp_d2.rfpn.train.trainer import Trainer
+
+    name = _unique(tmp_path, f"test_{config_system}")
+    _truncated_jpeg(tmp_path / "bad.jpg")
+    images = [{"file_name": "bad.jpg", "width": 64, "height": 64}]
+    _register_coco(tmp_path, name, images)
+    if config_system == "yacs":
+        cfg = get_crbp_cfg(D2_CONFIG, ["DATASETS.TEST", f"('{name}',)"])
+        loader = Trainer.build_test_loader(cfg, name)
+    else:
+        from crbp_d2.rfpn.train.trainer_lazy import _checked_test_loader_config
+
+        from detectron2.config import LazyConfig, instantiate  # isort: skip
+
+        cfg = LazyConfig.load(LAZY_CONFIG)
+        cfg.dataloader.test.dataset.names = name
+        loader = instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    with pytest.raises(EvaluationItemError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and f"cannot load test item of {name}" in message
+    assert f"image {tmp_path / 'bad.jpg'}: OSError: " in message  # PIL: "Truncated File Read"
+
+
+@pytest.mark.parametrize("config_system", ["yacs", "lazy"])
+def test_the_test_datasets_are_checked_as_the_training_ones(tmp_path, config_system):
+    """An empty test dataset (the evaluation path, --eval-only): one line naming the file."""
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import get_crbp_cfg
+    from crbp_d2.rfpn.data.resumable import DatasetError
+    from crbp_d2.rfpn.train.trainer import Trainer
+
+    name = _unique(tmp_path, f"empty_{config_system}")
+    annotation_file, _ = _register_coco(tmp_path, name, [])
+    with pytest.raises(DatasetError) as info:
+        if config_system == "yacs":
+            cfg = get_crbp_cfg(D2_CONFIG, ["DATASETS.TEST", f"('{name}',)"])
+            Trainer.build_test_loader(cfg, name)
+        else:
+            from crbp_d2.rfpn.train.trainer_lazy import _checked_test_loader_config
+
+            from detectron2.config import LazyConfig, instantiate  # isort: skip
+
+            cfg = LazyConfig.load(LAZY_CONFIG)
+            cfg.dataloader.test.dataset.names = name
+            instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    message = str(info.value)
+    assert message.startswith(f"test dataset(s) {name}: Dataset '{name}' is empty!")
+    assert str(annotation_file) in message and "\n" not in message

@@ -424,10 +424,14 @@ def build_checked_test_loader(
     )
 
 
-def checked_detection_test_loader(dataset: Any, *, mapper: Callable[[dict], Any], **kwargs: Any):
+def checked_detection_test_loader(
+    dataset: Any, *, mapper: Callable[[dict], Any], dataset_names: str = "", **kwargs: Any
+):
     """``build_detection_test_loader(dataset, mapper=mapper, **kwargs)`` (a LazyConfig's
-    ``dataloader.test``) with a bad image named (:class:`NamedItemMapper`)."""
-    return build_detection_test_loader(dataset, mapper=NamedItemMapper(mapper), **kwargs)
+    ``dataloader.test``) with a bad image named (:class:`NamedItemMapper`; ``dataset_names``:
+    the datasets, for the message)."""
+    mapper = NamedItemMapper(mapper, dataset_names)
+    return build_detection_test_loader(dataset, mapper=mapper, **kwargs)
 
 
 class _SeededMap:

@@ -333,6 +333,7 @@ def _checked_test_loader_config(node: DictConfig) -> DictConfig:
     dataset = node.get("dataset")
     if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
         dataset._target_ = "crbp_d2.rfpn.data.resumable.load_test_dicts"
+        node.dataset_names = ", ".join(_dataset_names(dataset.get("names", [])))
     return node
 
 
