@@ -1161,3 +1161,54 @@ def test_the_test_datasets_are_checked_as_the_training_ones(tmp_path, config_sys
     message = str(info.value)
     assert message.startswith(f"test dataset(s) {name}: Dataset '{name}' is empty!")
     assert str(annotation_file) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optimizer.lr=abc", "optimizer.lr = 'abc': must be a number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr = -0.1: must be a number > 0"),
+        ("optimizer.momentum=2", "optimizer.momentum = 2: must be a number in [0, 1]"),
+        ("+optimizer.foo=1", "optimizer (torch.optim.sgd.SGD): TypeError: "),
+        (
+            "dataloader.train.total_batch_size=0",
+            "dataloader.train.total_batch_size = 0: must be an integer >= 1",
+        ),
+        ("dataloader.test.num_workers=-1", "dataloader.test.num_workers = -1: must be an integer"),
+        ("train.checkpointer.period=0", "train.checkpointer.period = 0: must be an integer >= 1"),
+        ("lr_multiplier.warmup_length=3", "lr_multiplier.warmup_length = 3: must be a number in"),
+    ],
+)
+def test_lazyconfig_value_errors_outside_the_engine_name_the_lazy_key(
+    tmp_path, capsys, override, expected
+):
+    """Checked before anything is built (no model, no worker): one line, the lazy key."""
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net
+
+    argv = ["--config-file", LAZY_CONFIG, f"train.output_dir={tmp_path}", override]
+    assert _d2_main(lazyconfig_train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert expected in line, line
+    assert "SOLVER." not in line and "cfg." not in line
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run started
+
+
+def test_lazyconfig_batch_size_must_divide_among_the_processes(tmp_path):
+    pytest.importorskip("detectron2")
+    import argparse
+
+    from crbp_d2.rfpn.train.trainer_lazy import build_lazy_config
+
+    args = argparse.Namespace(
+        config_file=LAZY_CONFIG,
+        opts=[f"train.output_dir={tmp_path}", "dataloader.train.total_batch_size=3"],
+        resume=False,
+        eval_only=False,
+        num_gpus=2,
+        num_machines=1,
+    )
+    with pytest.raises(ValueError, match=r"total_batch_size = 3: must be divisible .* \(2: "):
+        build_lazy_config(args)
+    args.num_gpus = 1
+    assert build_lazy_config(args).dataloader.train.total_batch_size == 3
