@@ -985,6 +985,23 @@ def test_a_bad_training_image_saves_the_iterations_done_before_stopping(tmp_path
     # stopped at the first iteration after a resume: nothing new to save, the last one named
     error = save_before_stopping(checkpointer, _FakeTrainer(3), in_worker, start_iter=3)
     assert "no iteration was done since the checkpoint model_0000002.pth" in str(error)
+    # a bad test image in the periodic evaluation (after iteration 5's step): 0..5 saved
+    from crbp_d2.rfpn.data.resumable import EvaluationItemError
+
+    trainer = _FakeTrainer(5)
+    checkpointer = RFPNCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=trainer)
+    in_eval = EvaluationItemError("cannot load test item of val, image /data/v/1.jpg: OSError: x")
+    error = save_before_stopping(checkpointer, trainer, in_eval, start_iter=0)
+    assert isinstance(error, EvaluationItemError)
+    assert f"iterations 0..5 are saved in {tmp_path / 'model_0000005.pth'}" in str(error)
+    assert (
+        torch.load(tmp_path / "model_0000005.pth", weights_only=True)["trainer"]["iteration"] == 5
+    )
+    # already saved by the periodic checkpointer at that iteration: named, not written again
+    (tmp_path / "model_0000005.pth").unlink()
+    error = save_before_stopping(checkpointer, trainer, in_eval, start_iter=0)
+    assert "the evaluation stopped after iteration 5, which is saved in" in str(error)
+    assert not (tmp_path / "model_0000005.pth").exists()
 
 
 def test_a_truncated_training_image_stops_train_net_in_one_line_with_a_checkpoint(
