@@ -84,6 +84,7 @@ setup(
             "crbp-pathfinder-extrapolation = crbp_d2.cli.pathfinder_extrapolation:main",
             "crbp-cuda-pathfinder-check = crbp_d2.cli.cuda_pathfinder_check:main",
             "crbp-benchmark-generator = crbp_d2.cli.benchmark_generator:main",
+            "crbp-migrate-pathfinder-checkpoint = crbp_d2.cli.migrate_pathfinder_checkpoint:main",
             # torchvision
             "crbp-train-tv-maskrcnn = crbp_d2.cli.train_tv_maskrcnn:main",
         ],

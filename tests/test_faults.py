@@ -684,9 +684,11 @@ def test_negative_counts_in_the_pathfinder_analysis_tools_are_one_line(capsys, t
     assert f"argument {option}: must be an integer >= " in err and "got '-3'" in err
 
 
-def test_step_counts_above_a_sane_bound_are_warned():
-    from crbp_d2.recurrent import engine_config_defaults
+def test_step_counts_above_a_sane_bound_are_warned(monkeypatch):
+    from crbp_d2.recurrent import engine_config_defaults, spec
     from crbp_d2.recurrent.spec import spec_from_node
+
+    monkeypatch.setattr(spec, "_WARNED_STEP_COUNTS", set())
 
     node = engine_config_defaults()
     node["TIMESTEPS"] = 1_000_000
@@ -782,3 +784,516 @@ def test_lazyconfig_value_errors_name_the_lazy_key(tmp_path, capsys):
     line = _one_line(capsys.readouterr().err)
     assert "model.roi_heads.mask_head.engine.TIMESTEPS = -1: must be an integer >= 1" in line
     assert "MODEL.ROI_MASK_HEAD" not in line
+
+
+# -- the checkpoints written before the RNG-state change --------------------------------------
+
+
+def _old_format_pathfinder_checkpoint(tmp_path):
+    """A real Pathfinder trainer checkpoint (one tiny epoch), re-saved as the trainer saved it
+    before the RNG-state change: NumPy's raw ``np.random.get_state()`` tuple under ``rng.numpy``
+    and a NumPy float in its history."""
+    import numpy as np
+    from helpers import LineDataset, tiny_cfg
+
+    from crbp_d2.pathfinder.train.loop import Trainer
+
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 1)
+    Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False).train()
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "last.pth"), weights_only=True)
+    np.random.seed(1234)
+    np.random.random(7)  # a state part-way through the stream
+    state["rng"]["numpy"] = np.random.get_state()
+    state["history"] = [{"iou": np.float64(0.25)}]
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    return cfg, old, state
+
+
+def test_an_old_pathfinder_checkpoint_is_refused_naming_the_migration_tool(tmp_path):
+    cfg, old, _ = _old_format_pathfinder_checkpoint(tmp_path)
+    with pytest.raises(CheckpointReadError) as info:
+        load_torch_file(str(old))
+    message = str(info.value)
+    assert "\n" not in message and str(old) in message
+    assert "tools/migrate_pathfinder_checkpoint.py OLD.pth NEW.pth --trust" in message
+    crafted, _ = _crafted(tmp_path, "evil.pth")  # code, not NumPy: no advice to trust it
+    with pytest.raises(CheckpointReadError) as info:
+        load_torch_file(str(crafted))
+    assert "--trust" not in str(info.value)
+
+
+def test_the_migration_tool_converts_an_old_pathfinder_checkpoint(tmp_path, capsys):
+    import numpy as np
+    from helpers import LineDataset
+
+    from crbp_d2.cli import migrate_pathfinder_checkpoint as tool
+    from crbp_d2.pathfinder.train.loop import Trainer
+
+    cfg, old, state = _old_format_pathfinder_checkpoint(tmp_path)
+    before = old.read_bytes()
+    new = tmp_path / "new.pth"
+    assert tool.main([str(old), str(new)]) == 2  # no --trust: refused, nothing written
+    line = _one_line(capsys.readouterr().err)
+    assert "--trust" in line and str(old) in line and not new.exists()
+    assert tool.main([str(old), str(old), "--trust"]) == 2  # never over the input unless asked
+    errors = [x for x in capsys.readouterr().err.splitlines() if ": error: " in x]
+    assert len(errors) == 1 and "is the input file: pass --overwrite" in errors[0]
+    assert old.read_bytes() == before
+
+    assert tool.main([str(old), str(new), "--trust"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: reading" in err and "weights_only=False" in err
+    assert old.read_bytes() == before  # the input is kept
+    migrated = load_torch_file(str(new))  # now read as data only
+    assert migrated["history"] == [{"iou": 0.25}]
+    assert migrated["model"].keys() == state["model"].keys()
+    assert all(torch.equal(migrated["model"][k], v) for k, v in state["model"].items())
+    # the resumed trainer restores the very NumPy state the old checkpoint held
+    trainer = Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False)
+    np.random.seed(0)
+    trainer.load_checkpoint(str(new))
+    restored = np.random.get_state()
+    assert restored[0] == state["rng"]["numpy"][0] and restored[2] == state["rng"]["numpy"][2]
+    assert np.array_equal(restored[1], state["rng"]["numpy"][1])
+    assert tool.main([str(old), str(new), "--trust"]) == 2  # an existing NEW needs --overwrite
+    assert tool.main([str(old), str(new), "--trust", "--overwrite"]) == 0
+
+
+def _step_count_warnings(record) -> list:
+    return [str(w.message) for w in record if "is above 10,000 (a typo?)" in str(w.message)]
+
+
+@pytest.mark.parametrize("front_end", ["pathfinder", "detectron2"])
+def test_a_step_count_above_the_bound_is_warned_once_on_each_front_end(monkeypatch, front_end):
+    """The config is read more than once (checked, then the model built): one warning, naming
+    the key and the bound."""
+    import warnings
+
+    from crbp_d2.recurrent import spec
+
+    monkeypatch.setattr(spec, "_WARNED_STEP_COUNTS", set())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if front_end == "pathfinder":
+            from crbp_d2.pathfinder.config import load_config
+            from crbp_d2.pathfinder.modeling import build_model
+
+            cfg = load_config(
+                overrides=["MODEL.CHANNELS", "4", "MODEL.RECURRENT.TIMESTEPS", "1000000"]
+            )
+            build_model(cfg)
+            key = "MODEL.RECURRENT.TIMESTEPS"
+        else:
+            pytest.importorskip("detectron2")
+            from crbp_d2.rfpn.config import get_crbp_cfg
+            from crbp_d2.rfpn.modeling.recurrent_mask_head import build_recurrent_engine
+
+            cfg = get_crbp_cfg(D2_CONFIG, ["MODEL.ROI_MASK_HEAD.RECURRENT.TIMESTEPS", "1000000"])
+            build_recurrent_engine(cfg, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM)
+            key = "MODEL.ROI_MASK_HEAD.RECURRENT.TIMESTEPS"
+    messages = _step_count_warnings(record)
+    assert len(messages) == 1, messages
+    assert f"{key} = 1000000 is above 10,000" in messages[0]
+
+
+@pytest.mark.parametrize("mode", ["inference", "train-crbp", "train-bptt"])
+def test_a_long_recurrence_prints_progress_lines(capsys, monkeypatch, mode):
+    """Over the bound (10,000 steps; 200 here, to be fast): the engine shows the run moving on
+    stderr (every tenth and at least every 30 s); runs up to the bound print nothing."""
+    from helpers import LinearCell
+
+    from crbp_d2.recurrent import RecurrentEngine
+    from crbp_d2.recurrent import engine as engine_module
+    from crbp_d2.recurrent.spec import EngineSpec
+
+    SANE_MAX_STEPS = 200
+    monkeypatch.setattr(engine_module, "SANE_MAX_STEPS", SANE_MAX_STEPS)
+    steps = SANE_MAX_STEPS + 20
+    method = "bptt" if mode == "train-bptt" else "crbp"
+    engine = RecurrentEngine.from_spec(LinearCell(2), EngineSpec(steps=steps, method=method))
+    x = torch.randn(1, 2, 1, 1, dtype=torch.float64)
+    if mode == "inference":
+        engine.eval()
+        with torch.no_grad():
+            engine(x)
+    else:
+        engine.train()
+        engine(x).state.sum().backward()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "recurrence" in line]
+    assert len(lines) >= 10, lines
+    total = steps - 1 if mode == "train-crbp" else steps  # crbp: N - 1 steps without a graph
+    assert lines[0].startswith(f"recurrence ({method}") and f"of {total:,} (10%)" in lines[0]
+    assert f"step {total:,} of {total:,} (100%)" in lines[-1]
+    engine = RecurrentEngine.from_spec(LinearCell(2), EngineSpec(steps=SANE_MAX_STEPS))
+    with torch.no_grad():
+        engine.eval()(x)
+    assert "recurrence" not in capsys.readouterr().err
+
+
+# -- the user's own COCO data: training and test datasets -------------------------------------
+
+
+def _truncated_jpeg(path) -> str:
+    """A 64x64 JPEG cut in half (as a failed copy leaves it)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+class _FakeTrainer:
+    """What a checkpointer saves of a Detectron2 trainer: its iteration."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iter = iteration
+
+    def state_dict(self):
+        return {"iteration": self.iter}
+
+    def load_state_dict(self, state):
+        self.iter = state["iteration"]
+
+
+def test_a_bad_training_image_saves_the_iterations_done_before_stopping(tmp_path):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.checkpoint import RFPNCheckpointer
+    from crbp_d2.rfpn.data.resumable import DatasetItemError
+    from crbp_d2.rfpn.train.trainer import save_before_stopping
+
+    trainer = _FakeTrainer(3)  # iterations 0..2 done, iteration 3's batch cannot be loaded
+    checkpointer = RFPNCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=trainer)
+    in_worker = DatasetItemError(
+        "Caught DatasetItemError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\ncrbp_d2.rfpn.data.resumable.DatasetItemError: '
+        "cannot load training item 7 of the dataset, image /data/mine/7.jpg: OSError: truncated\n"
+    )
+    error = save_before_stopping(checkpointer, trainer, in_worker, start_iter=0)
+    message = str(error)
+    assert isinstance(error, DatasetItemError) and "\n" not in message
+    assert message.startswith("cannot load training item 7 of the dataset, image /data/mine/7.jpg")
+    assert f"iterations 0..2 are saved in {tmp_path / 'model_0000002.pth'}" in message
+    assert "--resume" in message and trainer.iter == 3
+    saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert saved["trainer"]["iteration"] == 2  # --resume starts at iteration 3
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    # stopped at the first iteration after a resume: nothing new to save, the last one named
+    error = save_before_stopping(checkpointer, _FakeTrainer(3), in_worker, start_iter=3)
+    assert "no iteration was done since the checkpoint model_0000002.pth" in str(error)
+    # a bad test image in the periodic evaluation (after iteration 5's step): 0..5 saved
+    from crbp_d2.rfpn.data.resumable import EvaluationItemError
+
+    trainer = _FakeTrainer(5)
+    checkpointer = RFPNCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=trainer)
+    in_eval = EvaluationItemError("cannot load test item of val, image /data/v/1.jpg: OSError: x")
+    error = save_before_stopping(checkpointer, trainer, in_eval, start_iter=0)
+    assert isinstance(error, EvaluationItemError)
+    assert f"iterations 0..5 are saved in {tmp_path / 'model_0000005.pth'}" in str(error)
+    assert (
+        torch.load(tmp_path / "model_0000005.pth", weights_only=True)["trainer"]["iteration"] == 5
+    )
+    # already saved by the periodic checkpointer at that iteration: named, not written again
+    (tmp_path / "model_0000005.pth").unlink()
+    error = save_before_stopping(checkpointer, trainer, in_eval, start_iter=0)
+    assert "the evaluation stopped after iteration 5, which is saved in" in str(error)
+    assert not (tmp_path / "model_0000005.pth").exists()
+
+
+def test_a_truncated_training_image_stops_train_net_in_one_line_with_a_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    """For real: the quick recipe on a dataset whose third image is a truncated JPEG, drawn at
+    iteration 2 (about 8 s on a shared 2-core machine)."""
+    pytest.importorskip("detectron2")
+    import copy
+
+    from crbp_d2.rfpn.data import resumable
+
+    from crbp_d2.cli import train_net
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog  # isort: skip
+    from detectron2.data.samplers import TrainingSampler  # isort: skip
+
+    source = "synthetic_panoptic_train_separated"
+    dicts = copy.deepcopy(DatasetCatalog.get(source)[:3])
+    dicts[2]["file_name"] = _truncated_jpeg(tmp_path / "bad.jpg")
+    name = f"faults_truncated_{os.getpid()}_{id(tmp_path)}"
+    DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
+    metadata = MetadataCatalog.get(source).as_dict()
+    metadata.pop("name")
+    MetadataCatalog.get(name).set(**metadata)
+    # a stream seed whose first two items are good images and whose third is the bad one
+    seed = next(
+        s
+        for s in range(1000)
+        if [i for _, i in zip(range(3), iter(TrainingSampler(3, seed=s)))][2] == 2
+        and 2 not in [i for _, i in zip(range(2), iter(TrainingSampler(3, seed=s)))]
+    )
+    monkeypatch.setattr(resumable.comm, "shared_random_seed", lambda: seed)
+    run = tmp_path / "run"
+    argv = ["--config-file", D2_CONFIG, "OUTPUT_DIR", str(run), "DATASETS.TRAIN", f"('{name}',)"]
+    argv += ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    assert _d2_main(train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"training item 2 of the dataset, image {tmp_path / 'bad.jpg'}: OSError: " in line
+    assert f"iterations 0..1 are saved in {run / 'model_0000001.pth'}" in line
+    saved = torch.load(run / "model_0000001.pth", weights_only=True)
+    assert saved["iteration"] == 1 and saved["trainer"]["data"]["train"]["batches"] == 2
+
+
+def _register_coco(tmp_path, name, images, panoptic=None):
+    """A COCO instances dataset of ``images`` (dicts with file_name, width, height); with
+    ``panoptic`` (segments_info per image) also a COCO panoptic JSON in the metadata."""
+    import json
+
+    from detectron2.data.datasets import register_coco_instances  # isort: skip
+    from detectron2.data import MetadataCatalog  # isort: skip
+
+    content = {
+        "images": [dict(image, id=i + 1) for i, image in enumerate(images)],
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1,
+             "iscrowd": 0, "segmentation": [[0, 0, 1, 0, 1, 1]]}
+            for i in range(len(images))
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }  # fmt: skip
+    annotation_file = tmp_path / f"{name}.json"
+    annotation_file.write_text(json.dumps(content))
+    register_coco_instances(name, {}, str(annotation_file), str(tmp_path))
+    if panoptic is None:
+        return annotation_file, None
+    panoptic_file = tmp_path / f"{name}_panoptic.json"
+    panoptic_file.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {"image_id": i + 1, "file_name": f"{i + 1}.png", "segments_info": segments}
+                    for i, segments in enumerate(panoptic)
+                ],
+                "categories": [{"id": 1, "name": "x", "isthing": 1}],
+            }
+        )
+    )
+    MetadataCatalog.get(name).set(panoptic_json=str(panoptic_file))
+    return annotation_file, panoptic_file
+
+
+def _unique(tmp_path, what: str) -> str:
+    return f"faults_{what}_{os.getpid()}_{id(tmp_path)}"
+
+
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_an_image_too_small_for_the_model_is_named_at_first_load(tmp_path, split):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.data.resumable import DatasetError, load_test_dicts, load_training_dicts
+
+    name = _unique(tmp_path, "tiny")
+    images = [{"file_name": "ok.jpg", "width": 64, "height": 48}]
+    images += [{"file_name": "tiny.jpg", "width": 1, "height": 1}]
+    annotation_file, _ = _register_coco(tmp_path, name, images)
+    load = load_training_dicts if split == "training" else load_test_dicts
+    with pytest.raises(DatasetError) as info:
+        load([name])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{split} dataset(s) {name}")
+    assert f"image {tmp_path / 'tiny.jpg'} is 1x1 pixels, below the 8 px" in message
+    assert str(annotation_file) in message
+
+
+def test_an_unknown_category_in_the_panoptic_json_is_named(tmp_path):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.data.resumable import DatasetError, load_test_dicts
+
+    name = _unique(tmp_path, "panoptic")
+    images = [{"file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)]
+    good = [{"id": 5, "category_id": 1}]
+    _, panoptic_file = _register_coco(tmp_path, name, images, [good, good])
+    assert len(load_test_dicts([name])) == 2  # valid: loads
+    bad = [{"id": 5, "category_id": 1}, {"id": 6, "category_id": 99}]
+    _, panoptic_file = _register_coco(tmp_path, name + "_bad", images, [good, bad])
+    with pytest.raises(DatasetError) as info:
+        load_test_dicts([name + "_bad"])
+    message = str(info.value)
+    assert "\n" not in message and f"panoptic annotation file {panoptic_file}" in message
+    assert "segment 6 of 2.png has category_id=99" in message and "(ids 1)" in message
+
+
+@pytest.mark.parametrize("config_system", ["yacs", "lazy"])
+def test_a_bad_image_in_a_test_dataset_is_named(tmp_path, config_system):
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import get_crbp_cfg
+    from crbp_d2.rfpn.data.resumable import EvaluationItemError
+    from crbp_d2.rfpn.train.trainer import Trainer
+
+    name = _unique(tmp_path, f"test_{config_system}")
+    _truncated_jpeg(tmp_path / "bad.jpg")
+    images = [{"file_name": "bad.jpg", "width": 64, "height": 64}]
+    _register_coco(tmp_path, name, images)
+    if config_system == "yacs":
+        cfg = get_crbp_cfg(D2_CONFIG, ["DATASETS.TEST", f"('{name}',)"])
+        loader = Trainer.build_test_loader(cfg, name)
+    else:
+        from crbp_d2.rfpn.train.trainer_lazy import _checked_test_loader_config
+
+        from detectron2.config import LazyConfig, instantiate  # isort: skip
+
+        cfg = LazyConfig.load(LAZY_CONFIG)
+        cfg.dataloader.test.dataset.names = name
+        loader = instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    with pytest.raises(EvaluationItemError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and f"cannot load test item of {name}" in message
+    assert f"image {tmp_path / 'bad.jpg'}: OSError: " in message  # PIL: "Truncated File Read"
+
+
+@pytest.mark.parametrize("config_system", ["yacs", "lazy"])
+def test_the_test_datasets_are_checked_as_the_training_ones(tmp_path, config_system):
+    """An empty test dataset (the evaluation path, --eval-only): one line naming the file."""
+    pytest.importorskip("detectron2")
+    from crbp_d2.rfpn.config import get_crbp_cfg
+    from crbp_d2.rfpn.data.resumable import DatasetError
+    from crbp_d2.rfpn.train.trainer import Trainer
+
+    name = _unique(tmp_path, f"empty_{config_system}")
+    annotation_file, _ = _register_coco(tmp_path, name, [])
+    with pytest.raises(DatasetError) as info:
+        if config_system == "yacs":
+            cfg = get_crbp_cfg(D2_CONFIG, ["DATASETS.TEST", f"('{name}',)"])
+            Trainer.build_test_loader(cfg, name)
+        else:
+            from crbp_d2.rfpn.train.trainer_lazy import _checked_test_loader_config
+
+            from detectron2.config import LazyConfig, instantiate  # isort: skip
+
+            cfg = LazyConfig.load(LAZY_CONFIG)
+            cfg.dataloader.test.dataset.names = name
+            instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    message = str(info.value)
+    assert message.startswith(f"test dataset(s) {name}: Dataset '{name}' is empty!")
+    assert str(annotation_file) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optimizer.lr=abc", "optimizer.lr = 'abc': must be a number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr = -0.1: must be a number > 0"),
+        ("optimizer.momentum=2", "optimizer.momentum = 2: must be a number in [0, 1]"),
+        ("+optimizer.foo=1", "optimizer (torch.optim.sgd.SGD): TypeError: "),
+        (
+            "dataloader.train.total_batch_size=0",
+            "dataloader.train.total_batch_size = 0: must be an integer >= 1",
+        ),
+        ("dataloader.test.num_workers=-1", "dataloader.test.num_workers = -1: must be an integer"),
+        ("train.checkpointer.period=0", "train.checkpointer.period = 0: must be an integer >= 1"),
+        ("lr_multiplier.warmup_length=3", "lr_multiplier.warmup_length = 3: must be a number in"),
+    ],
+)
+def test_lazyconfig_value_errors_outside_the_engine_name_the_lazy_key(
+    tmp_path, capsys, override, expected
+):
+    """Checked before anything is built (no model, no worker): one line, the lazy key."""
+    pytest.importorskip("detectron2")
+    from crbp_d2.cli import lazyconfig_train_net
+
+    argv = ["--config-file", LAZY_CONFIG, f"train.output_dir={tmp_path}", override]
+    assert _d2_main(lazyconfig_train_net, argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert expected in line, line
+    assert "SOLVER." not in line and "cfg." not in line
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run started
+
+
+def test_lazyconfig_batch_size_must_divide_among_the_processes(tmp_path):
+    pytest.importorskip("detectron2")
+    import argparse
+
+    from crbp_d2.rfpn.train.trainer_lazy import build_lazy_config
+
+    args = argparse.Namespace(
+        config_file=LAZY_CONFIG,
+        opts=[f"train.output_dir={tmp_path}", "dataloader.train.total_batch_size=3"],
+        resume=False,
+        eval_only=False,
+        num_gpus=2,
+        num_machines=1,
+    )
+    with pytest.raises(ValueError, match=r"total_batch_size = 3: must be divisible .* \(2: "):
+        build_lazy_config(args)
+    args.num_gpus = 1
+    assert build_lazy_config(args).dataloader.train.total_batch_size == 3
+
+
+# -- Ctrl-C for real: SIGINT to a running training ---------------------------------------------
+
+
+def _interrupt_when(command, ready, timeout: float = 120):
+    """Start ``command`` (a training), wait until ``ready()``, send it SIGINT (what Ctrl-C sends
+    to the foreground process) and return (exit status, stderr)."""
+    import signal
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=ROOT
+        )
+        try:
+            started = _wait_for(lambda: ready() or process.poll() is not None, timeout)
+            assert started and process.poll() is None, "the training ended before it was ready"
+            process.send_signal(signal.SIGINT)
+            status = process.wait(timeout=60)
+        finally:
+            process.kill()
+            process.wait()
+        err.seek(0)
+        return status, err.read()
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_stops_pathfinder_training_cleanly(tmp_path):
+    """SIGINT to ``tools/train_pathfinder.py`` once it has written a checkpoint: status 130, one
+    line naming it, the checkpoint whole (resumable) and the folder's lock released (slow: 56 s
+    on a loaded shared 2-core machine, mostly the subprocess's imports and first epoch)."""
+    import sys
+
+    argv = _pathfinder_argv(tmp_path, "SOLVER.EPOCHS", "100000", "NUM_THREADS", "1")
+    command = [sys.executable, os.path.join(ROOT, "tools", "train_pathfinder.py"), *argv]
+    last = tmp_path / "run" / "last.pth"
+    status, err = _interrupt_when(command, last.exists)
+    assert status == 130, err
+    line = _one_line(err)
+    assert line.startswith("train_pathfinder.py: interrupted (Ctrl-C); the last checkpoint is ")
+    assert str(last) in line and "--resume" in line
+    assert load_torch_file(str(last))["epoch"] >= 1  # whole, read by the safe loader
+    assert not (tmp_path / "run" / ".run.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_stops_detectron2_training_cleanly(tmp_path):
+    """SIGINT to ``tools/train_net.py`` (quick recipe, CPU) once it has written a checkpoint:
+    status 130, one line naming the last checkpoint, which is whole (72 s on a loaded shared
+    2-core machine: the model is built in the subprocess)."""
+    import sys
+
+    pytest.importorskip("detectron2")
+    run = tmp_path / "run"
+    command = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file"]
+    command += [D2_CONFIG, "OUTPUT_DIR", str(run), "DATASETS.TEST", "()"]
+    command += ["SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    status, err = _interrupt_when(command, (run / "last_checkpoint").exists)
+    assert status == 130, err
+    line = _one_line(err)
+    assert line.startswith("train_net.py: interrupted (Ctrl-C); the last checkpoint is ")
+    name = (run / "last_checkpoint").read_text().strip()
+    assert f"{run / name} (continue from it with --resume)" in line
+    assert "model" in load_torch_file(str(run / name))  # whole
+    assert not (run / ".run.lock").exists()

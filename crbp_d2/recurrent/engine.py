@@ -27,6 +27,8 @@ the recurrence (e.g. logging the Neumann statistics).
 from __future__ import annotations
 
 import logging
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -48,13 +50,14 @@ from .fidelity import gradient_agreement
 from .lcp import lipschitz_penalty
 from .neumann import NeumannStats, rbp_attach
 from .solvers import SolverStats, solve
-from .spec import BPTT_METHODS, METHODS, PHANTOM_METHODS, EngineSpec
+from .spec import BPTT_METHODS, METHODS, PHANTOM_METHODS, SANE_MAX_STEPS, EngineSpec
 
 __all__ = [
     "METHODS",
     "NonFiniteStateError",
     "RecurrenceOutput",
     "RecurrentEngine",
+    "StepProgress",
     "check_steps",
     "gradient_agreement",
 ]
@@ -66,6 +69,45 @@ AfterBackward = Callable[[RecurrenceDiagnostics], None]
 
 class NonFiniteStateError(RuntimeError):
     """The recurrent state became NaN or infinite; the message names the step and the method."""
+
+
+class StepProgress:
+    """Progress lines on stderr for a run of more than :data:`~.spec.SANE_MAX_STEPS` cell steps
+    (a valid but huge step count, warned about where the config is read): ``recurrence (METHOD):
+    step K of N (P%), S s``, every tenth of the run and at least every ``period_s`` seconds, so
+    that a pass of hours shows that it moves. Shorter runs print nothing."""
+
+    def __init__(self, total: int, what: str, period_s: float = 30.0) -> None:
+        self.total, self.what, self.period_s = int(total), what, period_s
+        self.active = self.total > SANE_MAX_STEPS
+        self.done = 0
+        self._every = max(1, self.total // 10)
+        self._start = self._last = time.monotonic()
+
+    def wrap(self, step: Callable) -> Callable:
+        """``step`` that counts its calls (``step`` itself when inactive)."""
+        if not self.active:
+            return step
+
+        def counted(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self.tick()
+            return out
+
+        return counted
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        due = self.done % self._every == 0 or self.done == self.total
+        if due or now - self._last >= self.period_s:
+            self._last = now
+            print(
+                f"recurrence ({self.what}): step {self.done:,} of {self.total:,} "
+                f"({100 * self.done / self.total:.0f}%), {now - self._start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @dataclass
@@ -339,7 +381,8 @@ class RecurrentEngine(nn.Module):
     ) -> RecurrenceOutput:
         previous, residual, halted, t = None, float("inf"), False, 0
         initial = cell_init_state(self.cell, drive)
-        for t, state in enumerate(self._states(drive, initial, n, self._graph_free_step())):
+        step = StepProgress(n, self.spec.method).wrap(self._graph_free_step())
+        for t, state in enumerate(self._states(drive, initial, n, step)):
             if previous is not None:
                 _record(recorder, state)
                 residual = relative_residual(state, previous)
@@ -378,7 +421,8 @@ class RecurrentEngine(nn.Module):
         """From h_0 = 0 with autograd off: the configured solver with ``budget`` cell
         evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
         computes."""
-        spec, step = self.spec, self._graph_free_step()
+        spec = self.spec
+        step = StepProgress(budget, spec.method).wrap(self._graph_free_step())
         tol = spec.solver_tol if tol is None else tol
         if spec.cuda_graph and spec.solver == "iterate" and tol is None and recorder is None:
             if drive.is_cuda and budget > 1:  # fixed N: budget - 1 steps replayed, 1 eager
@@ -418,10 +462,11 @@ class RecurrentEngine(nn.Module):
         need_lcp = self.spec.uses_lcp or self.spec.monitor_lcp
         lam = self.spec.phantom_damping
         previous = last = state
+        cell = StepProgress(tracked, self.spec.method + ", tracked").wrap(self.cell)
         for t in range(tracked):
             if t == tracked - 1 and need_lcp:
                 state = _as_graph_input(state)
-            previous, last = state, self.cell(drive, state)
+            previous, last = state, cell(drive, state)
             if damped:
                 mixed = [
                     (1 - lam) * a + lam * b for a, b in zip(state_parts(state), state_parts(last))

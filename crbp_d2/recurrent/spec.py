@@ -307,16 +307,27 @@ def spec_from_node(node: Mapping[str, Any], where: str = "RECURRENT") -> EngineS
 SANE_MAX_STEPS = 10_000
 
 
+# (config node name, key, value) already warned about in this process: a config is read
+# several times (checked, then built), the warning is given once
+_WARNED_STEP_COUNTS: set = set()
+
+
 def warn_step_counts(node: Mapping[str, Any], where: str = "RECURRENT") -> None:
-    """Warn (``UserWarning``, one message per key) about step counts of ``node`` above
+    """Warn (``UserWarning``, once per process and key) about step counts of ``node`` above
     :data:`SANE_MAX_STEPS`: valid, but each forward (or backward) pass then runs that many cell
-    steps, so one iteration may take hours with nothing to show."""
+    steps, so one iteration may take hours (the engine then prints progress lines:
+    :class:`crbp_d2.recurrent.engine.StepProgress`)."""
     for key in ("TIMESTEPS", "TEST_TIMESTEPS", "TBPTT_STEPS", "NEUMANN_STEPS", "PHANTOM_STEPS"):
         value = node.get(key) if hasattr(node, "get") else None
         if _is_int(value) and value > SANE_MAX_STEPS:
+            seen = (where, key, int(value))
+            if seen in _WARNED_STEP_COUNTS:
+                continue
+            _WARNED_STEP_COUNTS.add(seen)
             warnings.warn(
                 f"{where}.{key} = {value} is above {SANE_MAX_STEPS:,} (a typo?): each pass runs "
-                f"{value:,} cell steps, one iteration may take hours",
+                f"{value:,} cell steps, one iteration may take hours (progress lines are "
+                "printed on stderr)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -52,12 +52,24 @@ _PICKLE_ALLOWED = {
 _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
+# What a file that names a NumPy object most likely is, and the tool that converts it.
+MIGRATION_HINT = (
+    "if it is a Pathfinder checkpoint written before the RNG state was stored as tensors (it "
+    "holds a NumPy RNG state), convert it once with tools/migrate_pathfinder_checkpoint.py "
+    "OLD.pth NEW.pth --trust (only for a file you wrote yourself)"
+)
+
+
 def _refused(path: str, name: Optional[str]) -> CheckpointReadError:
     what = f"the Python object {name}" if name else "Python objects other than tensors"
+    remedy = (
+        MIGRATION_HINT
+        if name and name.split(".")[0] == "numpy"
+        else "re-save its weights with torch.save(model.state_dict(), path) from code you trust"
+    )
     return CheckpointReadError(
         f"refused checkpoint {path}: it asks to run {what} when loaded (a checkpoint is read as "
-        "data only: tensors, numbers, strings and plain containers); re-save its weights with "
-        "torch.save(model.state_dict(), path) from code you trust"
+        f"data only: tensors, numbers, strings and plain containers); {remedy}"
     )
 
 

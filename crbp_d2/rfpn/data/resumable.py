@@ -24,7 +24,10 @@ The trainer (``crbp_d2.rfpn.train.trainer.Trainer``) saves this state in each ch
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
+import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,6 +36,7 @@ from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetMapper,
     MetadataCatalog,
+    build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -51,6 +55,14 @@ from ...utils.rng import derived_seed, seeded_rng
 __all__ = [
     "DatasetError",
     "DatasetItemError",
+    "EvaluationItemError",
+    "MIN_IMAGE_SIDE",
+    "NamedItemMapper",
+    "build_checked_test_loader",
+    "check_panoptic_categories",
+    "checked_detection_test_loader",
+    "item_error_line",
+    "load_test_dicts",
     "load_training_dicts",
     "ResumableTrainLoader",
     "build_resumable_train_loader",
@@ -239,6 +251,28 @@ class DatasetItemError(DatasetError):
     """A training item that cannot be loaded (message: one line naming its image file)."""
 
 
+def item_error_line(error: BaseException) -> str:
+    """The one-line message of ``error``; for one raised in a DataLoader worker (whose message
+    is the worker's traceback, ``Original Traceback ...``), the last line's message."""
+    message = str(error)
+    if "Original Traceback" in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(message.split())
+
+
+class EvaluationItemError(DatasetError):
+    """An item of a test dataset that cannot be loaded (message: one line naming its image file
+    and the dataset). Not a :class:`DatasetItemError`: the training loop's handler of bad
+    training items does not take it."""
+
+
+# Images with a side below this many pixels (a 1x1 image in the annotation file) hold nothing the
+# model can learn from or be scored on (they are upscaled to INPUT.MIN_SIZE_*): refused when the
+# dataset is loaded, naming the file.
+MIN_IMAGE_SIDE = 8
+
+
 def _annotation_files(names: Sequence[str]) -> str:
     files = []
     for name in names:
@@ -248,23 +282,156 @@ def _annotation_files(names: Sequence[str]) -> str:
 
 
 def load_training_dicts(names: Sequence[str], **kwargs: Any) -> List[dict]:
-    """Detectron2's ``get_detection_dataset_dicts(names, **kwargs)``; an empty dataset or an
-    annotation whose category id is not in its file's ``categories`` is one
-    :class:`DatasetError` line naming the dataset and the annotation file (not a traceback)."""
+    """Detectron2's ``get_detection_dataset_dicts(names, **kwargs)``; an empty dataset, an
+    annotation whose category id is not in its file's ``categories`` or an image smaller than
+    :data:`MIN_IMAGE_SIDE` is one :class:`DatasetError` line naming the dataset and the
+    annotation file (not a traceback)."""
+    return _load_dicts(names, "training", **kwargs)
+
+
+def load_test_dicts(names: Sequence[str], **kwargs: Any) -> List[dict]:
+    """:func:`load_training_dicts` for the test datasets (``filter_empty=False`` by default, as
+    Detectron2's test loader), and the panoptic JSON's segment categories checked
+    (:func:`check_panoptic_categories`: the evaluation reads it)."""
+    kwargs.setdefault("filter_empty", False)
+    names = [names] if isinstance(names, str) else list(names)
+    check_panoptic_categories(names)
+    return _load_dicts(names, "test", **kwargs)
+
+
+def _load_dicts(names: Sequence[str], split: str, **kwargs: Any) -> List[dict]:
     names = [names] if isinstance(names, str) else list(names)
     try:
-        return get_detection_dataset_dicts(names, **kwargs)
+        dicts = get_detection_dataset_dicts(names, **kwargs)
     except AssertionError as error:  # "Dataset 'x' is empty!", "No valid data found in x."
         raise DatasetError(
-            f"training dataset(s) {', '.join(names)}: {error} (annotation file(s): "
+            f"{split} dataset(s) {', '.join(names)}: {error} (annotation file(s): "
             f"{_annotation_files(names)})"
         ) from None
     except KeyError as error:  # a category id the file's 'categories' do not have
         detail = error.args[0] if error.args else error
         raise DatasetError(
-            f"training dataset(s) {', '.join(names)}, annotation file(s) "
+            f"{split} dataset(s) {', '.join(names)}, annotation file(s) "
             f"{_annotation_files(names)}: {detail}"
         ) from None
+    check_image_sizes(dicts, names, split)
+    return dicts
+
+
+def check_image_sizes(dicts: Sequence[dict], names: Sequence[str], split: str = "training") -> None:
+    """Raise a one-line :class:`DatasetError` naming the first image whose ``width`` or
+    ``height`` (as the annotation file gives them) is below :data:`MIN_IMAGE_SIDE`."""
+    for d in dicts:
+        width, height = d.get("width"), d.get("height")
+        if (
+            isinstance(width, int)
+            and isinstance(height, int)
+            and min(width, height) < MIN_IMAGE_SIDE
+        ):
+            raise DatasetError(
+                f"{split} dataset(s) {', '.join(names)}: image {d.get('file_name', '?')} is "
+                f"{width}x{height} pixels, below the {MIN_IMAGE_SIDE} px a side the model needs "
+                f"(annotation file(s): {_annotation_files(names)}); remove it from the file"
+            )
+
+
+_CHECKED_PANOPTIC: set = set()  # (path, size, mtime) of panoptic JSON files found valid
+
+
+def check_panoptic_categories(names: Sequence[str]) -> None:
+    """For each dataset with a ``panoptic_json`` (COCO panoptic, as the PQ evaluation reads it):
+    raise a one-line :class:`DatasetError` naming the file, the image and the id for a segment
+    whose ``category_id`` is not in the file's ``categories`` (else ignored by the evaluation).
+    Each file is read once per process."""
+    for name in [names] if isinstance(names, str) else names:
+        path = MetadataCatalog.get(name).get("panoptic_json", None)
+        if not path or not os.path.isfile(path):
+            continue
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+        if key in _CHECKED_PANOPTIC:
+            continue
+        try:
+            with open(path) as f:
+                content = json.load(f)
+        except ValueError as error:
+            raise DatasetError(f"panoptic annotation file {path}: not JSON ({error})") from None
+        known = {c.get("id") for c in content.get("categories", []) if isinstance(c, dict)}
+        for annotation in content.get("annotations", []):
+            for segment in annotation.get("segments_info", []):
+                category = segment.get("category_id")
+                if category not in known:
+                    raise DatasetError(
+                        f"panoptic annotation file {path} (dataset {name}): segment "
+                        f"{segment.get('id')} of {annotation.get('file_name', '?')} has "
+                        f"category_id={category}, which is not in the file's 'categories' (ids "
+                        f"{', '.join(str(k) for k in sorted(known, key=str))})"
+                    )
+        _CHECKED_PANOPTIC.add(key)
+
+
+def _item_failure(error: BaseException) -> str:
+    """``Type: message`` of a mapping error, one line; an error without a message (a bare
+    ``assert``) is described by the failing source line."""
+    detail = " ".join(str(error).split())[:200]
+    if not detail:
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames:
+            last = frames[-1]
+            detail = f"{last.line} failed ({os.path.basename(last.filename)}:{last.lineno})"
+    return f"{type(error).__name__}: {detail or 'no detail'}"
+
+
+class NamedItemMapper:
+    """A dataset mapper whose failures (a truncated or unreadable image) are one
+    :class:`EvaluationItemError` line naming the image file and the dataset."""
+
+    def __init__(self, mapper: Callable[[dict], Any], names: str = "") -> None:
+        self.mapper = mapper
+        self.names = names
+
+    def __call__(self, item: dict) -> Any:
+        try:
+            return self.mapper(item)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as error:
+            name = item.get("file_name", "?") if isinstance(item, dict) else "?"
+            where = f" of {self.names}" if self.names else ""
+            raise EvaluationItemError(
+                f"cannot load test item{where}, image {name}: {_item_failure(error)}"
+            ) from error
+
+
+def build_checked_test_loader(
+    cfg: CfgNode, dataset_name: str, mapper: Optional[Callable[[dict], Any]] = None
+):
+    """Detectron2's ``build_detection_test_loader(cfg, dataset_name)`` with the test dataset
+    checked as the training one (:func:`load_test_dicts`) and a bad image named
+    (:class:`NamedItemMapper`)."""
+    dicts = load_test_dicts(
+        [dataset_name],
+        proposal_files=(
+            [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
+            if cfg.MODEL.LOAD_PROPOSALS
+            else None
+        ),
+    )
+    return build_detection_test_loader(
+        dicts,
+        mapper=NamedItemMapper(mapper or DatasetMapper(cfg, False), dataset_name),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def checked_detection_test_loader(
+    dataset: Any, *, mapper: Callable[[dict], Any], dataset_names: str = "", **kwargs: Any
+):
+    """``build_detection_test_loader(dataset, mapper=mapper, **kwargs)`` (a LazyConfig's
+    ``dataloader.test``) with a bad image named (:class:`NamedItemMapper`; ``dataset_names``:
+    the datasets, for the message)."""
+    mapper = NamedItemMapper(mapper, dataset_names)
+    return build_detection_test_loader(dataset, mapper=mapper, **kwargs)
 
 
 class _SeededMap:
@@ -295,10 +462,9 @@ class _SeededMap:
             raise
         except Exception as error:  # a truncated / unreadable image, a bad annotation
             name = item.get("file_name", "?") if isinstance(item, dict) else "?"
-            detail = " ".join(str(error).split())[:200]
             raise DatasetItemError(
                 f"cannot load training item {index} of the dataset, image {name}: "
-                f"{type(error).__name__}: {detail}"
+                f"{_item_failure(error)}"
             ) from error
 
 

@@ -45,7 +45,14 @@ from ..config import (
     train_only_head,
 )
 from ..data import check_dataset_files, check_mask_format, check_num_classes
-from ..data.resumable import ResumableTrainLoader, build_resumable_train_loader
+from ..data.resumable import (
+    DatasetItemError,
+    EvaluationItemError,
+    ResumableTrainLoader,
+    build_checked_test_loader,
+    build_resumable_train_loader,
+    item_error_line,
+)
 from ..evaluation import build_evaluator
 from ..evaluation.gt_box import GT_BOX_TASK, gt_box_results
 from ..modeling.freeze import freeze_all_but_mask_head
@@ -59,6 +66,7 @@ __all__ = [
     "check_losses_finite",
     "default_setup_plain",
     "drop_metrics_rows",
+    "save_before_stopping",
     "setup",
     "stop_on_non_finite_loss",
     "train_or_evaluate",
@@ -117,6 +125,45 @@ def stop_on_non_finite_loss(trainer, output_dir: Optional[str] = None) -> None:
         return write_metrics(loss_dict, data_time, prefix, **kwargs)
 
     trainer._write_metrics = checked_write_metrics
+
+
+def save_before_stopping(
+    checkpointer, trainer, error: BaseException, start_iter: int
+) -> BaseException:
+    """A data item that cannot be loaded (a truncated image) stopped ``trainer`` at iteration
+    ``trainer.iter``: save the iterations done since ``start_iter`` as the checkpoint
+    ``model_{last done}.pth`` (main process; as the periodic checkpointer would have, so that
+    ``--resume`` continues after them) and return the error to raise (of ``error``'s type): one
+    line naming the image file and that checkpoint. A training item stops an iteration before
+    its step (the iterations done end at ``trainer.iter - 1``); a test item (the periodic
+    evaluation, after the step) after it."""
+    failed = int(trainer.iter)
+    message = item_error_line(error)
+    evaluating = isinstance(error, EvaluationItemError)
+    done = failed if evaluating else failed - 1
+    saved_dir = getattr(checkpointer, "save_dir", "") or "."
+    if evaluating and _last_checkpoint(saved_dir) in (f"model_{done:07d}.pth", "model_final.pth"):
+        return type(error)(
+            f"{message}; the evaluation stopped after iteration {done}, which is saved in "
+            f"{os.path.join(saved_dir, _last_checkpoint(saved_dir))}"
+        )
+    if done >= start_iter:
+        trainer.iter = done  # the checkpoint holds the iterations done (resume starts after)
+        try:
+            checkpointer.save(f"model_{done:07d}", iteration=done)
+        finally:
+            trainer.iter = failed
+        where = (
+            f"iterations {start_iter}..{done} are saved in "
+            f"{os.path.join(saved_dir, f'model_{done:07d}.pth')}"
+        )
+    else:
+        last = _last_checkpoint(saved_dir)
+        where = "no iteration was done since " + (f"the checkpoint {last}" if last else "the start")
+    return type(error)(
+        f"{message}; training stopped at iteration {failed}: {where} (fix or remove the image, "
+        "then continue with --resume)"
+    )
 
 
 class Trainer(DefaultTrainer):
@@ -201,6 +248,15 @@ class Trainer(DefaultTrainer):
                 )
         restore_rng_states(state_dict.get("rng"))
 
+    def train(self):
+        """Detectron2's training loop; an item of the training data that cannot be loaded (a
+        truncated image) stops it after saving the iterations done (:func:`save_before_stopping`),
+        with one :class:`~crbp_d2.rfpn.data.resumable.DatasetItemError` line."""
+        try:
+            return super().train()
+        except (DatasetItemError, EvaluationItemError) as error:
+            raise save_before_stopping(self.checkpointer, self, error, self.start_iter) from None
+
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's; on resume also drops the ``metrics.json`` rows of the iterations from
         the resumed one on (written after the checkpoint by the interrupted run)."""
@@ -236,6 +292,13 @@ class Trainer(DefaultTrainer):
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
         return build_adamw(cfg, params)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """Detectron2's test loader, with the test dataset checked as the training one (empty,
+        unknown categories, tiny images, the panoptic JSON's categories) and a bad image named
+        (:func:`~crbp_d2.rfpn.data.resumable.build_checked_test_loader`)."""
+        return build_checked_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(

@@ -28,12 +28,13 @@ import argparse
 import copy
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import detectron2.utils.comm as comm
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import (
     MetadataCatalog,
+    build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
@@ -46,12 +47,12 @@ from detectron2.engine import (
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ...utils.rng import preserved_rng
 from ..checkpoint import RFPNCheckpointer, check_weights_cover_model
 from ..data import check_dataset_name
-from ..data.resumable import ResumableTrainLoader
+from ..data.resumable import DatasetItemError, EvaluationItemError, ResumableTrainLoader
 from ..lazy_config import check_lazy_overrides
 from ..modeling.freeze import freeze_all_but_mask_head
 from .launch import create_ddp_model
@@ -62,13 +63,16 @@ from .trainer import (
     drop_redone_metrics,
     restore_rng_states,
     rng_states,
+    save_before_stopping,
     stop_on_non_finite_loss,
 )
 
 __all__ = [
     "REQUIRED_KEYS",
     "build_lazy_config",
+    "LAZY_VALUE_CHECKS",
     "check_lazy_datasets",
+    "check_lazy_values",
     "do_test",
     "do_train",
     "train_or_evaluate_lazy",
@@ -142,6 +146,82 @@ def check_lazy_engine(cfg: DictConfig) -> None:
         raise type(error)(message) from None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# lazy key -> (test, what it must be); a key the config does not have, or that holds a LazyCall
+# node or an interpolation, is not checked
+LAZY_VALUE_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer.momentum": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "lr_multiplier.warmup_length": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "lr_multiplier.warmup_factor": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "dataloader.train.total_batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "dataloader.train.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "dataloader.train.aspect_ratio_grouping": (lambda v: isinstance(v, bool), "true or false"),
+    "dataloader.test.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "dataloader.test.batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "train.max_iter": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "train.eval_period": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: at the end)"),
+    "train.log_period": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "train.checkpointer.period": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "train.checkpointer.max_to_keep": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "train.amp.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "train.seed": (lambda v: _integer(v), "an integer (negative: random)"),
+    "model.roi_heads.num_classes": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "model.sem_seg_head.num_classes": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def check_lazy_values(cfg: DictConfig, processes: int = 1) -> None:
+    """Check the values of :data:`LAZY_VALUE_CHECKS` and build the optimizer (on one dummy
+    parameter) and ``lr_multiplier`` once, so that a bad value outside the engine node is one
+    ``ValueError`` naming the lazy key (``optimizer.lr = 'abc': must be a number > 0``) before
+    anything starts, not a traceback from a worker (or a yacs key name: ``SOLVER.*``)."""
+    import torch
+
+    for key, (valid, what) in LAZY_VALUE_CHECKS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None or isinstance(value, DictConfig) or isinstance(value, ListConfig):
+            continue
+        if not valid(value):
+            raise ValueError(f"{key} = {value!r}: must be {what}")
+    batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
+    if _integer(batch) and batch % max(processes, 1):
+        raise ValueError(
+            f"dataloader.train.total_batch_size = {batch}: must be divisible by the number of "
+            f"processes ({processes}: --num-gpus x --num-machines)"
+        )
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, DictConfig) and "_target_" in optimizer:
+        target = optimizer._target_
+        target = locate(target) if isinstance(target, str) else target
+        name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}"
+        kwargs = {k: v for k, v in optimizer.items() if k not in ("_target_", "params")}
+        kwargs = OmegaConf.to_container(OmegaConf.create(kwargs), resolve=True)
+        try:  # the optimizer's own checks (betas, eps, nesterov, an unknown argument)
+            target([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+        except (TypeError, ValueError, KeyError, RuntimeError) as error:
+            raise ValueError(f"optimizer ({name}): {_first_line(error)}") from None
+    if isinstance(cfg.get("lr_multiplier"), DictConfig):
+        try:
+            instantiate(cfg.lr_multiplier)
+        except (TypeError, ValueError, KeyError, AssertionError) as error:
+            raise ValueError(f"lr_multiplier: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no detail'}"
+
+
 def build_lazy_config(args: argparse.Namespace) -> DictConfig:
     """The LazyConfig of ``args.config_file`` with the ``args.opts`` overrides, after every check
     that can fail before training starts (the file, the required keys, unknown override keys,
@@ -170,6 +250,8 @@ def build_lazy_config(args: argparse.Namespace) -> DictConfig:
         raise ValueError(f"cannot parse the config overrides {args.opts}: {error}") from None
     check_lazy_datasets(cfg)
     check_lazy_engine(cfg)
+    processes = getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
+    check_lazy_values(cfg, processes if not args.eval_only else 1)
     weights = cfg.train.init_checkpoint
     resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
     if weights and "://" not in weights and not resuming and not os.path.isfile(weights):
@@ -194,7 +276,8 @@ def _do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     evaluator = instantiate(cfg.dataloader.evaluator)
     if not hasattr(evaluator, "process"):
         evaluator = DatasetEvaluators(list(evaluator))
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    loader = instantiate(_checked_test_loader_config(cfg.dataloader.test))
+    results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results
@@ -256,7 +339,10 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
         resume_state.continue_without_state(start_iter)
     if args.resume:
         drop_redone_metrics(cfg.train.output_dir, start_iter)
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except (DatasetItemError, EvaluationItemError) as error:  # a bad image: save, one line
+        raise save_before_stopping(checkpointer, trainer, error, start_iter) from None
 
 
 class _ResumeState:
@@ -311,6 +397,23 @@ def _resumable_loader_config(node: DictConfig) -> DictConfig:
     if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
         # an empty dataset or a category id not in its file: one line naming the file
         dataset._target_ = "crbp_d2.rfpn.data.resumable.load_training_dicts"
+    return node
+
+
+def _checked_test_loader_config(node: DictConfig) -> DictConfig:
+    """``dataloader.test`` with Detectron2's ``build_detection_test_loader`` and
+    ``get_detection_dataset_dicts`` swapped for the checked ones
+    (:func:`~crbp_d2.rfpn.data.resumable.checked_detection_test_loader`,
+    :func:`~crbp_d2.rfpn.data.resumable.load_test_dicts`: a bad image, an empty dataset, unknown
+    categories, tiny images: one line naming the file)."""
+    if not _is_target(node, build_detection_test_loader):
+        return node
+    node = copy.deepcopy(node)
+    node._target_ = "crbp_d2.rfpn.data.resumable.checked_detection_test_loader"
+    dataset = node.get("dataset")
+    if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
+        dataset._target_ = "crbp_d2.rfpn.data.resumable.load_test_dicts"
+        node.dataset_names = ", ".join(_dataset_names(dataset.get("names", [])))
     return node
 
 
