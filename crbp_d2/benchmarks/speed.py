@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..utils import pyplot, write_results
 from ..utils.bench import print_record, run_isolated
@@ -48,12 +48,15 @@ PF_CONFIGS = REPO_ROOT / "configs" / "pathfinder" / "cpu_protocol"
 # protocol model (3.7e-3, docs/results/anderson_cpu.md), the Neumann series to 1e-2 of ||g0||
 FAST = {"FORWARD_SOLVER": "anderson", "SOLVER_TOL": 3e-3, "NEUMANN_TOL": 1e-2}
 COMPILED = {"COMPILE_CELL": True}
+BF16 = {"AUTOCAST_BF16": True}
 PATHFINDER_VARIANTS: Dict[str, Dict[str, object]] = {
     "bptt6": {"METHOD": "bptt", "TIMESTEPS": 6},
     "crbp20": {"METHOD": "crbp", "TIMESTEPS": 20},
     "crbp20-fast": {"METHOD": "crbp", "TIMESTEPS": 20, **FAST},
     "crbp20-compiled": {"METHOD": "crbp", "TIMESTEPS": 20, **COMPILED},
     "crbp20-fast-compiled": {"METHOD": "crbp", "TIMESTEPS": 20, **FAST, **COMPILED},
+    "crbp20-bf16": {"METHOD": "crbp", "TIMESTEPS": 20, **BF16},
+    "crbp20-fast-bf16": {"METHOD": "crbp", "TIMESTEPS": 20, **FAST, **BF16},
 }
 RFPN_VARIANTS: Dict[str, tuple] = {
     "fpn": ("FPN", {}),
@@ -61,6 +64,8 @@ RFPN_VARIANTS: Dict[str, tuple] = {
     "crbp20": ("CRBP-20", {}),
     "crbp20-fast": ("CRBP-20", FAST),
     "crbp20-fast-compiled": ("CRBP-20", {**FAST, **COMPILED}),
+    "crbp20-bf16": ("CRBP-20", BF16),
+    "crbp20-fast-bf16": ("CRBP-20", {**FAST, **BF16}),
 }
 
 
@@ -76,8 +81,8 @@ def measure_pathfinder_step(variant: str, iters: int = 5, batch: int = 8) -> Rec
     import torch
 
     from ..pathfinder.config import load_config
+    from ..pathfinder.losses import compute_loss
     from ..pathfinder.modeling import build_model
-    from ..pathfinder.train.losses import compute_loss
 
     torch.set_num_threads(1)
     keys = PATHFINDER_VARIANTS[variant]
@@ -234,49 +239,120 @@ def measure_core_step(variant: str, device: str, tiny: bool = False, iters: int 
 LAYOUT_VARIANTS = tuple(
     f"{cell}-{layout}"
     for cell in ("pathfinder", "mask_head")
-    for layout in ("fp32", "channels_last", "bf16")
+    for layout in ("fp32", "channels_last", "bf16", "autocast_bf16")
 )
 
 
 def measure_layout_step(variant: str, iters: int = 3) -> Record:
     """``layout_step``: one C-RBP-20 training step (K = 15, LCP) of a cell alone on the CPU,
-    float32 contiguous, float32 channels_last, or under bfloat16 autocast (the Neumann sum stays
-    float32): the Pathfinder protocol's hGRU (12 ch, 5x5, 64 px, batch 8) or the paper's
-    mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs). Not engine switches: measured to decide."""
+    float32 contiguous, float32 channels_last, the whole step under bfloat16 autocast (``bf16``:
+    the tracked step and the LCP too; not an engine switch), or the engine's ``autocast_bf16``
+    (the graph-free steps and the Neumann VJPs only), on the Pathfinder protocol's hGRU (12 ch,
+    5x5, 64 px, batch 8) or the paper's mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs). The
+    bfloat16 variants also give ``grad_relative_error``: their cell gradient against the
+    float32 one (same weights, same input)."""
     import torch
 
-    from ..recurrent import HGRUCell, MaskHeadHGRUCell, RecurrentEngine
+    from ..recurrent import RecurrentEngine
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     name, layout = variant.split("-", 1)
-    if name == "pathfinder":
-        cell, x = HGRUCell(12, 5), torch.rand(8, 12, 64, 64)
-    else:
-        cell, x = MaskHeadHGRUCell(256, 3), torch.rand(16, 256, 14, 14)
+    cell, x = _layout_cell(name)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-    engine = RecurrentEngine(cell, 20, "crbp", neumann_steps=15)
+    switch = layout == "autocast_bf16"
+    engine = RecurrentEngine(cell, 20, "crbp", neumann_steps=15, autocast_bf16=switch)
 
-    def step() -> float:
+    def step(engine=engine, autocast: bool = layout == "bf16") -> float:
         start = time.perf_counter()
         cell.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=layout == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = engine(x)
         (out.state.float().square().mean() + out.lcp.float()).backward()
         return time.perf_counter() - start
 
+    def gradient() -> "torch.Tensor":
+        return torch.cat([p.grad.reshape(-1) for p in cell.parameters()]).double()
+
     warm = step()
+    got = gradient()
     times = [step() for _ in range(iters)]
+    error = None
+    if layout in ("bf16", "autocast_bf16"):
+        step(RecurrentEngine(cell, 20, "crbp", neumann_steps=15), autocast=False)
+        want = gradient()
+        error = float((got - want).norm() / want.norm())
     return {
         "measure": "layout_step",
         "variant": variant,
         "seconds": statistics.median(times),
         "seconds_all": times,
         "warmup_seconds": warm,
+        "grad_relative_error": error,
         "settings": {"cell": name, "layout": layout, "method": "crbp", "steps": 20},
     }
 
+
+def _layout_cell(name: str) -> tuple:
+    """(cell, input) of ``layout_step`` / ``cell_step``: the Pathfinder protocol's hGRU or the
+    paper's mask-head hGRU, seeded."""
+    import torch
+
+    from ..recurrent import HGRUCell, MaskHeadHGRUCell
+
+    torch.manual_seed(0)
+    if name == "pathfinder":
+        return HGRUCell(12, 5), torch.rand(8, 12, 64, 64)
+    return MaskHeadHGRUCell(256, 3), torch.rand(16, 256, 14, 14)
+
+
+CELL_STEP_VARIANTS = tuple(
+    f"{cell}-{layout}"
+    for cell in ("pathfinder", "mask_head")
+    for layout in ("fp32", "channels_last", "bf16")
+)
+
+
+def measure_cell_step(variant: str, iters: int = 30) -> Record:
+    """``cell_step``: one graph-free cell evaluation (what the forward solver repeats) of the
+    ``layout_step`` cells at a state near the fixed point (20 steps in), float32 contiguous,
+    float32 channels_last, or as the engine's ``autocast_bf16`` runs it (``bf16``); median of
+    ``iters`` calls."""
+    import torch
+
+    from ..recurrent.base import cell_init_state, cell_prepare
+    from ..recurrent.bf16 import bf16_step
+
+    torch.set_num_threads(1)
+    name, layout = variant.split("-", 1)
+    cell, x = _layout_cell(name)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    step = bf16_step(cell) if layout == "bf16" else cell
+    times = []
+    with torch.no_grad():
+        drive = cell_prepare(cell, x)
+        state = cell_init_state(cell, drive)
+        for _ in range(20):
+            state = cell(drive, state)
+        step(drive, state)  # warm-up
+        for _ in range(iters):
+            start = time.perf_counter()
+            step(drive, state)
+            times.append(time.perf_counter() - start)
+    return {
+        "measure": "cell_step",
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "seconds_all": times,
+        "settings": {"cell": name, "layout": layout, "calls": iters},
+    }
+
+
+STEP_MEASURES = ("pathfinder_step", "rfpn_step", "layout_step", "cell_step")
+
+# the baselines of the job tables (per measure and seed)
+JOB_BASELINES = ("bptt6", "bptt5")  # and the records marked ``baseline``
 
 # the CPU protocol's method labels -> this benchmark's variant names
 PROTOCOL_VARIANTS = {
@@ -320,22 +396,133 @@ def protocol_job_records(
     return records
 
 
+RFPN_SETTING_KEYS = ("FORWARD_SOLVER", "SOLVER_TOL", "NEUMANN_TOL", "NEUMANN_STEPS", "TIMESTEPS")
+
+
+def _rfpn_protocol_record(
+    rows: Sequence[Mapping], variant: str, source: str, shared: Optional[bool]
+) -> Record:
+    """One ``rfpn_protocol`` record from one run's protocol records (one per evaluated step
+    count): the training job's seconds, GT-box mask IoU (as a fraction) at N and at 3N."""
+    n = rows[0]["train_steps"]
+    iou = {r["eval_steps"]: r["gt_box_iou"] / 100.0 for r in rows}
+    first = rows[0]
+    machine = first.get("provenance") or {
+        k: first.get(k) for k in ("device", "torch", "threads", "git_commit") if k in first
+    }
+    return {
+        "measure": "rfpn_protocol",
+        "variant": variant,
+        "seed": first["seed"],
+        "seconds": first["train_minutes"] * 60.0,
+        "seconds_per_iter": first.get("seconds_per_iter"),
+        "iou_n": iou.get(n),
+        "iou_3n": iou.get(3 * n),
+        "settings": {"dataset": first["dataset"], "head": first["head"], "steps": n},
+        "source": source,
+        "shared_machine": shared,
+        "machine": machine,
+    }
+
+
+def rfpn_protocol_records(
+    runs_dir: "str | Path",
+    variant: str,
+    baseline: "str | Path" = REPO_ROOT / "docs" / "results" / "rfpn_cpu_protocol.json",
+    baseline_variant: str = "crbp6",
+    dataset: str = "contours",
+    head: str = "crbp",
+    shared: bool = True,
+) -> List[Record]:
+    """``rfpn_protocol`` records: the recorded C-RBP row of the R-FPN protocol (``baseline``,
+    the protocol's records; its ``shared_machine`` as recorded, None where it was not) and a
+    re-run with other engine settings (``runs_dir/DATASET/HEAD/seed*/record.json``, as
+    ``crbp_d2.rfpn.experiments.cpu_protocol`` leaves them; ``shared``: taken on a shared
+    machine). The re-run's engine settings are read from its ``config.yaml`` and the mean
+    forward evaluations and Neumann terms of its training from its ``metrics.json``."""
+    with open(baseline) as f:
+        recorded = [r for r in json.load(f) if r["dataset"] == dataset and r["head"] == head]
+    if not recorded:
+        raise ValueError(f"{baseline}: no {dataset}/{head} records")
+    records: List[Record] = []
+    for seed in sorted({r["seed"] for r in recorded}):
+        rows = [r for r in recorded if r["seed"] == seed]
+        record = _rfpn_protocol_record(rows, baseline_variant, _relative(baseline), None)
+        record["shared_machine"] = (rows[0].get("provenance") or {}).get("shared_machine")
+        record["baseline"] = True
+        records.append(record)
+    folders = sorted(Path(runs_dir, dataset, head).glob("seed*/record.json"))
+    if not folders:
+        raise FileNotFoundError(f"no finished run under {Path(runs_dir, dataset, head)}")
+    for path in folders:
+        with open(path) as f:
+            rows = json.load(f)
+        record = _rfpn_protocol_record(rows, variant, _relative(path), shared)
+        record["settings"].update(_run_engine_settings(path.parent))
+        records.append(record)
+    return records
+
+
+def _relative(path: "str | Path") -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name
+
+
+def _run_engine_settings(folder: Path) -> Dict[str, object]:
+    """The engine keys of a Detectron2 run (``config.yaml``) and the mean forward evaluations
+    and Neumann terms its training logged (``metrics.json``, ``<method>/...`` scalars)."""
+    import yaml
+
+    settings: Dict[str, object] = {}
+    config = folder / "config.yaml"
+    if config.is_file():
+        with open(config) as f:
+            node = yaml.safe_load(f)["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"]
+        settings.update({k: node[k] for k in RFPN_SETTING_KEYS if k in node})
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        sums: Dict[str, List[float]] = {}
+        with open(metrics) as f:
+            for line in f:
+                row = json.loads(line)
+                for key, value in row.items():
+                    name = key.split("/")[-1]
+                    if name in ("forward_evaluations", "neumann_terms") and "/" in key:
+                        sums.setdefault(name, []).append(float(value))
+        settings.update({f"mean_{k}": statistics.mean(v) for k, v in sums.items()})
+    return settings
+
+
+def _job_baseline_of(candidate: Mapping, record: Mapping) -> bool:
+    """True when ``candidate`` is the baseline job of ``record``: the same measure and seed, a
+    baseline variant or a record marked ``baseline``."""
+    return (
+        candidate["measure"] == record["measure"]
+        and (candidate["variant"] in JOB_BASELINES or bool(candidate.get("baseline")))
+        and candidate.get("seed") == record.get("seed")
+    )
+
+
 def table(records: Sequence[Record]) -> str:
     """Markdown: per measure, seconds and the factor against the first baseline."""
     lines = [
         "| measure | variant | s / step | vs C-RBP-20 | vs baseline | evaluations | terms "
-        "| forward s | backward s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| forward s | backward s | grad rel. error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     jobs = [r for r in records if r["measure"].endswith(("_job", "_protocol"))]
     for measure in dict.fromkeys(r["measure"] for r in records if r not in jobs):
         rows = [r for r in records if r["measure"] == measure]
         crbp = next((r["seconds"] for r in rows if r["variant"] in ("crbp20",)), None)
-        if measure == "layout_step":  # against the same cell in float32
+        per_cell = measure in ("layout_step", "cell_step")
+        if per_cell:  # against the same cell in float32
             crbp = None
         base = next((r for r in rows if r["variant"] in ("bptt6", "bptt5")), None)
         for r in rows:
-            if measure == "layout_step":  # the baseline: the same cell in float32, contiguous
+            if per_cell:  # the baseline: the same cell in float32, contiguous
                 cell = r["variant"].split("-")[0]
                 base = next((b for b in rows if b["variant"] == f"{cell}-fp32"), None)
             vs_crbp = f"{r['seconds'] / crbp:.2f}" if crbp else ""
@@ -344,10 +531,13 @@ def table(records: Sequence[Record]) -> str:
             terms = r.get("neumann_terms")
             split = [r.get("forward_seconds"), r.get("backward_seconds")]
             forward, backward = ("" if v is None else f"{v:.3f}" for v in split)
+            error = r.get("grad_relative_error")
+            digits = 4 if measure == "cell_step" else 3
             lines.append(
-                f"| {measure} | {r['variant']} | {r['seconds']:.3f} | {vs_crbp} | {vs_base} | "
-                f"{'' if evals is None else int(evals)} | {'' if terms is None else int(terms)} | "
-                f"{forward} | {backward} |"
+                f"| {measure} | {r['variant']} | {r['seconds']:.{digits}f} | {vs_crbp} | "
+                f"{vs_base} | {'' if evals is None else int(evals)} | "
+                f"{'' if terms is None else int(terms)} | {forward} | {backward} | "
+                f"{'' if error is None else f'{error:.1e}'} |"
             )
     if jobs:
         lines += [
@@ -356,19 +546,22 @@ def table(records: Sequence[Record]) -> str:
             "|---|---|---:|---:|---:|---:|",
         ]
         for r in jobs:
-            base = next((b for b in jobs if b["measure"] == r["measure"] and b["variant"]
-                         in ("bptt6", "bptt5")), None)  # fmt: skip
+            base = next((b for b in jobs if _job_baseline_of(b, r)), None)
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             ious = ("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_n", "iou_3n"))
+            label = r["variant"] + ("" if r.get("seed") is None else f" (seed {r['seed']})")
             lines.append(
-                f"| {r['measure']} | {r['variant']} | {r['seconds']:.0f} | {vs_base} | "
+                f"| {r['measure']} | {label} | {r['seconds']:.0f} | {vs_base} | "
                 + " | ".join(ious)
                 + " |"
             )
         lines += [
             "",
             "job seconds: the whole training job (the protocol's jobs run two side by side, one "
-            "thread each), read from the protocol run's records (`--add-protocol STEM`).",
+            "thread each), read from the protocol run's records (`--add-protocol STEM`; "
+            "rfpn_protocol: `--add-rfpn-protocol RUNS_DIR`, the GT-box mask IoU as a fraction, "
+            "against the recorded C-RBP-6 row of `rfpn_cpu_protocol.json`, whose timings were "
+            "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31).",
         ]
     machine = next((r["machine"] for r in records if r not in jobs), {}) if records else {}
     shared = any(r.get("shared_machine") for r in records)
@@ -410,6 +603,8 @@ def _worker(job_json: str) -> None:
     job = json.loads(job_json)
     if job["measure"] == "layout_step":
         record = measure_layout_step(job["variant"], job["iters"])
+    elif job["measure"] == "cell_step":
+        record = measure_cell_step(job["variant"], job["iters"])
     elif job["measure"] == "core_step":
         record = measure_core_step(job["variant"], job["device"], job["tiny"], job["iters"])
     elif job["measure"] == "pathfinder_step":
@@ -427,6 +622,7 @@ def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--measures", nargs="+", default=["pathfinder_step", "rfpn_step", "layout_step"])
     p.add_argument("--pathfinder-variants", nargs="+", default=list(PATHFINDER_VARIANTS))
+    p.add_argument("--layout-variants", nargs="+", choices=LAYOUT_VARIANTS, default=None)
     p.add_argument("--rfpn-variants", nargs="+", default=list(RFPN_VARIANTS))
     p.add_argument("--iters", type=int, default=5, help="timed steps per variant (rfpn: 2)")
     p.add_argument("--shared", action="store_true", help="flag the records shared_machine")
@@ -450,7 +646,24 @@ def main(argv: Sequence[str] = None) -> int:
         help="add the pathfinder_job records of a finished CPU-protocol run "
         "(docs/results/STEM.json and STEM_summary.json) to OUT.json, then rewrite the report",
     )
+    p.add_argument(
+        "--add-rfpn-protocol",
+        metavar="RUNS_DIR",
+        help="add rfpn_protocol records: the recorded C-RBP row of docs/results/"
+        "rfpn_cpu_protocol.json and the finished re-run in RUNS_DIR (tools/rfpn_cpu_protocol.py "
+        "--out-dir RUNS_DIR --heads crbp ...), then rewrite the report",
+    )
+    p.add_argument("--rfpn-protocol-variant", default="crbp6-fast", help="the re-run's variant")
     args = p.parse_args(argv)
+    if args.add_rfpn_protocol:
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        added = rfpn_protocol_records(
+            args.add_rfpn_protocol, args.rfpn_protocol_variant, shared=args.shared
+        )
+        records = [r for r in records if r["measure"] != "rfpn_protocol"] + added
+        write_results(args.out, records, table(records), plot)
+        return 0
     if args.report_only or args.add_protocol:
         with open(args.out + ".json") as f:
             records = json.load(f)
@@ -461,10 +674,8 @@ def main(argv: Sequence[str] = None) -> int:
         write_results(args.out, records, table(records), plot)
         return 0
     for measure in args.measures:
-        if measure not in ("pathfinder_step", "rfpn_step", "layout_step"):
-            p.error(
-                f"unknown measure {measure!r}; choose pathfinder_step, rfpn_step or layout_step"
-            )
+        if measure not in STEP_MEASURES:
+            p.error(f"unknown measure {measure!r}; choose from {list(STEP_MEASURES)}")
     jobs = []
     if args.core_device:
         variants = list(CORE_VARIANTS)
@@ -478,8 +689,12 @@ def main(argv: Sequence[str] = None) -> int:
         args.measures = []
     for measure in args.measures:
         if measure == "layout_step":
-            for variant in LAYOUT_VARIANTS:
+            for variant in args.layout_variants or LAYOUT_VARIANTS:
                 jobs.append({"measure": measure, "variant": variant, "iters": min(args.iters, 3)})
+            continue
+        if measure == "cell_step":
+            for variant in CELL_STEP_VARIANTS:
+                jobs.append({"measure": measure, "variant": variant, "iters": 6 * args.iters})
             continue
         table_ = PATHFINDER_VARIANTS if measure == "pathfinder_step" else RFPN_VARIANTS
         variants = args.pathfinder_variants if measure == "pathfinder_step" else args.rfpn_variants
