@@ -248,9 +248,14 @@ def measure_layout_step(variant: str, iters: int = 3) -> Record:
     float32 contiguous, float32 channels_last, the whole step under bfloat16 autocast (``bf16``:
     the tracked step and the LCP too; not an engine switch), or the engine's ``autocast_bf16``
     (the graph-free steps and the Neumann VJPs only), on the Pathfinder protocol's hGRU (12 ch,
-    5x5, 64 px, batch 8) or the paper's mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs). The
-    bfloat16 variants also give ``grad_relative_error``: their cell gradient against the
-    float32 one (same weights, same input)."""
+    5x5, 64 px, batch 8) or the paper's mask-head hGRU (256 ch, 3x3, 14x14, 16 RoIs).
+
+    A variant other than ``fp32`` is timed in turns with a float32 copy of the same cell in the
+    same process (``vs_fp32``: the median of the per-turn ratios; on a shared machine both see
+    the same load), and the bfloat16 variants give ``grad_relative_error``: their cell gradient
+    against the float32 copy's (same weights, same input)."""
+    import copy
+
     import torch
 
     from ..recurrent import RecurrentEngine
@@ -258,29 +263,35 @@ def measure_layout_step(variant: str, iters: int = 3) -> Record:
     torch.set_num_threads(1)
     name, layout = variant.split("-", 1)
     cell, x = _layout_cell(name)
+    reference = copy.deepcopy(cell)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    cell, xin = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
     switch = layout == "autocast_bf16"
     engine = RecurrentEngine(cell, 20, "crbp", neumann_steps=15, autocast_bf16=switch)
+    plain = RecurrentEngine(reference, 20, "crbp", neumann_steps=15)
 
-    def step(engine=engine, autocast: bool = layout == "bf16") -> float:
+    def step(engine, x, autocast: bool = False) -> float:
         start = time.perf_counter()
-        cell.zero_grad(set_to_none=True)
+        engine.cell.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = engine(x)
         (out.state.float().square().mean() + out.lcp.float()).backward()
         return time.perf_counter() - start
 
-    def gradient() -> "torch.Tensor":
-        return torch.cat([p.grad.reshape(-1) for p in cell.parameters()]).double()
+    def gradient(module) -> "torch.Tensor":
+        return torch.cat([p.grad.reshape(-1) for p in module.parameters()]).double()
 
-    warm = step()
-    got = gradient()
-    times = [step() for _ in range(iters)]
+    warm = step(engine, xin, layout == "bf16")
+    got = gradient(cell)
+    times, ratios = [], []
+    for _ in range(iters):
+        times.append(step(engine, xin, layout == "bf16"))
+        if layout != "fp32":
+            ratios.append(times[-1] / step(plain, x))
     error = None
     if layout in ("bf16", "autocast_bf16"):
-        step(RecurrentEngine(cell, 20, "crbp", neumann_steps=15), autocast=False)
-        want = gradient()
+        step(plain, x)
+        want = gradient(reference)
         error = float((got - want).norm() / want.norm())
     return {
         "measure": "layout_step",
@@ -288,6 +299,7 @@ def measure_layout_step(variant: str, iters: int = 3) -> Record:
         "seconds": statistics.median(times),
         "seconds_all": times,
         "warmup_seconds": warm,
+        "vs_fp32": statistics.median(ratios) if ratios else None,
         "grad_relative_error": error,
         "settings": {"cell": name, "layout": layout, "method": "crbp", "steps": 20},
     }
@@ -315,9 +327,10 @@ CELL_STEP_VARIANTS = tuple(
 
 def measure_cell_step(variant: str, iters: int = 30) -> Record:
     """``cell_step``: one graph-free cell evaluation (what the forward solver repeats) of the
-    ``layout_step`` cells at a state near the fixed point (20 steps in), float32 contiguous,
-    float32 channels_last, or as the engine's ``autocast_bf16`` runs it (``bf16``); median of
-    ``iters`` calls."""
+    ``layout_step`` cells at a state 20 steps in, float32 contiguous, float32 channels_last, or
+    as the engine's ``autocast_bf16`` runs it (``bf16``); median of ``iters`` calls. A variant
+    other than ``fp32`` is timed in turns with the float32 step (``vs_fp32``: the median of the
+    per-turn ratios)."""
     import torch
 
     from ..recurrent.base import cell_init_state, cell_prepare
@@ -326,27 +339,46 @@ def measure_cell_step(variant: str, iters: int = 30) -> Record:
     torch.set_num_threads(1)
     name, layout = variant.split("-", 1)
     cell, x = _layout_cell(name)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    cell, x = cell.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-    step = bf16_step(cell) if layout == "bf16" else cell
-    times = []
+    times, ratios = [], []
     with torch.no_grad():
         drive = cell_prepare(cell, x)
         state = cell_init_state(cell, drive)
         for _ in range(20):
             state = cell(drive, state)
-        step(drive, state)  # warm-up
-        for _ in range(iters):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        tested = copy_to_format(cell, fmt)
+        step = bf16_step(tested) if layout == "bf16" else tested
+        args = (drive.contiguous(memory_format=fmt), state.contiguous(memory_format=fmt))
+
+        def timed(function, *inputs) -> float:
             start = time.perf_counter()
-            step(drive, state)
-            times.append(time.perf_counter() - start)
+            function(*inputs)
+            return time.perf_counter() - start
+
+        timed(step, *args), timed(cell, drive, state)  # warm-up
+        for _ in range(iters):
+            times.append(timed(step, *args))
+            if layout != "fp32":
+                ratios.append(times[-1] / timed(cell, drive, state))
     return {
         "measure": "cell_step",
         "variant": variant,
         "seconds": statistics.median(times),
         "seconds_all": times,
+        "vs_fp32": statistics.median(ratios) if ratios else None,
         "settings": {"cell": name, "layout": layout, "calls": iters},
     }
+
+
+def copy_to_format(module, memory_format):
+    """A copy of ``module`` in ``memory_format`` (the module itself for contiguous)."""
+    import copy
+
+    import torch
+
+    if memory_format == torch.contiguous_format:
+        return module
+    return copy.deepcopy(module).to(memory_format=memory_format)
 
 
 STEP_MEASURES = ("pathfinder_step", "rfpn_step", "layout_step", "cell_step")
@@ -394,6 +426,160 @@ def protocol_job_records(
             }
         )
     return records
+
+
+PROFILE_TERMS = (1, 2, 4, 6, 8, 15)  # the terms shown in the profile's table
+
+
+def measure_neumann_profile(
+    checkpoint: Optional[str], terms: int = 40, tol: float = 1e-2, batch: int = 8
+) -> Record:
+    """``neumann_profile``: how fast the Neumann terms of a Pathfinder C-RBP model decay in a
+    training step, i.e. whether ``NEUMANN_TOL`` can stop the series early. From ``checkpoint``
+    (a trainer checkpoint, read only) or, if None, the protocol model at its initial weights
+    (seed 0): one training-mode step (batch statistics, as in training) on ``batch`` test
+    images with the series run to ``terms`` terms without a tolerance. Gives ``term_ratios``
+    (||(J^T)^k g0|| / ||g0||, k = 0..terms: what the stopping test compares with ``tol``), the
+    first k where it falls to ``tol`` (None: not within ``terms``), the tail's contraction per
+    term, and the time of the backward pass with K = 15 and with K = 1 (the VJPs' share)."""
+    import torch
+
+    from ..pathfinder.config import load_config
+    from ..pathfinder.evaluation.analysis import make_test_loader
+    from ..pathfinder.losses import compute_loss
+    from ..pathfinder.modeling import build_model
+
+    torch.set_num_threads(1)
+    if checkpoint is None:
+        cfg = load_config(str(PF_CONFIGS / "base.yaml"), freeze=True)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+    else:
+        model, cfg = _load_pathfinder_weights(checkpoint)
+    model.train()
+    image, label = next(iter(make_test_loader(cfg, batch_size=batch)))
+    engine = model.engine
+    trained_spec = engine.spec
+
+    def backward_with(k: int) -> tuple:
+        engine.spec = trained_spec.replace(neumann_steps=k, neumann_tol=None)
+        model.zero_grad(set_to_none=True)
+        total, _, out = compute_loss(model, image, label, cfg)
+        start = time.perf_counter()
+        total.backward()
+        return time.perf_counter() - start, out.diagnostics
+
+    _, diagnostics = backward_with(terms)
+    norms = diagnostics.neumann.term_norms
+    ratios = [n / norms[0] for n in norms]
+    reach = next((k for k, r in enumerate(ratios) if k > 0 and r <= tol), None)
+    tail = ratios[-11:]
+    contraction = (tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)) if tail[0] > 0 else None
+    backward_15 = statistics.median(backward_with(15)[0] for _ in range(3))
+    backward_1 = statistics.median(backward_with(1)[0] for _ in range(3))
+    engine.spec = trained_spec
+    return {
+        "measure": "neumann_profile",
+        "variant": "init" if checkpoint is None else "trained",
+        "seconds": backward_15,
+        "backward_seconds_k15": backward_15,
+        "backward_seconds_k1": backward_1,
+        "term_ratios": ratios,
+        "tol": tol,
+        "terms_to_tol": reach,
+        "tail_contraction": contraction,
+        "residual": diagnostics.residual,
+        "settings": {
+            "checkpoint": None if checkpoint is None else _relative(checkpoint),
+            "terms": terms,
+            "batch": batch,
+            "steps": trained_spec.steps,
+            "neumann_tol_trained": trained_spec.neumann_tol,
+        },
+    }
+
+
+def _load_pathfinder_weights(checkpoint: str) -> tuple:
+    """(model, config) from a Pathfinder trainer checkpoint, read as data only. Checkpoints
+    whose RNG state holds numpy arrays (which :mod:`crbp_d2.utils.safe_load` refuses) are read
+    with numpy's array reconstruction allowed as well; only their weights and config are used."""
+    import numpy as np
+    import torch
+
+    from ..pathfinder.config import config_from_dump
+    from ..pathfinder.evaluation.analysis import load_trained
+    from ..pathfinder.modeling import build_model
+    from ..utils.safe_load import CheckpointReadError
+
+    try:
+        return load_trained(checkpoint)
+    except CheckpointReadError:
+        from numpy._core.multiarray import _reconstruct
+
+        arrays = [_reconstruct, np.ndarray, np.dtype, type(np.dtype("uint32"))]
+        with torch.serialization.safe_globals(arrays):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = config_from_dump(state["config"], checkpoint)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model, cfg
+
+
+def neumann_profile_text(records: Sequence[Record]) -> str:
+    """The profile's table and what it says about the missed goals, from the records."""
+    profiles = [r for r in records if r["measure"] == "neumann_profile"]
+    if not profiles:
+        return ""
+    shown = [k for k in PROFILE_TERMS if k < len(profiles[0]["term_ratios"])]
+    lines = [
+        "",
+        "Neumann profile (`--neumann-profile`): ||(J^T)^k g0|| / ||g0|| in one training-mode step "
+        "of the Pathfinder C-RBP-20 model (what `NEUMANN_TOL` is compared with), the first k "
+        "where it reaches the tolerance, the contraction per term over the last 10 terms, and "
+        "the backward pass with K = 15 against K = 1.",
+        "",
+        "| weights | " + " | ".join(f"k = {k}" for k in shown)
+        + " | k to reach tol | tail contraction | backward s K=15 | K=1 |",
+        "|---|" + "---:|" * (len(shown) + 4),
+    ]  # fmt: skip
+    for r in profiles:
+        ratios = r["term_ratios"]
+        reach = r["terms_to_tol"]
+        reach_text = f"{reach} (tol {r['tol']:g})" if reach else f"> {len(ratios) - 1}"
+        contraction = r.get("tail_contraction")
+        lines.append(
+            f"| {r['variant']} | " + " | ".join(f"{ratios[k]:.3g}" for k in shown)
+            + f" | {reach_text} | {'' if contraction is None else f'{contraction:.3f}'} | "
+            f"{r['backward_seconds_k15']:.3f} | {r['backward_seconds_k1']:.3f} |"
+        )  # fmt: skip
+    trained = next((r for r in profiles if r["variant"] == "trained"), profiles[0])
+    ratios = trained["term_ratios"]
+    k15 = ratios[15] if len(ratios) > 15 else None
+    vjp = (trained["backward_seconds_k15"] - trained["backward_seconds_k1"]) / 14
+    fired = k15 is not None and k15 <= trained["tol"]
+    lines += [
+        "",
+        f"`NEUMANN_TOL` {trained['tol']:g} ({trained['variant']} weights): after 15 terms the "
+        f"term is {k15:.3g} of ||g0||, so the test (term <= tol x ||g0||) "
+        + ("fires within K = 15" if fired else "never fires within K = 15")
+        + f"; a tolerance of {k15:.3g} would stop the series at 15 terms, {ratios[8]:.3g} at 8 "
+        f"and {ratios[6]:.3g} at 6. Each term costs about {vjp:.3f} s here (the backward pass "
+        "with K = 15 minus K = 1, over 14).",
+    ]
+    jobs = {r["variant"]: r for r in records if r["measure"] == "pathfinder_job"}
+    steps = {r["variant"]: r for r in records if r["measure"] == "pathfinder_step"}
+    if "crbp20-fast" in jobs and "bptt6" in jobs and "crbp20-fast" in steps and "bptt6" in steps:
+        fast, bptt = steps["crbp20-fast"], steps["bptt6"]
+        factor = jobs["crbp20-fast"]["seconds"] / jobs["bptt6"]["seconds"]
+        lines.append(
+            f"The C-RBP-20-fast job took {factor:.2f}x BPTT-6's: its step spends "
+            f"{fast['forward_seconds']:.3f} s forward ({int(fast['forward_evaluations'])} "
+            f"evaluations) and {fast['backward_seconds']:.3f} s backward "
+            f"({int(fast['neumann_terms'])} VJPs and the LCP's double backward), against "
+            f"BPTT-6's {bptt['forward_seconds']:.3f} s and {bptt['backward_seconds']:.3f} s "
+            "(pathfinder_step rows): the backward, with all its terms, is where the time goes."
+        )
+    return "\n".join(lines)
 
 
 RFPN_SETTING_KEYS = ("FORWARD_SOLVER", "SOLVER_TOL", "NEUMANN_TOL", "NEUMANN_STEPS", "TIMESTEPS")
@@ -514,7 +700,9 @@ def table(records: Sequence[Record]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     jobs = [r for r in records if r["measure"].endswith(("_job", "_protocol"))]
-    for measure in dict.fromkeys(r["measure"] for r in records if r not in jobs):
+    profiles = [r for r in records if r["measure"] == "neumann_profile"]
+    steps = [r for r in records if r not in jobs and r not in profiles]
+    for measure in dict.fromkeys(r["measure"] for r in steps):
         rows = [r for r in records if r["measure"] == measure]
         crbp = next((r["seconds"] for r in rows if r["variant"] in ("crbp20",)), None)
         per_cell = measure in ("layout_step", "cell_step")
@@ -527,6 +715,8 @@ def table(records: Sequence[Record]) -> str:
                 base = next((b for b in rows if b["variant"] == f"{cell}-fp32"), None)
             vs_crbp = f"{r['seconds'] / crbp:.2f}" if crbp else ""
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
+            if r.get("vs_fp32") is not None:  # timed in turns with float32 (same load)
+                vs_base = f"{r['vs_fp32']:.2f}"
             evals = r.get("forward_evaluations", r["settings"].get("steps"))
             terms = r.get("neumann_terms")
             split = [r.get("forward_seconds"), r.get("backward_seconds")]
@@ -563,7 +753,9 @@ def table(records: Sequence[Record]) -> str:
             "against the recorded C-RBP-6 row of `rfpn_cpu_protocol.json`, whose timings were "
             "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31).",
         ]
-    machine = next((r["machine"] for r in records if r not in jobs), {}) if records else {}
+    if profiles:
+        lines.append(neumann_profile_text(records))
+    machine = next((r["machine"] for r in steps), {}) if steps else {}
     shared = any(r.get("shared_machine") for r in records)
     lines += [
         "",
@@ -589,6 +781,16 @@ def plot(records: Sequence[Record], path: str) -> None:
     fig, axes = plt.subplots(1, len(measures), figsize=(5 * len(measures), 3.5), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         rows = [r for r in records if r["measure"] == measure]
+        if measure == "neumann_profile":
+            for r in rows:
+                ax.semilogy(r["term_ratios"], label=f"{r['variant']} weights")
+            ax.axhline(rows[0]["tol"], color="gray", ls="--", label="NEUMANN_TOL")
+            ax.axvline(15, color="gray", ls=":", label="K = 15")
+            ax.set_xlabel("Neumann term k")
+            ax.set_ylabel("||(J^T)^k g0|| / ||g0||")
+            ax.set_title("Neumann terms (Pathfinder C-RBP-20)")
+            ax.legend(fontsize=7)
+            continue
         ax.barh([r["variant"] for r in rows], [r["seconds"] for r in rows], color="tab:blue")
         job = measure.endswith(("_job", "_protocol"))
         ax.set_xlabel("seconds per training job" if job else "seconds per training step (1 thread)")
@@ -603,6 +805,8 @@ def _worker(job_json: str) -> None:
     job = json.loads(job_json)
     if job["measure"] == "layout_step":
         record = measure_layout_step(job["variant"], job["iters"])
+    elif job["measure"] == "neumann_profile":
+        record = measure_neumann_profile(job["checkpoint"])
     elif job["measure"] == "cell_step":
         record = measure_cell_step(job["variant"], job["iters"])
     elif job["measure"] == "core_step":
@@ -654,7 +858,31 @@ def main(argv: Sequence[str] = None) -> int:
         "--out-dir RUNS_DIR --heads crbp ...), then rewrite the report",
     )
     p.add_argument("--rfpn-protocol-variant", default="crbp6-fast", help="the re-run's variant")
+    p.add_argument(
+        "--neumann-profile",
+        nargs="*",
+        metavar="CHECKPOINT",
+        help="add neumann_profile records: the protocol model at its initial weights and each "
+        "trained Pathfinder C-RBP checkpoint given (read only), then rewrite the report",
+    )
     args = p.parse_args(argv)
+    if args.neumann_profile is not None:
+        for checkpoint in args.neumann_profile:
+            if not os.path.isfile(checkpoint):
+                p.error(f"--neumann-profile: no such checkpoint {checkpoint}")
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        machine = {**machine_record("cpu"), "threads": 1}
+        added = []
+        for checkpoint in [None, *args.neumann_profile]:
+            job = json.dumps({"measure": "neumann_profile", "checkpoint": checkpoint})
+            record = run_isolated("crbp_d2.benchmarks.speed", ["--worker", job], env=env)
+            record.update(shared_machine=bool(args.shared), machine=machine)
+            added.append(record)
+        records = [r for r in records if r["measure"] != "neumann_profile"] + added
+        write_results(args.out, records, table(records), plot)
+        return 0
     if args.add_rfpn_protocol:
         with open(args.out + ".json") as f:
             records = json.load(f)
