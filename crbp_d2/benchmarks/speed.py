@@ -682,6 +682,52 @@ def _run_engine_settings(folder: Path) -> Dict[str, object]:
     return settings
 
 
+def levers_text(records: Sequence[Record]) -> str:
+    """What channels_last and the ``autocast_bf16`` switch give per cell against float32 (the
+    ``vs_fp32`` of ``cell_step`` and ``layout_step``, timed in turns; the step variants with
+    and without the switch), and the verdict: a lever is kept only where it wins everywhere it
+    was measured."""
+
+    def factor(measure: str, variant: str) -> Optional[float]:
+        row = next((r for r in records if (r["measure"], r["variant"]) == (measure, variant)), None)
+        return None if row is None else row.get("vs_fp32")
+
+    def pair(measure: str, on: str, off: str) -> Optional[float]:
+        rows = {r["variant"]: r["seconds"] for r in records if r["measure"] == measure}
+        return rows[on] / rows[off] if on in rows and off in rows else None
+
+    def show(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    lines = ["", "Levers against float32 (time with the lever / without, timed in turns in one "
+             "process; < 1 wins):", "",
+             "| lever | cell | cell step | C-RBP-20 step of the cell | training step | "
+             "grad rel. error | verdict |", "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    found = False
+    for lever, cell_layout, step_layout in (
+        ("channels_last", "channels_last", "channels_last"),
+        ("AUTOCAST_BF16", "bf16", "autocast_bf16"),
+    ):
+        for cell, training in (("pathfinder", "pathfinder_step"), ("mask_head", "rfpn_step")):
+            cell_factor = factor("cell_step", f"{cell}-{cell_layout}")
+            step_factor = factor("layout_step", f"{cell}-{step_layout}")
+            train = pair(training, "crbp20-bf16", "crbp20") if lever == "AUTOCAST_BF16" else None
+            if cell_factor is None and step_factor is None:
+                continue
+            found = True
+            error = next((r.get("grad_relative_error") for r in records
+                          if r["variant"] == f"{cell}-{step_layout}"
+                          and r["measure"] == "layout_step"), None)  # fmt: skip
+            measured = [v for v in (cell_factor, step_factor, train) if v is not None]
+            verdict = "wins" if all(v < 1.0 for v in measured) else "does not win everywhere"
+            lines.append(
+                f"| {lever} | {cell} | {show(cell_factor)} | {show(step_factor)} | "
+                f"{show(train)} ({training}) | {'' if error is None else f'{error:.1e}'} | "
+                f"{verdict} |"
+            )
+    return "\n".join(lines) if found else ""
+
+
 def _job_baseline_of(candidate: Mapping, record: Mapping) -> bool:
     """True when ``candidate`` is the baseline job of ``record``: the same measure and seed, a
     baseline variant or a record marked ``baseline``."""
@@ -753,6 +799,7 @@ def table(records: Sequence[Record]) -> str:
             "against the recorded C-RBP-6 row of `rfpn_cpu_protocol.json`, whose timings were "
             "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31).",
         ]
+    lines.append(levers_text(records))
     if profiles:
         lines.append(neumann_profile_text(records))
     machine = next((r["machine"] for r in steps), {}) if steps else {}
