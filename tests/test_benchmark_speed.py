@@ -128,3 +128,44 @@ def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_r
     assert "| rfpn_protocol | crbp2-fast (seed 0) | 900 | 1.50 | 0.550 | 0.625 |" in table(records)
     with pytest.raises(FileNotFoundError, match="no finished run under"):
         rfpn_protocol_records(tmp_path / "elsewhere", "x", baseline, "crbp2")
+
+
+def test_levers_table_keeps_a_lever_only_where_it_wins_everywhere():
+    """channels_last and AUTOCAST_BF16 against float32: the in-turn factors of the cell step and
+    of the C-RBP-20 step, the training-step pair, and the verdict."""
+    from crbp_d2.benchmarks.speed import levers_text
+
+    records = [
+        _record("cell_step", "mask_head-bf16", 0.3, vs_fp32=0.4),
+        _record("layout_step", "mask_head-autocast_bf16", 2.0, vs_fp32=0.6,
+                grad_relative_error=2e-3),
+        _record("rfpn_step", "crbp20", 10.0),
+        _record("rfpn_step", "crbp20-bf16", 8.0),
+        _record("cell_step", "pathfinder-channels_last", 0.3, vs_fp32=0.9),
+        _record("layout_step", "pathfinder-channels_last", 2.0, vs_fp32=1.1),
+    ]  # fmt: skip
+    text = levers_text(records)
+    assert (
+        "| AUTOCAST_BF16 | mask_head | 0.40x | 0.60x | 0.80x (rfpn_step) | 2.0e-03 | wins |" in text
+    )
+    assert (
+        "| channels_last | pathfinder | 0.90x | 1.10x | - (pathfinder_step) |  | does not" in text
+    )
+    assert "| AUTOCAST_BF16 | pathfinder |" not in text  # not measured: no row
+    assert levers_text([_record("rfpn_step", "crbp20", 1.0)]) == ""
+
+
+def test_neumann_profile_text_says_whether_the_tolerance_fires_within_k():
+    from crbp_d2.benchmarks.speed import neumann_profile_text
+
+    slow = [0.9**k for k in range(41)]  # 0.9^15 = 0.206: tol 1e-2 never fires within 15
+    record = _record("neumann_profile", "trained", 5.0, term_ratios=slow, tol=1e-2,
+                     terms_to_tol=None, tail_contraction=0.9, backward_seconds_k15=5.0,
+                     backward_seconds_k1=3.6)  # fmt: skip
+    text = neumann_profile_text([record])
+    assert "| trained | 0.9 | 0.81 | 0.656 | 0.531 | 0.43 | 0.206 | > 40 | 0.900 | 5.000 |" in text
+    assert "term is 0.206 of ||g0||, so the test (term <= tol x ||g0||) never fires" in text
+    assert "Each term costs about 0.100 s" in text
+    fast = dict(record, term_ratios=[0.5**k for k in range(41)], terms_to_tol=7)
+    assert "fires within K = 15" in neumann_profile_text([fast])
+    assert "| 7 (tol 0.01) |" in neumann_profile_text([fast])
