@@ -126,8 +126,22 @@ def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_r
     }  # fmt: skip
     assert all(r["measure"] == "rfpn_protocol" and r["seed"] == 0 for r in records)
     assert "| rfpn_protocol | crbp2-fast (seed 0) | 900 | 1.50 | 0.550 | 0.625 |" in table(records)
-    with pytest.raises(FileNotFoundError, match="no finished run under"):
+    with pytest.raises(FileNotFoundError, match="no run under"):
         rfpn_protocol_records(tmp_path / "elsewhere", "x", baseline, "crbp2")
+    stopped = run.parent / "seed1"  # stopped before the end: its iterations and logged means
+    stopped.mkdir()
+    config["SEED"], config["SOLVER"] = 1, {"MAX_ITER": 1750}
+    config["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"]["TIMESTEPS"] = 6
+    (stopped / "config.yaml").write_text(yaml.safe_dump(config))
+    (stopped / "metrics.json").write_text("\n".join(json.dumps(m) for m in metrics[:2]))
+    records = rfpn_protocol_records(tmp_path / "runs", "crbp2-fast", baseline, "crbp2")
+    unfinished = records[-1]
+    assert unfinished["finished"] is False and unfinished["seconds"] is None
+    assert (unfinished["seed"], unfinished["iterations_done"]) == (1, 40)
+    assert unfinished["settings"]["mean_neumann_terms"] == 4.0
+    assert "| rfpn_protocol | crbp2-fast (seed 1) | unfinished: 40 of 1750 iterations |" in table(
+        records
+    )
 
 
 def test_levers_table_keeps_a_lever_only_where_it_wins_everywhere():

@@ -637,16 +637,52 @@ def rfpn_protocol_records(
         record["shared_machine"] = (rows[0].get("provenance") or {}).get("shared_machine")
         record["baseline"] = True
         records.append(record)
-    folders = sorted(Path(runs_dir, dataset, head).glob("seed*/record.json"))
+    folders = sorted(Path(runs_dir, dataset, head).glob("seed*/metrics.json"))
     if not folders:
-        raise FileNotFoundError(f"no finished run under {Path(runs_dir, dataset, head)}")
-    for path in folders:
-        with open(path) as f:
-            rows = json.load(f)
-        record = _rfpn_protocol_record(rows, variant, _relative(path), shared)
-        record["settings"].update(_run_engine_settings(path.parent))
+        raise FileNotFoundError(f"no run under {Path(runs_dir, dataset, head)}")
+    for metrics in folders:
+        folder = metrics.parent
+        if (folder / "record.json").is_file():
+            with open(folder / "record.json") as f:
+                rows = json.load(f)
+            record = _rfpn_protocol_record(rows, variant, _relative(folder), shared)
+        else:  # stopped before the end: what its training logged, no accuracy
+            record = _unfinished_rfpn_run(folder, variant, dataset, head, shared)
+        record["settings"].update(_run_engine_settings(folder))
         records.append(record)
     return records
+
+
+def _unfinished_rfpn_run(
+    folder: Path, variant: str, dataset: str, head: str, shared: bool
+) -> Record:
+    """A protocol run stopped before the end (no ``record.json``): the iterations it did of its
+    schedule and, through :func:`_run_engine_settings`, what its training logged."""
+    import yaml
+
+    with open(folder / "metrics.json") as f:
+        done = max(json.loads(line).get("iteration", -1) for line in f if line.strip()) + 1
+    with open(folder / "config.yaml") as f:
+        config = yaml.safe_load(f)
+    return {
+        "measure": "rfpn_protocol",
+        "variant": variant,
+        "seed": config.get("SEED"),
+        "seconds": None,
+        "finished": False,
+        "iterations_done": done,
+        "iou_n": None,
+        "iou_3n": None,
+        "settings": {
+            "dataset": dataset,
+            "head": head,
+            "steps": config["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"]["TIMESTEPS"],
+            "max_iter": config["SOLVER"]["MAX_ITER"],
+        },  # fmt: skip
+        "source": _relative(folder),
+        "shared_machine": shared,
+        "machine": {**machine_record("cpu"), "threads": 1},
+    }
 
 
 def _relative(path: "str | Path") -> str:
@@ -676,7 +712,9 @@ def _run_engine_settings(folder: Path) -> Dict[str, object]:
                 row = json.loads(line)
                 for key, value in row.items():
                     name = key.split("/")[-1]
-                    if name in ("forward_evaluations", "neumann_terms") and "/" in key:
+                    if name in ("forward_evaluations", "neumann_terms", "solver_residual") and (
+                        "/" in key
+                    ):
                         sums.setdefault(name, []).append(float(value))
         settings.update({f"mean_{k}": statistics.mean(v) for k, v in sums.items()})
     return settings
@@ -782,10 +820,17 @@ def table(records: Sequence[Record]) -> str:
             "|---|---|---:|---:|---:|---:|",
         ]
         for r in jobs:
+            label = r["variant"] + ("" if r.get("seed") is None else f" (seed {r['seed']})")
+            if r.get("seconds") is None:  # a run stopped before the end
+                settings = r["settings"]
+                lines.append(
+                    f"| {r['measure']} | {label} | unfinished: {r.get('iterations_done')} of "
+                    f"{settings.get('max_iter')} iterations | | | |"
+                )
+                continue
             base = next((b for b in jobs if _job_baseline_of(b, r)), None)
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             ious = ("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_n", "iou_3n"))
-            label = r["variant"] + ("" if r.get("seed") is None else f" (seed {r['seed']})")
             lines.append(
                 f"| {r['measure']} | {label} | {r['seconds']:.0f} | {vs_base} | "
                 + " | ".join(ious)
@@ -838,7 +883,9 @@ def plot(records: Sequence[Record], path: str) -> None:
             ax.set_title("Neumann terms (Pathfinder C-RBP-20)")
             ax.legend(fontsize=7)
             continue
-        ax.barh([r["variant"] for r in rows], [r["seconds"] for r in rows], color="tab:blue")
+        rows = [r for r in rows if r.get("seconds") is not None]  # not the unfinished runs
+        labels = [r["variant"] + ("" if r.get("seed") is None else f" s{r['seed']}") for r in rows]
+        ax.barh(labels, [r["seconds"] for r in rows], color="tab:blue")
         job = measure.endswith(("_job", "_protocol"))
         ax.set_xlabel("seconds per training job" if job else "seconds per training step (1 thread)")
         ax.set_title(measure + (" (shared machine)" if rows[0].get("shared_machine") else ""))
