@@ -689,8 +689,8 @@ def _relative(path: "str | Path") -> str:
     path = Path(path).resolve()
     try:
         return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return path.name
+    except ValueError:  # outside the repository: no absolute path, the last folders only
+        return str(Path(*path.parts[-4:]))
 
 
 def _run_engine_settings(folder: Path) -> Dict[str, object]:
@@ -737,8 +737,9 @@ def levers_text(records: Sequence[Record]) -> str:
     def show(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
-    lines = ["", "Levers against float32 (time with the lever / without, timed in turns in one "
-             "process; < 1 wins):", "",
+    lines = ["", "Levers against float32 (time with the lever / without; cell step and C-RBP-20 "
+             "step of the cell timed in turns in one process, the training step in separate "
+             "processes one after the other; < 1 wins):", "",
              "| lever | cell | cell step | C-RBP-20 step of the cell | training step | "
              "grad rel. error | verdict |", "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
     found = False
@@ -959,7 +960,22 @@ def main(argv: Sequence[str] = None) -> int:
         help="add neumann_profile records: the protocol model at its initial weights and each "
         "trained Pathfinder C-RBP checkpoint given (read only), then rewrite the report",
     )
+    p.add_argument(
+        "--add-records",
+        metavar="JSON",
+        help="merge the records of another run of this benchmark (its --out JSON) into OUT.json, "
+        "replacing those of the same measure and variant, then rewrite the report",
+    )
     args = p.parse_args(argv)
+    if args.add_records:
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        with open(args.add_records) as f:
+            added = json.load(f)
+        again = {(r["measure"], r["variant"]) for r in added}
+        records = [r for r in records if (r["measure"], r["variant"]) not in again] + added
+        write_results(args.out, records, table(records), plot)
+        return 0
     if args.neumann_profile is not None:
         for checkpoint in args.neumann_profile:
             if not os.path.isfile(checkpoint):
