@@ -383,6 +383,10 @@ def copy_to_format(module, memory_format):
 
 STEP_MEASURES = ("pathfinder_step", "rfpn_step", "layout_step", "cell_step")
 
+# the float32 C-RBP-20 step measured right before its bfloat16 twin (``--rename ... crbp20
+# crbp20-fp32-pair`` keeps it apart from the other rows' crbp20, taken at another time)
+PAIR_VARIANT = "crbp20-fp32-pair"
+
 # the baselines of the job tables (per measure and seed)
 JOB_BASELINES = ("bptt6", "bptt5")  # and the records marked ``baseline``
 
@@ -750,7 +754,11 @@ def levers_text(records: Sequence[Record]) -> str:
         for cell, training in (("pathfinder", "pathfinder_step"), ("mask_head", "rfpn_step")):
             cell_factor = factor("cell_step", f"{cell}-{cell_layout}")
             step_factor = factor("layout_step", f"{cell}-{step_layout}")
-            train = pair(training, "crbp20-bf16", "crbp20") if lever == "AUTOCAST_BF16" else None
+            train = None
+            if lever == "AUTOCAST_BF16":
+                train = pair(training, "crbp20-bf16", PAIR_VARIANT) or pair(
+                    training, "crbp20-bf16", "crbp20"
+                )
             if cell_factor is None and step_factor is None:
                 continue
             found = True
@@ -798,7 +806,11 @@ def table(records: Sequence[Record]) -> str:
             if per_cell:  # the baseline: the same cell in float32, contiguous
                 cell = r["variant"].split("-")[0]
                 base = next((b for b in rows if b["variant"] == f"{cell}-fp32"), None)
-            vs_crbp = f"{r['seconds'] / crbp:.2f}" if crbp else ""
+            reference = crbp
+            twin = next((b["seconds"] for b in rows if b["variant"] == PAIR_VARIANT), None)
+            if twin and (r["variant"].endswith("-bf16") or r["variant"] == PAIR_VARIANT):
+                reference = twin  # the bf16 pair: against the float32 run taken with it
+            vs_crbp = f"{r['seconds'] / reference:.2f}" if reference else ""
             vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             if r.get("vs_fp32") is not None:  # timed in turns with float32 (same load)
                 vs_base = f"{r['vs_fp32']:.2f}"
@@ -844,6 +856,13 @@ def table(records: Sequence[Record]) -> str:
             "rfpn_protocol: `--add-rfpn-protocol RUNS_DIR`, the GT-box mask IoU as a fraction, "
             "against the recorded C-RBP-6 row of `rfpn_cpu_protocol.json`, whose timings were "
             "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31).",
+        ]
+    if any(r["variant"] == PAIR_VARIANT for r in steps):
+        lines += [
+            "",
+            f"{PAIR_VARIANT} / crbp20-bf16: one float32 and one AUTOCAST_BF16 C-RBP-20 step taken "
+            "one after the other, later and under a heavier load than the other rows (their "
+            "load average is in the records' machine); compare them with each other only.",
         ]
     lines.append(levers_text(records))
     if profiles:
@@ -966,12 +985,39 @@ def main(argv: Sequence[str] = None) -> int:
         help="merge the records of another run of this benchmark (its --out JSON) into OUT.json, "
         "replacing those of the same measure and variant, then rewrite the report",
     )
+    p.add_argument(
+        "--select",
+        nargs="+",
+        metavar="MEASURE:VARIANT",
+        help="with --add-records: only these records",
+    )
+    p.add_argument(
+        "--rename",
+        nargs=3,
+        metavar=("MEASURE", "VARIANT", "NEW"),
+        help="rename a variant's records in OUT.json (e.g. to keep two measurements of it apart), "
+        "then rewrite the report",
+    )
     args = p.parse_args(argv)
+    if args.rename:
+        measure, old, new = args.rename
+        with open(args.out + ".json") as f:
+            records = json.load(f)
+        if not any((r["measure"], r["variant"]) == (measure, old) for r in records):
+            p.error(f"--rename: no {measure} record of variant {old!r} in {args.out}.json")
+        for r in records:
+            if (r["measure"], r["variant"]) == (measure, old):
+                r["variant"] = new
+        write_results(args.out, records, table(records), plot)
+        return 0
     if args.add_records:
         with open(args.out + ".json") as f:
             records = json.load(f)
         with open(args.add_records) as f:
             added = json.load(f)
+        if args.select:
+            wanted = {tuple(item.split(":", 1)) for item in args.select}
+            added = [r for r in added if (r["measure"], r["variant"]) in wanted]
         again = {(r["measure"], r["variant"]) for r in added}
         records = [r for r in records if (r["measure"], r["variant"]) not in again] + added
         write_results(args.out, records, table(records), plot)
