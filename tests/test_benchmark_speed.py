@@ -131,7 +131,7 @@ def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_r
     stopped = run.parent / "seed1"  # stopped before the end: its iterations and logged means
     stopped.mkdir()
     config["SEED"], config["SOLVER"] = 1, {"MAX_ITER": 1750}
-    config["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"]["TIMESTEPS"] = 6
+    config["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"].update(TIMESTEPS=6, NEUMANN_STEPS=5)
     (stopped / "config.yaml").write_text(yaml.safe_dump(config))
     (stopped / "metrics.json").write_text("\n".join(json.dumps(m) for m in metrics[:2]))
     records = rfpn_protocol_records(tmp_path / "runs", "crbp2-fast", baseline, "crbp2")
@@ -139,8 +139,9 @@ def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_r
     assert unfinished["finished"] is False and unfinished["seconds"] is None
     assert (unfinished["seed"], unfinished["iterations_done"]) == (1, 40)
     assert unfinished["settings"]["mean_neumann_terms"] == 4.0
-    assert "| rfpn_protocol | crbp2-fast (seed 1) | unfinished: 40 of 1750 iterations |" in table(
-        records
+    assert (
+        "| rfpn_protocol | crbp2-fast (seed 1) | unfinished: 40 of 1750 iterations (mean "
+        "evaluations 2.0 of 6, terms 4.0 of 5) |" in table(records)
     )
 
 

@@ -836,9 +836,16 @@ def table(records: Sequence[Record]) -> str:
             label = r["variant"] + ("" if r.get("seed") is None else f" (seed {r['seed']})")
             if r.get("seconds") is None:  # a run stopped before the end
                 settings = r["settings"]
+                used = ""
+                if settings.get("mean_forward_evaluations") is not None:
+                    used = (
+                        f" (mean evaluations {settings['mean_forward_evaluations']:.1f} of "
+                        f"{settings.get('TIMESTEPS')}, terms {settings['mean_neumann_terms']:.1f} "
+                        f"of {settings.get('NEUMANN_STEPS')})"
+                    )
                 lines.append(
                     f"| {r['measure']} | {label} | unfinished: {r.get('iterations_done')} of "
-                    f"{settings.get('max_iter')} iterations | | | |"
+                    f"{settings.get('max_iter')} iterations{used} | | | |"
                 )
                 continue
             base = next((b for b in jobs if _job_baseline_of(b, r)), None)
