@@ -8,22 +8,31 @@ Measures (the ``measure`` field of each record):
   (the warm-up includes the compilation of ``COMPILE_CELL``).
 - ``rfpn_step``: one Panoptic FPN R-50 training step with the mask head of each variant
   (:func:`crbp_d2.rfpn.experiments.benchmark.measure_variant`, 256 px, batch 1, 64 mask RoIs).
-- ``layout_step``: one C-RBP-20 step of each cell alone in float32, in channels_last and under
-  bfloat16 autocast (the Neumann sum stays float32), to decide whether those levers pay.
+- ``layout_step``: one C-RBP-20 step of each cell alone in float32, in channels_last, under
+  bfloat16 autocast and with the engine's ``AUTOCAST_BF16``, to decide whether those levers pay
+  (timed in turns with float32 in one process: ``vs_fp32``).
+- ``cell_step``: one graph-free cell step of each cell in float32, channels_last and as
+  ``AUTOCAST_BF16`` runs it (in turns with float32).
+- ``neumann_profile`` (``--neumann-profile [CHECKPOINT ...]``): how fast the Neumann terms of a
+  Pathfinder C-RBP model decay in a training step (whether ``NEUMANN_TOL`` can stop the series)
+  and what a term costs.
 - ``pathfinder_job`` (wall time of a whole training job and IoU at N and 3N) comes from a run of
   ``tools/pathfinder_cpu_protocol.py`` (e.g. ``--methods crbp_fast bptt --stem
   pathfinder_cpu_fast``), read by ``--add-protocol STEM`` (:func:`protocol_job_records`);
-  ``rfpn_protocol`` likewise from the R-FPN protocol (not run yet).
+  ``rfpn_protocol`` likewise from the R-FPN protocol (``--add-rfpn-protocol RUNS_DIR``: the
+  recorded C-RBP row of ``rfpn_cpu_protocol.json`` and a re-run, finished or not).
 
 Variants: ``bptt6`` / ``bptt5`` / ``fpn`` (the baselines), ``crbp20`` (the defaults: 19 plain
 steps, 15 Neumann terms), ``crbp20-fast`` (Anderson to ``SOLVER_TOL`` with 20 as the budget,
 Neumann series to ``NEUMANN_TOL`` with K = 15 as the budget), ``crbp20-compiled`` and
-``crbp20-fast-compiled`` (the same with ``COMPILE_CELL``). Each variant runs in a process of its
+``crbp20-fast-compiled`` (the same with ``COMPILE_CELL``), ``crbp20-bf16`` and
+``crbp20-fast-bf16`` (with ``AUTOCAST_BF16``). Each variant runs in a process of its
 own, on one thread. Every record carries ``shared_machine`` (timings taken while other jobs ran
 on the same cores are not clean numbers) and the machine.
 
-Usage: ``python -m crbp_d2.benchmarks.speed [--measures pathfinder_step rfpn_step layout_step]
-[--shared] [--merge]``.
+Usage: ``python -m crbp_d2.benchmarks.speed [--measures pathfinder_step rfpn_step layout_step
+cell_step] [--shared] [--merge]``; ``--add-records``, ``--rename`` and ``--report-only`` edit the
+records and rewrite the report.
 """
 
 from __future__ import annotations
