@@ -37,8 +37,10 @@ def test_table_gives_the_factors_against_crbp20_and_the_baseline():
         _record("rfpn_step", "crbp20", 8.0),
     ]
     text = speed.table(records)
-    assert "| pathfinder_step | crbp20-fast | 2.000 | 0.80 | 2.00 | 8 | 9 | 0.500 | 1.500 |" in text
-    assert "| rfpn_step | crbp20 | 8.000 | 1.00 | 2.00 | 20 |  |  |  |" in text
+    assert (
+        "| pathfinder_step | crbp20-fast | 2.000 | 0.80 | 2.00 | 8 | 9 | 0.500 | 1.500 |  |" in text
+    )
+    assert "| rfpn_step | crbp20 | 8.000 | 1.00 | 2.00 | 20 |  |  |  |  |" in text
     assert "Shared machine" in text and "test cpu" in text
 
 
@@ -79,3 +81,106 @@ def test_protocol_jobs_become_pathfinder_job_records(tmp_path):
     assert by_variant["bptt6"]["iou_3n"] == 0.44
     assert all(r["shared_machine"] and r["measure"] == "pathfinder_job" for r in records)
     assert "| pathfinder_job | crbp20-fast | 300 | 1.50 | 0.490 | 0.480 |" in table(records)
+
+
+def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_row(tmp_path):
+    """``--add-rfpn-protocol``: the recorded C-RBP row (per seed, its own shared flag) and the
+    re-run's training job seconds, GT-box IoU at N and 3N (fractions), engine settings from its
+    config and the mean evaluations and terms its training logged; per seed against the row."""
+    import yaml
+
+    from crbp_d2.benchmarks.speed import rfpn_protocol_records, table
+
+    def rows(seed, minutes, ious, head="crbp"):
+        return [
+            {"dataset": "contours", "head": head, "seed": seed, "train_steps": 2,
+             "eval_steps": k + 1, "gt_box_iou": iou, "train_minutes": minutes,
+             "seconds_per_iter": 0.3, "provenance": {"device": "cpu", "shared_machine": None}}
+            for k, iou in enumerate(ious)
+        ]  # fmt: skip
+
+    baseline = tmp_path / "protocol.json"
+    recorded = rows(0, 10.0, [50, 60, 61, 62, 63, 64]) + rows(0, 5.0, [1, 2], head="bptt")
+    baseline.write_text(json.dumps(recorded))
+    run = tmp_path / "runs" / "contours" / "crbp" / "seed0"
+    run.mkdir(parents=True)
+    (run / "record.json").write_text(json.dumps(rows(0, 15.0, [40, 55, 58, 59, 60, 62.5])))
+    engine = {"FORWARD_SOLVER": "anderson", "NEUMANN_TOL": 0.01, "TIMESTEPS": 2, "GALA": True}
+    config = {"MODEL": {"ROI_MASK_HEAD": {"RECURRENT": engine}}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = [{"crbp/neumann_terms": 5.0, "crbp/forward_evaluations": 2.0, "iteration": 19},
+               {"crbp/neumann_terms": 3.0, "crbp/forward_evaluations": 2.0, "iteration": 39},
+               {"gt_box/mIoU": 60.0, "iteration": 40}]  # fmt: skip
+    (run / "metrics.json").write_text("\n".join(json.dumps(m) for m in metrics))
+    records = rfpn_protocol_records(tmp_path / "runs", "crbp2-fast", baseline, "crbp2")
+    old, new = records
+    assert (old["variant"], old["seconds"], old["iou_n"], old["iou_3n"]) == (
+        "crbp2", 600.0, 0.60, 0.64,
+    )  # fmt: skip
+    assert old["shared_machine"] is None and new["shared_machine"] is True
+    assert (new["seconds"], new["iou_n"], new["iou_3n"]) == (900.0, 0.55, 0.625)
+    assert new["settings"] == {
+        "dataset": "contours", "head": "crbp", "steps": 2, "FORWARD_SOLVER": "anderson",
+        "NEUMANN_TOL": 0.01, "TIMESTEPS": 2, "mean_neumann_terms": 4.0,
+        "mean_forward_evaluations": 2.0,
+    }  # fmt: skip
+    assert all(r["measure"] == "rfpn_protocol" and r["seed"] == 0 for r in records)
+    assert "| rfpn_protocol | crbp2-fast (seed 0) | 900 | 1.50 | 0.550 | 0.625 |" in table(records)
+    with pytest.raises(FileNotFoundError, match="no run under"):
+        rfpn_protocol_records(tmp_path / "elsewhere", "x", baseline, "crbp2")
+    stopped = run.parent / "seed1"  # stopped before the end: its iterations and logged means
+    stopped.mkdir()
+    config["SEED"], config["SOLVER"] = 1, {"MAX_ITER": 1750}
+    config["MODEL"]["ROI_MASK_HEAD"]["RECURRENT"].update(TIMESTEPS=6, NEUMANN_STEPS=5)
+    (stopped / "config.yaml").write_text(yaml.safe_dump(config))
+    (stopped / "metrics.json").write_text("\n".join(json.dumps(m) for m in metrics[:2]))
+    records = rfpn_protocol_records(tmp_path / "runs", "crbp2-fast", baseline, "crbp2")
+    unfinished = records[-1]
+    assert unfinished["finished"] is False and unfinished["seconds"] is None
+    assert (unfinished["seed"], unfinished["iterations_done"]) == (1, 40)
+    assert unfinished["settings"]["mean_neumann_terms"] == 4.0
+    assert (
+        "| rfpn_protocol | crbp2-fast (seed 1) | unfinished: 40 of 1750 iterations (mean "
+        "evaluations 2.0 of 6, terms 4.0 of 5) |" in table(records)
+    )
+
+
+def test_levers_table_keeps_a_lever_only_where_it_wins_everywhere():
+    """channels_last and AUTOCAST_BF16 against float32: the in-turn factors of the cell step and
+    of the C-RBP-20 step, the training-step pair, and the verdict."""
+    from crbp_d2.benchmarks.speed import levers_text
+
+    records = [
+        _record("cell_step", "mask_head-bf16", 0.3, vs_fp32=0.4),
+        _record("layout_step", "mask_head-autocast_bf16", 2.0, vs_fp32=0.6,
+                grad_relative_error=2e-3),
+        _record("rfpn_step", "crbp20", 10.0),
+        _record("rfpn_step", "crbp20-bf16", 8.0),
+        _record("cell_step", "pathfinder-channels_last", 0.3, vs_fp32=0.9),
+        _record("layout_step", "pathfinder-channels_last", 2.0, vs_fp32=1.1),
+    ]  # fmt: skip
+    text = levers_text(records)
+    assert (
+        "| AUTOCAST_BF16 | mask_head | 0.40x | 0.60x | 0.80x (rfpn_step) | 2.0e-03 | wins |" in text
+    )
+    assert (
+        "| channels_last | pathfinder | 0.90x | 1.10x | - (pathfinder_step) |  | does not" in text
+    )
+    assert "| AUTOCAST_BF16 | pathfinder |" not in text  # not measured: no row
+    assert levers_text([_record("rfpn_step", "crbp20", 1.0)]) == ""
+
+
+def test_neumann_profile_text_says_whether_the_tolerance_fires_within_k():
+    from crbp_d2.benchmarks.speed import neumann_profile_text
+
+    slow = [0.9**k for k in range(41)]  # 0.9^15 = 0.206: tol 1e-2 never fires within 15
+    record = _record("neumann_profile", "trained", 5.0, term_ratios=slow, tol=1e-2,
+                     terms_to_tol=None, tail_contraction=0.9, backward_seconds_k15=5.0,
+                     backward_seconds_k1=3.6)  # fmt: skip
+    text = neumann_profile_text([record])
+    assert "| trained | 0.9 | 0.81 | 0.656 | 0.531 | 0.43 | 0.206 | > 40 | 0.900 | 5.000 |" in text
+    assert "term is 0.206 of ||g0||, so the test (term <= tol x ||g0||) never fires" in text
+    assert "Each term costs about 0.100 s" in text
+    fast = dict(record, term_ratios=[0.5**k for k in range(41)], terms_to_tol=7)
+    assert "fires within K = 15" in neumann_profile_text([fast])
+    assert "| 7 (tol 0.01) |" in neumann_profile_text([fast])

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from . import fidelity
 from .base import State, cell_init_state, cell_prepare, state_like, state_parts
+from .bf16 import bf16_step, why_no_bf16
 from .compiled import compiled_step
 from .cuda_graph import graphed_steps
 from .diagnostics import (
@@ -372,16 +373,28 @@ class RecurrentEngine(nn.Module):
             state = step(drive, state)
             yield state
 
-    def _graph_free_step(self) -> Callable[[Tensor, State], State]:
-        """The cell step for evaluations without a graph: compiled with ``compile_cell``."""
-        return compiled_step(self.cell) if self.spec.compile_cell else self.cell
+    def _graph_free_step(self, drive: Tensor) -> Callable[[Tensor, State], State]:
+        """The cell step for evaluations without a graph: compiled with ``compile_cell``, under
+        bfloat16 autocast with ``autocast_bf16`` (where the drive's device allows it)."""
+        step = compiled_step(self.cell) if self.spec.compile_cell else self.cell
+        return bf16_step(step) if self._runs_bf16(drive) else step
+
+    def _runs_bf16(self, drive: Tensor) -> bool:
+        """``autocast_bf16`` and the drive on a CPU with native bfloat16 (else logged once)."""
+        if not self.spec.autocast_bf16:
+            return False
+        why = why_no_bf16(drive)
+        if why is not None and not self.__dict__.get("_warned_bf16", False):
+            self.__dict__["_warned_bf16"] = True
+            logger.warning("autocast_bf16: %s; float32", why)
+        return why is None
 
     def _iterate(
         self, drive: Tensor, n: int, tol: Optional[float], recorder: Optional[List[State]]
     ) -> RecurrenceOutput:
         previous, residual, halted, t = None, float("inf"), False, 0
         initial = cell_init_state(self.cell, drive)
-        step = StepProgress(n, self.spec.method).wrap(self._graph_free_step())
+        step = StepProgress(n, self.spec.method).wrap(self._graph_free_step(drive))
         for t, state in enumerate(self._states(drive, initial, n, step)):
             if previous is not None:
                 _record(recorder, state)
@@ -422,7 +435,7 @@ class RecurrentEngine(nn.Module):
         evaluations, stopping at ``tol`` (default ``solver_tol``), recording every state it
         computes."""
         spec = self.spec
-        step = StepProgress(budget, spec.method).wrap(self._graph_free_step())
+        step = StepProgress(budget, spec.method).wrap(self._graph_free_step(drive))
         tol = spec.solver_tol if tol is None else tol
         if spec.cuda_graph and spec.solver == "iterate" and tol is None and recorder is None:
             if drive.is_cuda and budget > 1:  # fixed N: budget - 1 steps replayed, 1 eager
@@ -496,8 +509,12 @@ class RecurrentEngine(nn.Module):
             idx = self._implicit_indices(len(parts))
             prev_parts = state_parts(previous)
             recompute = None
-            if spec.compile_cell and len(idx) == len(parts):  # VJPs through the compiled step
-                recompute = _recompute(compiled_step(self.cell), drive.detach(), previous)
+            if len(idx) == len(parts):  # VJPs through the compiled and/or bfloat16 step
+                bf16 = self._runs_bf16(drive)
+                if spec.compile_cell or bf16:
+                    step = compiled_step(self.cell) if spec.compile_cell else self.cell
+                    step = bf16_step(step) if bf16 else step
+                    recompute = _recompute(step, drive.detach(), previous)
             corrected = rbp_attach(
                 [prev_parts[i] for i in idx],
                 [parts[i] for i in idx],

@@ -57,6 +57,7 @@ CONFIG_KEYS: Dict[str, str] = {
     "CONVERGENCE_TOL": "convergence_tol",
     "COMPILE_CELL": "compile_cell",
     "CUDA_GRAPH": "cuda_graph",
+    "AUTOCAST_BF16": "autocast_bf16",
 }
 # deprecated key -> its new name: read (when set, i.e. not "") with a FutureWarning naming the
 # new key. The defaults hold the old key as "" so that yacs (which rejects unknown keys) still
@@ -140,6 +141,10 @@ class EngineSpec:
         cuda_graph: on CUDA, with plain iteration and no ``solver_tol`` (a fixed N), replay the
             steps without a graph from a captured CUDA graph (RoI batches padded to buckets);
             see :mod:`crbp_d2.recurrent.cuda_graph`. Ignored (logged once) on other devices.
+        autocast_bf16: run the steps without a graph (training and inference) and the Neumann
+            VJPs under bfloat16 autocast on a CPU with native bfloat16 (``avx512_bf16`` or
+            ``amx_bf16``); the state between steps, the Neumann sum, the tracked step and the
+            LCP stay float32. Elsewhere float32, logged once. See :mod:`crbp_d2.recurrent.bf16`.
     """
 
     steps: int = 20
@@ -167,6 +172,7 @@ class EngineSpec:
     convergence_tol: float = 0.05
     compile_cell: bool = False
     cuda_graph: bool = False
+    autocast_bf16: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_int("steps", self.steps)
@@ -206,7 +212,7 @@ class EngineSpec:
         _check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
         if not _is_number(self.convergence_tol) or self.convergence_tol <= 0:
             raise SpecError("convergence_tol", self.convergence_tol, "must be a number > 0")
-        for name in ("compile_cell", "cuda_graph"):
+        for name in ("compile_cell", "cuda_graph", "autocast_bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "must be True or False")
         if not _is_int(self.fidelity_period) or self.fidelity_period < 0:

@@ -67,8 +67,8 @@ def add_crbp_config(cfg: CN) -> CN:
     # LCP_LAMBDA (authors: TAU; their fork's default 0.95 was in effect for its COCO runs),
     # LCP_REDUCTION, MONITOR_LCP, HALT_TOLERANCE, NEUMANN_TOL, PHANTOM_STEPS / PHANTOM_DAMPING,
     # FORWARD_SOLVER (SOLVER before) / SOLVER_TOL / ANDERSON_WINDOW / ANDERSON_DAMPING,
-    # COMPILE_CELL, FIDELITY_PERIOD. Defaults: the paper's R-FPN C-RBP-20 (the Detectron2 code's
-    # summed LCP with weight 1e-3).
+    # COMPILE_CELL, CUDA_GRAPH, AUTOCAST_BF16, FIDELITY_PERIOD. Defaults: the paper's R-FPN
+    # C-RBP-20 (the Detectron2 code's summed LCP with weight 1e-3).
 
     # Cell run on the 14x14 RoI features: "hgru" (the paper's mask-head hGRU) | "convlstm"
     # (GALA, NONLINEARITY, LESS_SOFTPLUS, CHRONOS_LOG and CELL_NORM* apply to the hGRU only).
