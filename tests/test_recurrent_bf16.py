@@ -136,7 +136,14 @@ def test_autocast_bf16_config_key_on_both_front_ends():
     from crbp_d2.pathfinder.config import load_config
     from crbp_d2.pathfinder.modeling import build_model
 
-    keys = ["MODEL.CHANNELS", 4, "MODEL.RECURRENT.KERNEL_SIZE", 3, "MODEL.RECURRENT.AUTOCAST_BF16", True]
+    keys = [
+        "MODEL.CHANNELS",
+        4,
+        "MODEL.RECURRENT.KERNEL_SIZE",
+        3,
+        "MODEL.RECURRENT.AUTOCAST_BF16",
+        True,
+    ]
     assert build_model(load_config(overrides=keys)).engine.spec.autocast_bf16
     pytest.importorskip("detectron2")
     from crbp_d2.rfpn.config import add_crbp_config, validate_crbp_config
