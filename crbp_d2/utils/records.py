@@ -39,6 +39,7 @@ RENDERERS: Dict[str, str] = {
     "methods_cpu": "crbp_d2.benchmarks.methods:methods_markdown",
     "demo": "crbp_d2.cli.demo_summary:demo_markdown",
     "rfpn_cuda": "crbp_d2.rfpn.experiments.cuda_check:rfpn_cuda_markdown",
+    "pathfinder_cuda": "crbp_d2.pathfinder.experiments.cuda_check:pathfinder_cuda_markdown",
     "generator_benchmark": "crbp_d2.pathfinder.experiments.generator_speed:benchmark_markdown",
 }
 
