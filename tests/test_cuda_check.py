@@ -98,9 +98,9 @@ def test_smoke_rfpn_report(smoke_dir):
         assert "error" not in r and r["memory_bytes"] == r["saved_bytes"] > 0
         assert 0 < r["mask_head_saved_bytes"] < r["saved_bytes"]
         assert r["saved_counter"] == SAVED_COUNTER
-    assert "mask head saved (MiB)" in (smoke_dir / "rfpn_cuda.md").read_text()
         assert r["peak_allocated_bytes"] is None and r["step_bytes"] is None
         assert all(_finite(r[k]) for k in ("seconds_per_iter", "loss", "mask_rois"))
+    assert "mask head saved (MiB)" in (smoke_dir / "rfpn_cuda.md").read_text()
     head = {r["variant"]: r["mask_head_saved_bytes"] for r in report["memory"]}
     assert head["BPTT-4"] > head["BPTT-2"]  # BPTT saves every step; C-RBP does not grow
     assert head["CRBP-4"] == head["CRBP-2"]
@@ -190,8 +190,8 @@ def test_smoke_pathfinder_report(smoke_dir):
     for m in report["memory"]:
         assert m["memory_gb"] == m["saved_gb"] > 0 and m["peak_allocated_gb"] is None
         assert m["saved_counter"] == SAVED_COUNTER
-    assert "each storage once (GB)" in (smoke_dir / "pathfinder_cuda.md").read_text()
         assert _finite(m["loss"]) and _finite(m["seconds_per_step"])
+    assert "each storage once (GB)" in (smoke_dir / "pathfinder_cuda.md").read_text()
     training = report["training"]
     assert training["iterations"] >= 1 and training["amp_dtype"] is None
     assert set(training["test"]) == {"20", "60"}
