@@ -213,7 +213,11 @@ def format_table(records: List[Record]) -> str:
     ]
     for r in records:
         if r.get("error"):
-            lines.append(f"| {r['method']} | {r['steps']} | {r['error']} | |" + (" |" if saved else "") + " |")
+            lines.append(
+                f"| {r['method']} | {r['steps']} | {r['error']} | |"
+                + (" |" if saved else "")
+                + " |"
+            )
             continue
         shared = "*" if r.get("shared_machine") else ""
         lines.append(

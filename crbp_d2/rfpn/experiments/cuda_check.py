@@ -422,11 +422,7 @@ def report_table(report: Record) -> str:
         f"training step, {os.path.basename(s['config_file'])}, {s['size']} px, batch "
         f"{s['batch']}, {s['instances']} instances per image (`tools/cuda_rfpn_check.py`; "
         f"memory = {report['memory_measure']}"
-        + (
-            "; step peak = that peak less what was allocated before the step"
-            if step_peak
-            else ""
-        )
+        + ("; step peak = that peak less what was allocated before the step" if step_peak else "")
         + (
             "; mask head saved = the bytes saved for backward during the mask head's forward, "
             "each storage once"
