@@ -101,3 +101,14 @@ def test_gpu_tables_of_the_old_count_show_only_the_measured_peaks(name, old_colu
     for row in rows:
         row["saved_counter"] = SAVED_COUNTER
     assert new_column in render(name, marked).splitlines()[0]
+
+
+def test_the_r_fpn_step_peaks_outside_the_block_are_tracked(copy):
+    _edit(copy / "README.md", "(1,127, 1,611, 2,579 MiB", "(1,127, 1,612, 2,579 MiB")
+    _edit(copy / "README.md", "(859.5 to 860.9 MiB)", "(859.5 to 861.0 MiB)")
+    assert check_results(copy / "README.md", copy / "results") == [
+        "H200 R-FPN: BPTT step peaks at N = 5, 10, 20 (MiB): the README says "
+        "'1,127, 1,612, 2,579', rfpn_cuda.json '1,127, 1,611, 2,579'",
+        "H200 R-FPN: C-RBP step peaks, lowest to highest (MiB): the README says "
+        "'859.5 to 861.0', rfpn_cuda.json '859.5 to 860.9'",
+    ]
