@@ -52,3 +52,18 @@ def test_a_configuration_too_big_for_memory_is_recorded_not_run(monkeypatch):
     assert records[1]["error"].startswith("not run: would save")
     with pytest.raises(ValueError, match="unknown model"):
         run_methods_benchmark(TINY, ["coco"], ["bptt"], [2])
+
+
+def test_shared_machine_flag_marks_every_record_and_the_table(tmp_path, monkeypatch):
+    from crbp_d2.cli import benchmark_methods
+
+    monkeypatch.setenv("CRBP_SHARED_MACHINE", "0")  # the flag overrides an idle verdict
+    stem = tmp_path / "methods"
+    argv = ["--models", "pathfinder", "--variants", "jfb", "--steps", "2", "--size", "12"]
+    argv += ["--channels", "3", "--kernel", "3", "--neumann-steps", "5", "--no-progress"]
+    assert benchmark_methods.main(argv + ["--shared-machine", "--out", str(stem)]) == 0
+    records = json.loads((tmp_path / "methods.json").read_text())
+    assert [r["shared_machine"] for r in records] == [True]
+    text = (tmp_path / "methods.md").read_text()
+    assert "| jfb | 2 |" in text and text.split("| jfb | 2 |")[1].split("|")[0].endswith("* ")
+    assert "not clean timings" in text

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from crbp_d2.utils.bench import SAVED_COUNTER
+
 ROOT = Path(__file__).resolve().parents[1]
 FILES = (
     "env.json",
@@ -84,6 +86,8 @@ def test_smoke_hgru_core_memory(smoke_dir):
     for r in records:
         assert r["peak_kind"] == "cpu_peak_rss" and r["saved_bytes"] > 0
         assert all(_finite(r[k]) for k in ("peak_bytes", "step_bytes", "seconds"))
+        assert r["saved_counter"] == SAVED_COUNTER  # a GPU run records the storage count
+    assert "each storage once" in (smoke_dir / "memory_cuda.md").read_text()
 
 
 def test_smoke_rfpn_report(smoke_dir):
@@ -93,8 +97,10 @@ def test_smoke_rfpn_report(smoke_dir):
     for r in report["memory"]:
         assert "error" not in r and r["memory_bytes"] == r["saved_bytes"] > 0
         assert 0 < r["mask_head_saved_bytes"] < r["saved_bytes"]
+        assert r["saved_counter"] == SAVED_COUNTER
         assert r["peak_allocated_bytes"] is None and r["step_bytes"] is None
         assert all(_finite(r[k]) for k in ("seconds_per_iter", "loss", "mask_rois"))
+    assert "mask head saved (MiB)" in (smoke_dir / "rfpn_cuda.md").read_text()
     head = {r["variant"]: r["mask_head_saved_bytes"] for r in report["memory"]}
     assert head["BPTT-4"] > head["BPTT-2"]  # BPTT saves every step; C-RBP does not grow
     assert head["CRBP-4"] == head["CRBP-2"]
@@ -183,7 +189,9 @@ def test_smoke_pathfinder_report(smoke_dir):
     assert [m["method"] for m in report["memory"]] == ["bptt", "cbptt", "rbp", "crbp"]
     for m in report["memory"]:
         assert m["memory_gb"] == m["saved_gb"] > 0 and m["peak_allocated_gb"] is None
+        assert m["saved_counter"] == SAVED_COUNTER
         assert _finite(m["loss"]) and _finite(m["seconds_per_step"])
+    assert "each storage once (GB)" in (smoke_dir / "pathfinder_cuda.md").read_text()
     training = report["training"]
     assert training["iterations"] >= 1 and training["amp_dtype"] is None
     assert set(training["test"]) == {"20", "60"}

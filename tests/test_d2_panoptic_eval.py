@@ -14,16 +14,14 @@ pytest.importorskip("detectron2")
 from crbp_d2.rfpn.data import (  # noqa: E402
     UnknownDatasetError,
     make_synthetic_panoptic,
-    read_panoptic_png,
     register_synthetic_panoptic,
 )
 from crbp_d2.rfpn.evaluation import HotcocoPanopticEvaluator, build_evaluator, pq_compute  # noqa: E402
 
-import pycocotools.mask as mask_util  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
+from helpers import ground_truth_outputs  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from crbp_d2.scenes.panoptic import id2rgb  # noqa: E402
@@ -373,46 +371,6 @@ def synthetic_val(tmp_path_factory):
         MetadataCatalog.remove(name)
 
 
-def _ground_truth_outputs(record, metadata):
-    height, width = record["height"], record["width"]
-    panoptic = json.loads(open(metadata.panoptic_json).read())
-    by_image = {a["image_id"]: a for a in panoptic["annotations"]}
-    annotation = by_image[record["image_id"]]
-    segment_ids = read_panoptic_png(f"{metadata.panoptic_root}/{annotation['file_name']}")
-    segments_info = []
-    for s in annotation["segments_info"]:
-        isthing = s["category_id"] in metadata.thing_dataset_id_to_contiguous_id
-        mapping = (
-            metadata.thing_dataset_id_to_contiguous_id
-            if isthing
-            else metadata.stuff_dataset_id_to_contiguous_id
-        )
-        segments_info.append(
-            {"id": s["id"], "category_id": mapping[s["category_id"]], "isthing": isthing}
-        )
-
-    semantic = np.asarray(Image.open(record["sem_seg_file_name"]), dtype=np.int64)
-    logits = torch.zeros(len(metadata.stuff_classes), height, width)
-    logits.scatter_(0, torch.as_tensor(np.where(semantic == 255, 0, semantic))[None], 1.0)
-
-    objects = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-    instances = Instances((height, width))
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in objects]
-    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    instances.scores = torch.ones(len(objects))
-    instances.pred_classes = torch.tensor([a["category_id"] for a in objects], dtype=torch.int64)
-    masks = [
-        mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], height, width)))
-        for a in objects
-    ]
-    instances.pred_masks = torch.as_tensor(np.stack(masks).astype(bool))
-    return {
-        "panoptic_seg": (torch.as_tensor(segment_ids.astype(np.int32)), segments_info),
-        "sem_seg": logits,
-        "instances": instances,
-    }
-
-
 def test_ground_truth_scores_perfectly_through_build_evaluator(synthetic_val, tmp_path):
     cfg = get_cfg()
     cfg.MODEL.MASK_ON = True
@@ -423,7 +381,7 @@ def test_ground_truth_scores_perfectly_through_build_evaluator(synthetic_val, tm
     metadata = MetadataCatalog.get(synthetic_val)
     evaluator.reset()
     for record in DatasetCatalog.get(synthetic_val):
-        evaluator.process([record], [_ground_truth_outputs(record, metadata)])
+        evaluator.process([record], [ground_truth_outputs(record, metadata)])
     results = evaluator.evaluate()
 
     for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from crbp_d2.cli import update_readme
-from crbp_d2.utils.records import check_results
+from crbp_d2.utils.bench import SAVED_COUNTER
+from crbp_d2.utils.records import check_results, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -75,4 +76,39 @@ def test_a_tracked_number_outside_the_blocks_is_caught(copy):
     _edit(copy / "README.md", "stays at 3.3 GiB", "stays at 3.3 GB")
     assert check_results(copy / "README.md", copy / "results") == [
         "tracked number not found in the README: H200 hGRU core: C-RBP peak (GiB)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, old_column, new_column",
+    [
+        ("memory_cuda", "saved for backward", "saved for backward, each storage once (MiB)"),
+        ("rfpn_cuda", "mask head saved", "CRBP mask head saved (MiB)"),
+        ("pathfinder_cuda", "saved for backward", "saved for backward, each storage once (GB)"),
+    ],
+)
+def test_gpu_tables_of_the_old_count_show_only_the_measured_peaks(name, old_column, new_column):
+    """The GPU records predate the storage count: their tables leave the old saved-for-backward
+    figures out (and say so); the same records marked as storage-counted show the column."""
+    records = json.loads(open(os.path.join(RESULTS, name + ".json")).read())
+    records = records if isinstance(records, list) else [records]
+    text = render(name, records)
+    header = text.splitlines()[0]
+    assert old_column not in header and ("peak" in header or "memory" in header)
+    assert "the old count" in text and "awaiting a re-run with the storage count" in text
+    marked = json.loads(json.dumps(records))
+    rows = marked[0]["memory"] if name != "memory_cuda" else marked
+    for row in rows:
+        row["saved_counter"] = SAVED_COUNTER
+    assert new_column in render(name, marked).splitlines()[0]
+
+
+def test_the_r_fpn_step_peaks_outside_the_block_are_tracked(copy):
+    _edit(copy / "README.md", "(1,127, 1,611, 2,579 MiB", "(1,127, 1,612, 2,579 MiB")
+    _edit(copy / "README.md", "(859.5 to 860.9 MiB)", "(859.5 to 861.0 MiB)")
+    assert check_results(copy / "README.md", copy / "results") == [
+        "H200 R-FPN: BPTT step peaks at N = 5, 10, 20 (MiB): the README says "
+        "'1,127, 1,612, 2,579', rfpn_cuda.json '1,127, 1,611, 2,579'",
+        "H200 R-FPN: C-RBP step peaks, lowest to highest (MiB): the README says "
+        "'859.5 to 861.0', rfpn_cuda.json '859.5 to 860.9'",
     ]

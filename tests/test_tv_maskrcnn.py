@@ -4,6 +4,7 @@ torchvision's state-dict keys kept, COCO-format loading and pycocotools AP, and 
 script end to end with Detectron2 blocked from being imported."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -270,11 +271,16 @@ def test_training_script_runs_without_detectron2(tiny_shapes, tmp_path):
     assert saved["head"] == "recurrent" and saved["shared_machine"] is True
     assert [e["test_steps"] for e in saved["evaluations"]] == [2, 3]
     assert "loss_lcp" in saved["log"][-1] and len(saved["log"]) == 3
-    assert 0.0 <= saved["evaluations"][0]["segm_AP"] <= 100.0
+    # the AP values themselves: test_coco_ap_is_100_for_the_ground_truth_and_lower_for_shifted_masks
+    # (same evaluation code, ground truth -> 100); here each is finite and reaches the table
+    assert all(math.isfinite(e["segm_AP"]) for e in saved["evaluations"])
     table = tmp_path / "table.md"
     assert main(["--report", str(record), "--markdown", str(table)]) == 0
     rows = [line for line in table.read_text().splitlines() if line.startswith("| recurrent")]
     assert [row.split(" | ")[1] for row in rows] == ["2", "3"]
+    assert [row.split(" | ")[4] for row in rows] == [
+        f"{e['segm_AP']:.1f}" for e in saved["evaluations"]
+    ]
     assert "shared with other jobs" in table.read_text()
 
 

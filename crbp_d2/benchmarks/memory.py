@@ -194,28 +194,36 @@ def run_memory_benchmark(
     return records
 
 
-def _saved_header(records: List[Record]) -> str:
-    """The saved-for-backward column's name: what the records' counter counted."""
-    if all(r.get("saved_counter") == SAVED_COUNTER for r in records if not r.get("error")):
-        return "saved for backward, each storage once (MiB)"
-    return "saved for backward, old count: every saved reference (MiB)"
+def storage_counted(records: List[Record]) -> bool:
+    """Whether the records' ``saved_bytes`` count each storage once (:data:`SAVED_COUNTER`);
+    records measured before that hold the old count (every saved reference summed)."""
+    return all(r.get("saved_counter") == SAVED_COUNTER for r in records if not r.get("error"))
 
 
 def format_table(records: List[Record]) -> str:
-    """Markdown table: method, steps, MiB saved for backward, peak MiB, step peak MiB, seconds
-    (marked * when measured on a shared machine)."""
+    """Markdown table: method, steps, MiB saved for backward (each storage once; the column is
+    left out for records with the old count), peak MiB, step peak MiB, seconds (marked * when
+    measured on a shared machine)."""
+    saved = storage_counted(records)
     lines = [
-        f"| method | steps | {_saved_header(records)} | peak (MiB) | step peak (MiB) | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | steps | "
+        + ("saved for backward, each storage once (MiB) | " if saved else "")
+        + "peak (MiB) | step peak (MiB) | seconds |",
+        "|---|---:|" + ("---:|" if saved else "") + "---:|---:|---:|",
     ]
     for r in records:
         if r.get("error"):
-            lines.append(f"| {r['method']} | {r['steps']} | {r['error']} | | | |")
+            lines.append(
+                f"| {r['method']} | {r['steps']} | {r['error']} | |"
+                + (" |" if saved else "")
+                + " |"
+            )
             continue
         shared = "*" if r.get("shared_machine") else ""
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r['saved_bytes'] / 2**20:.1f} | "
-            f"{r['peak_bytes'] / 2**20:.0f} | {r['step_bytes'] / 2**20:.0f} | "
+            f"| {r['method']} | {r['steps']} | "
+            + (f"{r['saved_bytes'] / 2**20:.1f} | " if saved else "")
+            + f"{r['peak_bytes'] / 2**20:.0f} | {r['step_bytes'] / 2**20:.0f} | "
             f"{r['seconds']:.2f}{shared} |"
         )
     return "\n".join(lines)
@@ -244,9 +252,10 @@ def table_with_machine(records: List[Record], plot_name: str) -> str:
         + (
             "saved for backward counts each storage autograd keeps for backward once, whether "
             "or not all were alive at once"
-            if _saved_header(records).startswith("saved for backward, each")
-            else "saved for backward: the old count, every saved reference summed (a tensor "
-            "saved by several operations counted several times), which can exceed the peak"
+            if storage_counted(records)
+            else "saved for backward not shown: this run's `saved_bytes` (kept in the JSON) is "
+            "the old count, every saved reference summed, which double-counts a storage saved "
+            "by several operations; awaiting a re-run with the storage count"
         )
         + f"; seconds: one timed step after a warm-up; plot `docs/results/{plot_name}`)."
         + (
@@ -265,11 +274,17 @@ def records_markdown(records: List[Record], name: str) -> str:
 
 
 def plot_memory(records: List[Record], path: str) -> None:
-    """Saved bytes, step peak and seconds vs steps, one line per method (PNG at ``path``)."""
+    """Saved bytes (the peak for records with the old count), step peak and seconds vs steps,
+    one line per method (PNG at ``path``)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    first_panel = (
+        ("saved_bytes", "saved for backward, each storage once (MiB)")
+        if storage_counted(records)
+        else ("peak_bytes", "peak (MiB)")  # the old count is not plotted
+    )
     keys = [
-        ("saved_bytes", _saved_header(records).replace(": every saved reference", "")),
+        first_panel,
         ("step_bytes", "peak during step (MiB)"),
         ("seconds", "seconds per step"),
     ]

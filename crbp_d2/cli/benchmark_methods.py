@@ -5,6 +5,9 @@ Example (the README's table; about 30 minutes on 2 cores)::
 
     python tools/benchmark_methods.py --steps 5 20 80 --out docs/results/methods_cpu
 
+``--shared-machine`` flags the records when other work shares the machine (their seconds are then
+marked * and not clean timings).
+
 Writes ``OUT.json`` (records), ``OUT.md`` (table + machine) and ``OUT.png``; the work is
 :mod:`crbp_d2.benchmarks.methods`.
 """
@@ -12,6 +15,7 @@ Writes ``OUT.json`` (records), ``OUT.md`` (table + machine) and ``OUT.png``; the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -23,6 +27,7 @@ from ..benchmarks.methods import (
     run_methods_benchmark,
     write_methods_results,
 )
+from ..utils.machine import SHARED_MACHINE_ENV
 from ._common import one_line_errors
 
 
@@ -43,12 +48,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
     parser.add_argument("--out", help="results stem: writes OUT.json, OUT.md and OUT.png")
+    parser.add_argument(
+        "--shared-machine",
+        action="store_true",
+        help="flag every record shared_machine (other work ran beside it: its seconds are not "
+        f"clean timings); as {SHARED_MACHINE_ENV}=1. Without it, {SHARED_MACHINE_ENV} or the "
+        "load average decides",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.shared_machine:  # the workers, one process per configuration, read it
+        os.environ[SHARED_MACHINE_ENV] = "1"
     settings = MethodsBenchmark(
         size=args.size,
         channels=args.channels,

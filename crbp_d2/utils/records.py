@@ -39,6 +39,7 @@ RENDERERS: Dict[str, str] = {
     "methods_cpu": "crbp_d2.benchmarks.methods:methods_markdown",
     "demo": "crbp_d2.cli.demo_summary:demo_markdown",
     "rfpn_cuda": "crbp_d2.rfpn.experiments.cuda_check:rfpn_cuda_markdown",
+    "pathfinder_cuda": "crbp_d2.pathfinder.experiments.cuda_check:pathfinder_cuda_markdown",
     "generator_benchmark": "crbp_d2.pathfinder.experiments.generator_speed:benchmark_markdown",
 }
 
@@ -56,6 +57,11 @@ def _memory_cuda_crbp_peak(records: List[dict]) -> str:
     return _gib(max(r["peak_bytes"] for r in records if r["method"] == "crbp"))
 
 
+def _rfpn_cuda_step_peaks(records: List[dict], method: str) -> List[float]:
+    rows = [r for r in records[0]["memory"] if r["method"] == method and "error" not in r]
+    return [r["step_bytes"] / 2**20 for r in sorted(rows, key=lambda r: r["steps"])]
+
+
 # Numbers of the README outside the blocks, each with the record it comes from:
 # (what it is, regex with one group matching the number(s) in README.md, JSON name, function of
 # the records giving the text the group must hold)
@@ -71,6 +77,20 @@ TRACKED: List[Tuple[str, str, str, Callable[[Any], str]]] = [
         r"while C-RBP's stays at ([\d.]+) GiB",
         "memory_cuda",
         _memory_cuda_crbp_peak,
+    ),
+    (
+        "H200 R-FPN: BPTT step peaks at N = 5, 10, 20 (MiB)",
+        r"grows under BPTT \(([\d, ]+) MiB at N = 5, 10, 20\)",
+        "rfpn_cuda",
+        lambda records: ", ".join(f"{v:,.0f}" for v in _rfpn_cuda_step_peaks(records, "bptt")),
+    ),
+    (
+        "H200 R-FPN: C-RBP step peaks, lowest to highest (MiB)",
+        r"while C-RBP's stays level\s+\(([\d.]+ to [\d.]+) MiB\)",
+        "rfpn_cuda",
+        lambda records: "{:.1f} to {:.1f}".format(
+            min(_rfpn_cuda_step_peaks(records, "crbp")), max(_rfpn_cuda_step_peaks(records, "crbp"))
+        ),
     ),
     (
         "quick recipe on the H200: PQ things (hand-kept log)",

@@ -12,8 +12,9 @@ What ``memory_bytes`` holds is named by ``memory_measure``:
   timed steps (model, optimizer state and batch included; ``step_bytes`` subtracts what was
   allocated before the step);
 - CPU (no allocator statistics): ``saved_tensor_bytes``, the bytes autograd saves for backward in
-  one training step (``torch.autograd.graph.saved_tensors_hooks``; a tensor saved twice counts
-  twice): the part of the peak that grows with BPTT's steps. ``step_bytes`` is None there.
+  one training step (``torch.autograd.graph.saved_tensors_hooks``; each storage counted once,
+  :class:`crbp_d2.utils.bench.SavedStorageBytes`, ``saved_counter`` says so): the part of the
+  peak that grows with BPTT's steps. ``step_bytes`` is None there.
 
 ``saved_bytes`` is that count on both devices, ``mask_head_saved_bytes`` its part saved while
 the mask head's forward runs (what BPTT's steps add to). AMP on a CPU: ``SOLVER.AMP.ENABLED``
@@ -354,9 +355,12 @@ def report_table(report: Record) -> str:
     header = ["N"] + [f"{m} memory (MiB)" for m in methods]
     counted = all(
         r.get("saved_counter") == SAVED_COUNTER for r in report["memory"] if "error" not in r
-    )
-    saved = "mask head saved" if counted else "mask head saved, old count"
-    header += [f"{m} {saved} (MiB)" for m in methods]
+    )  # records before the storage count hold the old count: its columns are left out
+    step_peak = any(r.get("step_bytes") is not None for r in report["memory"])  # CUDA only
+    if step_peak:
+        header += [f"{m} step peak (MiB)" for m in methods]
+    if counted:
+        header += [f"{m} mask head saved (MiB)" for m in methods]
     header += [f"{m} s / iter" for m in methods]
     if len(methods) == 2:
         header.append(f"memory {methods[1]} / {methods[0]}")
@@ -370,7 +374,10 @@ def report_table(report: Record) -> str:
     for n in report["settings"]["steps"]:
         found = [by_variant.get(f"{m}-{n}") for m in methods]
         row = [n] + [cell(r, "memory_bytes") for r in found]
-        row += [cell(r, "mask_head_saved_bytes") for r in found]
+        if step_peak:
+            row += [cell(r, "step_bytes") for r in found]
+        if counted:
+            row += [cell(r, "mask_head_saved_bytes") for r in found]
         row += [cell(r, "seconds_per_iter", 1.0, 3) for r in found]
         if len(methods) == 2:
             a, b = found
@@ -414,8 +421,20 @@ def report_table(report: Record) -> str:
         f"\n\nMeasured on {report['device']} with torch {report['torch']}: one Panoptic FPN "
         f"training step, {os.path.basename(s['config_file'])}, {s['size']} px, batch "
         f"{s['batch']}, {s['instances']} instances per image (`tools/cuda_rfpn_check.py`; "
-        f"memory = {report['memory_measure']}; s / iter: the median of {s['iters']} timed "
-        "steps after one warm-up" + (", too few to be stable" if s["iters"] < 5 else "") + ")"
+        f"memory = {report['memory_measure']}"
+        + ("; step peak = that peak less what was allocated before the step" if step_peak else "")
+        + (
+            "; mask head saved = the bytes saved for backward during the mask head's forward, "
+            "each storage once"
+            if counted
+            else "; the mask head's saved-for-backward bytes are not shown: this run's "
+            "`mask_head_saved_bytes` (kept in the JSON) is the old count, every saved "
+            "reference summed, which double-counts a storage saved by several operations; "
+            "awaiting a re-run with the storage count"
+        )
+        + f"; s / iter: the median of {s['iters']} timed steps after one warm-up"
+        + (", too few to be stable" if s["iters"] < 5 else "")
+        + ")"
     )
     if training:
         clip = s.get("clip_norm", 0)
