@@ -302,3 +302,13 @@ def reference_baseline_scores(pairs, marker_radius: float, radii=(1, 2, 3), ink_
         per_image = np.where(union > 0, tp / np.maximum(union, 1), 1.0)
         scores[name] = {"iou": tp.sum() / union.sum(), "mean_iou": float(per_image.mean())}
     return scores
+
+
+def engine_grads(engine: nn.Module, x: torch.Tensor):
+    """(flat gradient of the cell's parameters, engine output) for the loss mean(h^2) + LCP, the
+    loss the engine speed/bf16 tests compare switches on."""
+    engine.cell.zero_grad()
+    out = engine(x)
+    loss = out.state.square().mean() + (out.lcp if out.lcp is not None else 0)
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in engine.cell.parameters()]), out

@@ -1243,8 +1243,17 @@ def _interrupt_when(command, ready, timeout: float = 120):
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     with tempfile.TemporaryFile("w+") as err:
+        # A shell without job control starts background commands with SIGINT ignored, and an
+        # ignored SIGINT stays ignored across exec (CI may run the suite that way): give the
+        # training the default disposition a terminal's foreground process has.
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=ROOT
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             started = _wait_for(lambda: ready() or process.poll() is not None, timeout)

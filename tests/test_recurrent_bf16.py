@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+from helpers import engine_grads
 
 import crbp_d2.recurrent.bf16 as bf16
 import crbp_d2.recurrent.neumann as neumann
@@ -27,14 +28,6 @@ def _cells():
         "pathfinder": (HGRUCell(4, 3), torch.rand(2, 4, 12, 12)),
         "mask_head": (MaskHeadHGRUCell(16, 3, norm_groups=4), torch.rand(3, 16, 14, 14)),
     }
-
-
-def _grads(engine, x):
-    engine.cell.zero_grad()
-    out = engine(x)
-    loss = out.state.square().mean() + (out.lcp if out.lcp is not None else 0)
-    loss.backward()
-    return torch.cat([p.grad.reshape(-1) for p in engine.cell.parameters()]), out
 
 
 @pytest.fixture
@@ -71,7 +64,7 @@ def test_bf16_gradient_is_near_float32_and_the_float32_parts_stay_float32(
     import crbp_d2.recurrent.engine as engine_module
 
     cell, x = _cells()[name]
-    want, eager = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
+    want, eager = engine_grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
     neumann_dtypes["vjp"].clear()
     recomputes = []
     real_attach = engine_module.rbp_attach
@@ -82,7 +75,7 @@ def test_bf16_gradient_is_near_float32_and_the_float32_parts_stay_float32(
 
     monkeypatch.setattr(engine_module, "rbp_attach", attach)
     fast = RecurrentEngine(cell, 6, "crbp", neumann_steps=4, autocast_bf16=True)
-    got, out = _grads(fast, x)
+    got, out = engine_grads(fast, x)
     ((recompute, prev),) = recomputes  # the VJPs go through the step under bfloat16 autocast
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = cell(cell_prepare(cell, x), prev[0])
@@ -116,11 +109,11 @@ def test_bf16_graph_free_steps_run_in_bfloat16_and_hand_back_float32(native_bf16
 def test_without_native_bf16_the_switch_runs_float32_and_logs_one_line(monkeypatch, caplog):
     monkeypatch.setattr(bf16, "cpu_has_native_bf16", lambda: False)
     cell, x = _cells()["pathfinder"]
-    want, _ = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
+    want, _ = engine_grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
     engine = RecurrentEngine(cell, 6, "crbp", neumann_steps=4, autocast_bf16=True)
     with caplog.at_level(logging.WARNING, logger="crbp_d2.recurrent.engine"):
-        got, _ = _grads(engine, x)
-        again, _ = _grads(engine, x)
+        got, _ = engine_grads(engine, x)
+        again, _ = engine_grads(engine, x)
     lines = [r.getMessage() for r in caplog.records if "autocast_bf16" in r.getMessage()]
     assert lines == [
         "autocast_bf16: this CPU has no native bfloat16 (avx512_bf16 / amx_bf16); float32"

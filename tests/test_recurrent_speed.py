@@ -7,23 +7,16 @@ import warnings
 
 import pytest
 import torch
+from helpers import engine_grads
 
 from crbp_d2.recurrent import HGRUCell, MaskHeadHGRUCell, RecurrentEngine
 from crbp_d2.recurrent.compiled import CompiledStep, compiled_step
 from crbp_d2.recurrent.spec import engine_config_defaults, spec_from_node
 
 
-def _grads(engine, x):
-    engine.cell.zero_grad()
-    out = engine(x)
-    loss = out.state.square().mean() + (out.lcp if out.lcp is not None else 0)
-    loss.backward()
-    return torch.cat([p.grad.reshape(-1) for p in engine.cell.parameters()]), out
-
-
 def _neumann_terms_by_hand(cell, x, steps: int, tol: float) -> int:
     """The first k >= 1 with ||(J^T)^k g0|| <= tol ||g0||, from torch.autograd VJPs at the state
-    of ``steps - 1`` plain iterations from 0 (g0: the gradient of ``_grads``'s loss)."""
+    of ``steps - 1`` plain iterations from 0 (g0: the gradient of ``engine_grads``'s loss)."""
     drive = cell.prepare(x).detach()
     with torch.no_grad():
         state = torch.zeros_like(cell.init_state(drive))
@@ -63,10 +56,10 @@ def test_a_failing_compiler_falls_back_to_eager_and_says_why(caplog):
 
 def test_compile_cell_falls_back_without_changing_the_gradient(monkeypatch):
     cell, x = _cells()["mask_head"]
-    want, _ = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
+    want, _ = engine_grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
     step = compiled_step(cell)
     monkeypatch.setattr(step, "_compiler", None)
-    got, out = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4, compile_cell=True), x)
+    got, out = engine_grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4, compile_cell=True), x)
     assert step.failure == "this torch has no torch.compile"
     assert torch.equal(got, want) and out.diagnostics.neumann_terms == 4
 
@@ -77,9 +70,9 @@ def test_compiled_cell_gives_the_eager_float32_gradient_on_both_cells(method):
     """Both cells in one process: a compiled graph must never be reused for the other cell
     (with dynamic shapes, torch 2.14's CPU backend gave gradients 55% off there)."""
     for name, (cell, x) in _cells().items():
-        want, eager = _grads(RecurrentEngine(cell, 8, method, neumann_steps=6), x)
+        want, eager = engine_grads(RecurrentEngine(cell, 8, method, neumann_steps=6), x)
         fast = RecurrentEngine(cell, 8, method, neumann_steps=6, compile_cell=True)
-        got, out = _grads(fast, x)
+        got, out = engine_grads(fast, x)
         step = compiled_step(cell)
         assert step.failure is None and step.calls > 0, name
         assert float((got - want).norm() / want.norm()) < 1e-5, name
@@ -94,8 +87,8 @@ def test_cheap_forward_and_backward_report_what_they_used():
     cheap = RecurrentEngine(
         cell, 60, "rbp", neumann_steps=40, solver="anderson", solver_tol=1e-4, neumann_tol=1e-2
     )
-    want, out_full = _grads(full, x)
-    got, out = _grads(cheap, x)
+    want, out_full = engine_grads(full, x)
+    got, out = engine_grads(cheap, x)
     diag = out.diagnostics
     assert diag.forward_evaluations < 60 and diag.solver_residual <= 1e-4
     assert diag.solver_fell_back is False
@@ -121,7 +114,7 @@ def test_anderson_fallback_at_random_weights_is_reported():
 
     cell.forward = unstable
     engine = RecurrentEngine(cell, 30, "rbp", neumann_steps=3, solver="anderson")
-    _, out = _grads(engine, x)
+    _, out = engine_grads(engine, x)
     assert out.diagnostics.solver_fell_back is True
     assert out.diagnostics.scalars()["solver_fell_back"] == 1.0
 
@@ -129,10 +122,10 @@ def test_anderson_fallback_at_random_weights_is_reported():
 def test_settings_that_must_not_change_the_gradient():
     cell, x = _cells()["pathfinder"]
     base = dict(steps=8, method="crbp", neumann_steps=5)
-    want, _ = _grads(RecurrentEngine(cell, **base), x)
+    want, _ = engine_grads(RecurrentEngine(cell, **base), x)
     # a tolerance never reached leaves the budget and the gradient as they are
     for extra in ({"solver_tol": 1e-30}, {"neumann_tol": 1e-30}, {"solver": "iterate"}):
-        got, out = _grads(RecurrentEngine(cell, **base, **extra), x)
+        got, out = engine_grads(RecurrentEngine(cell, **base, **extra), x)
         assert torch.equal(got, want), extra
         assert out.diagnostics.forward_evaluations == 8 and out.diagnostics.neumann_terms == 5
 
@@ -238,8 +231,10 @@ def test_cuda_graph_on_cpu_is_eager_and_says_so(caplog):
     cell, x = _cells()["mask_head"]
     with pytest.raises(ValueError, match="need a CUDA drive"):
         GraphedSteps(cell)(x, torch.zeros_like(x), 3)
-    want, _ = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
+    want, _ = engine_grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4), x)
     with caplog.at_level(logging.WARNING, logger="crbp_d2.recurrent.engine"):
-        got, out = _grads(RecurrentEngine(cell, 6, "crbp", neumann_steps=4, cuda_graph=True), x)
+        got, out = engine_grads(
+            RecurrentEngine(cell, 6, "crbp", neumann_steps=4, cuda_graph=True), x
+        )
     assert "not CUDA; eager" in caplog.text and torch.equal(got, want)
     assert out.diagnostics.forward_evaluations == 6
