@@ -271,7 +271,8 @@ def run_methods_benchmark(
                 continue
             why = _too_big(records, model, variant, n)
             if why:
-                records.append({"model": model, "variant": variant, "steps": n, "error": why})
+                skipped = {"model": model, "variant": variant, "steps": n, "error": why}
+                records.append({**skipped, **machine_record(settings.device)})
                 continue
             records.append(run_isolated("crbp_d2.benchmarks.methods", [json.dumps(job)]))
         for record in records:
