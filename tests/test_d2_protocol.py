@@ -92,6 +92,18 @@ def test_protocol_runs_end_to_end_and_reuses_finished_runs(tmp_path, capsys):
     stamp = finished.stat().st_mtime_ns
     again = run_protocol(runs, str(out), None, configs={"shapes": TINY}, progress=False)
     assert again == records and finished.stat().st_mtime_ns == stamp
+    # a training that finished but whose evaluation did not: only the evaluation runs again
+    folder = out / "shapes" / "bptt" / "seed0"
+    weights = (folder / "model_final.pth").stat().st_mtime_ns
+    (folder / "record.json").unlink()
+    again = run_protocol(runs, str(out), None, configs={"shapes": TINY}, progress=False)
+    assert (folder / "model_final.pth").stat().st_mtime_ns == weights
+
+    def steady(rs):  # the machine's load is measured again with the evaluation
+        return [{k: v for k, v in r.items() if k not in ("load_average_1min", "shared_machine")}
+                for r in rs]  # fmt: skip
+
+    assert steady(again) == steady(records)
     # bad input: one line, exit status 2
     with pytest.raises(SystemExit) as exit_info:
         rfpn_cpu_protocol.main(["--config", "shapes=/nowhere.yaml", "--out-dir", str(out)])

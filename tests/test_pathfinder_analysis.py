@@ -165,16 +165,19 @@ def test_every_analysis_command_writes_its_files(trained_checkpoint):
     records = json.load(open(stem + ".json"))
     assert len([r for r in records if r["model"] == "m"]) == 7 and os.path.isfile(stem + ".png")
     baselines = {r["model"]: r["iou"] for r in records if r["method"] == "baseline"}
-    assert set(baselines) == {"marker only", "flood fill"}
+    assert set(baselines) == {"marker only", "all ink", "flood fill"}
     # the baselines computed apart (numpy / scipy.ndimage) on the model's test images: pooled
     # IoU of marker only (0.514 here), and of the best flood fill by pooled IoU (radii 1-4, the
     # tool's; 0.676 here)
     _, cfg = load_trained(path)
-    pairs = dataset_pairs(make_test_loader(cfg, batch_size=8).dataset)
+    pairs = list(dataset_pairs(make_test_loader(cfg, batch_size=8).dataset))
     reference = reference_baseline_scores(pairs, marker_radius_at_input(cfg), (1, 2, 3, 4))
     flood = max(reference[f"flood_fill_k{r}"]["iou"] for r in (1, 2, 3, 4))
     assert baselines["marker only"] == pytest.approx(reference["marker_only"]["iou"], abs=TOL)
     assert baselines["flood fill"] == pytest.approx(flood, abs=TOL)
+    ink = [(image > 0.2, label) for image, label in pairs]
+    pooled = sum((i & lab).sum() for i, lab in ink) / sum((i | lab).sum() for i, lab in ink)
+    assert baselines["all ink"] == pytest.approx(float(pooled), abs=1e-9)
 
     stem = str(out / "space")
     assert (

@@ -32,6 +32,7 @@ from crbp_d2.pathfinder.data.storage import (
     split_test_indices,
 )
 from crbp_d2.pathfinder.evaluation.baselines import (
+    all_ink,
     dataset_pairs,
     detect_marker,
     evaluate_baselines,
@@ -369,6 +370,11 @@ def test_baselines_find_the_marker_and_flood_fill_beats_marker_only():
         assert results[name]["iou"] == pytest.approx(reference[name]["iou"], abs=2e-3)
         # one batch of the paper's metric (24 < 128 images): F1 / (2 - F1) = pooled IoU
         assert results[name]["paper_iou"] == pytest.approx(reference[name]["iou"], abs=2e-3)
+    # all ink, pooled: the marked contour's pixels over the union of ink and label
+    ink = [(image > 0.2, label) for image, label in pairs]
+    pooled = sum((i & lab).sum() for i, lab in ink) / sum((i | lab).sum() for i, lab in ink)
+    assert results["all_ink"]["iou"] == pytest.approx(float(pooled), abs=1e-9)
+    assert results["all_ink"]["iou"] < results["flood_fill_best"]["iou"] - 0.05
     best = max((1, 2, 3), key=lambda r: reference[f"flood_fill_k{r}"]["mean_iou"])
     assert results["flood_fill_best"]["radius"] == best
     assert results["flood_fill_best"]["mean_iou"] > results["marker_only"]["mean_iou"] + 0.15
@@ -383,6 +389,10 @@ def test_baseline_predictions_are_subsets_of_the_ink_and_iou_is_exact():
     assert detect_marker(image, 2.5) in {(r, c) for r in range(21, 25) for c in range(21, 25)}
     assert marker_only(image, 2.5).sum() > 0
     assert not flood_fill(image, 1, 2.5)[:, 44:].any()
+    assert np.array_equal(all_ink(image), label)  # the far ink too
+    assert iou(all_ink(image), flood_fill(image, 1, 2.5)) == pytest.approx(
+        flood_fill(image, 1, 2.5).sum() / label.sum()
+    )
     assert flood_fill(image, 3, 2.5)[:, 44:].any()
     assert iou(label, label) == 1.0 and iou(label, ~label) == 0.0
     assert iou(np.zeros_like(label), np.zeros_like(label)) == 1.0

@@ -129,11 +129,23 @@ def test_smoke_protocol_writes_the_report_and_resumes(tmp_path):
     with open(stem + ".json") as f:
         report = json.load(f)
     models = {r["model"] for r in report["records"]}
-    assert models == {"crbp", "cnn", "marker_only", "flood_fill"}
+    assert models == {"crbp", "cnn", "marker_only", "all_ink", "flood_fill"}
+    # a baselines cache written before "all ink" existed is computed again, not trusted
+    cache = os.path.join(settings.runs_dir, "baselines.json")
+    with open(cache) as f:
+        stored = json.load(f)
+    complete = stored["records"]
+    stored["records"] = [r for r in complete if r["model"] != "all_ink"]
+    with open(cache, "w") as f:
+        json.dump(stored, f)
+    assert ex.baseline_records(settings) == complete
     assert set(report["hypotheses"]) == {"H1", "H2", "H3"}
     assert report["hypotheses"]["H1"]["verdict"] == "not yet measured"  # no PF20, no ff_hgru
     text = open(stem + ".md").read()
     assert "PF14: 200 px -> 100 px" in text and "H3 not yet measured" in text
+    rows = ex.summary_rows(report["records"])
+    margin = ex._find(rows, "crbp", 14)["iou_at_3N"] - ex._find(rows, "all_ink", 14)["iou"]
+    assert f"PF14 {margin:+.3f}" in text.split("Tracing check")[1].split("\n")[0]
     assert os.path.getsize(stem + ".png") > 0
     # other overrides = other runs: the records no longer count as finished
     changed = dataclasses.replace(settings, overrides=("SOLVER.LR", "0.02"))
@@ -224,6 +236,7 @@ def test_pilot_is_recorded_by_code(tmp_path):
     assert [e["note"] for e in entries] == ["again"]  # one entry per name
     score = entry["scores"]["PF9"]
     assert score["minus_marker_only"] == pytest.approx(score["iou_at_N"] - score["marker_only"])
+    assert 0 < score["all_ink"] < 1
     assert entry["overrides"] == ["SOLVER.LR", "0.02"] and again["shared_machine"] is True
     text = (tmp_path / "results" / f"{ex.PILOTS}.md").read_text()
     assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text

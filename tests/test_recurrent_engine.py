@@ -175,6 +175,30 @@ def test_record_states_does_not_change_the_gradient():
         torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
 
 
+def test_recorded_states_are_the_plain_steps_whatever_the_solver():
+    """A timecourse (record_states, no graph) is N plain steps also where inference uses
+    Anderson with a tolerance or a halting tolerance (a sweep over the steps reads step t)."""
+    torch.manual_seed(0)
+    cell = HGRUCell(3, 3).to(DTYPE)
+    x = torch.rand(2, 3, 5, 5, dtype=DTYPE)
+    plain = RecurrentEngine(cell, steps=4, test_steps=9, method="crbp").eval()
+    with torch.no_grad():
+        reference = plain(x, record_states=True).states
+        for settings in (
+            dict(solver="anderson", solver_tol=1e-2),
+            dict(solver_tol=1e-2),
+            dict(halt_tolerance=1e-1),
+        ):
+            engine = RecurrentEngine(cell, steps=4, test_steps=9, method="crbp", **settings)
+            out = engine.eval()(x, record_states=True)
+            assert len(out.states) == 9 and out.diagnostics.steps == 9
+            for got, want in zip(out.states, reference):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert engine(x).diagnostics.steps < 9  # without recording the settings apply
+        # a halting tolerance passed to the call still stops the record
+        assert len(plain(x, record_states=True, halt_tolerance=1e30).states) == 1
+
+
 def test_halting_stops_at_tolerance_and_reports_steps():
     cell = LinearCell(5, spectral_radius=0.5)
     x = torch.randn(2, 5, 1, 1, dtype=DTYPE)

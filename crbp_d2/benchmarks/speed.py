@@ -404,6 +404,7 @@ PROTOCOL_VARIANTS = {
     "bptt": "bptt6",
     "crbp": "crbp20",
     "crbp_fast": "crbp20-fast",
+    "crbp_fast_tol12": "crbp20-fast-tol0.12",
     "cjfb": "cjfb20",
 }
 
@@ -618,6 +619,7 @@ def _rfpn_protocol_record(
         "iou_n": iou.get(n),
         "iou_3n": iou.get(3 * n),
         "settings": {"dataset": first["dataset"], "head": first["head"], "steps": n},
+        **({"seconds_note": first["train_note"]} if first.get("train_note") else {}),
         "source": source,
         "shared_machine": shared,
         "machine": machine,

@@ -53,7 +53,7 @@ _EXPORTS = {
     **dict.fromkeys(("Trainer", "NonFiniteLossError"), ".train.loop"),
     "SegmentationMeter": ".evaluation.metrics",
     **dict.fromkeys(
-        ("detect_marker", "evaluate_baselines", "flood_fill", "iou", "marker_only"),
+        ("all_ink", "detect_marker", "evaluate_baselines", "flood_fill", "iou", "marker_only"),
         ".evaluation.baselines",
     ),
     **dict.fromkeys(("evaluate_model", "iou_over_steps"), ".evaluation.evaluator"),

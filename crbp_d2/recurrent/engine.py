@@ -290,13 +290,18 @@ class RecurrentEngine(nn.Module):
             steps: override N for this call (default: ``steps`` in train mode, ``test_steps`` in
                 eval mode).
             record_states: also return every state h_1..h_N (detached; the gradient is unchanged).
+                Without a graph this runs N plain steps: a solver's iterates are not the
+                recurrence's steps, so neither the configured solver nor its tolerances apply
+                (a ``halt_tolerance`` passed to this call does).
             halt_tolerance: override the inference halting tolerance for this call.
         """
         n = self._steps_for_call(steps)
         recorder: Optional[List[State]] = [] if record_states else None
         if not torch.is_grad_enabled():
-            tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
             drive = cell_prepare(self.cell, x)
+            if recorder is not None:
+                return self._checked(self._iterate(drive, n, halt_tolerance, recorder), drive)
+            tol = halt_tolerance if halt_tolerance is not None else self.spec.halt_tolerance
             if self.spec.solver == "iterate" and (tol is not None or self.spec.solver_tol is None):
                 return self._checked(self._iterate(drive, n, tol, recorder), drive)
             return self._checked(self._solved(drive, n, tol, recorder), drive)

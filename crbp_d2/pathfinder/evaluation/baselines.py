@@ -2,6 +2,8 @@
 
 * marker only: predict the ink around the detected marker disk (the disk is part of the label,
   so this is the IoU a model gets for free);
+* all ink: predict every ink pixel, the marked contour and the distractors alike (what a model
+  gets that finds ink but does not trace; its IoU is the marked contour's share of the ink);
 * morphological flood fill: dilate the ink by a disk of radius ``k``, keep the connected
   component that contains the marker and intersect it with the ink. With ``k`` about the gap
   between dashes this follows the target until it passes near other ink.
@@ -55,6 +57,11 @@ def marker_only(image: np.ndarray, marker_radius: float, ink_threshold: float = 
     return near & (image > ink_threshold)
 
 
+def all_ink(image: np.ndarray, ink_threshold: float = 0.2) -> np.ndarray:
+    """bool (H, W): every ink pixel (the marker's disk included)."""
+    return image > ink_threshold
+
+
 def flood_fill(
     image: np.ndarray, radius: int, marker_radius: float, ink_threshold: float = 0.2
 ) -> np.ndarray:
@@ -87,17 +94,17 @@ def evaluate_baselines(
     batch_size: int = 128,
     best_by: str = "mean_iou",
 ) -> Dict[str, Dict[str, float]]:
-    """Scores of the marker-only and flood-fill (one per radius) baselines.
+    """Scores of the marker-only, all-ink and flood-fill (one per radius) baselines.
 
     pairs: (image float (H, W) in [0, 1], label bool (H, W)); marker_radius in pixels at that
     resolution (2.5 at 150 px for the C-RBP data); batch_size: images per batch of the paper's
-    metric. Returns {name: scores} with names "marker_only", "flood_fill_k<r>" and
+    metric. Returns {name: scores} with names "marker_only", "all_ink", "flood_fill_k<r>" and
     "flood_fill_best" (the radius with the best ``best_by`` score, an oracle choice as in the
     reference figures; its scores also hold ``radius``). Scores: the
     :meth:`~.metrics.SegmentationMeter.summary` (iou, mean_image_iou, f1, paper_f1, paper_iou,
     images) plus ``mean_iou`` (= mean_image_iou) and ``n`` (the number of images).
     """
-    names = ["marker_only"] + [f"flood_fill_k{radius}" for radius in radii]
+    names = ["marker_only", "all_ink"] + [f"flood_fill_k{radius}" for radius in radii]
     meters = {name: SegmentationMeter() for name in names}
     batch: Dict[str, List[torch.Tensor]] = {name: [] for name in names}
 
@@ -113,6 +120,7 @@ def evaluate_baselines(
         batch["marker_only"].append(
             _counts(marker_only(image, marker_radius, ink_threshold), label)
         )
+        batch["all_ink"].append(_counts(all_ink(image, ink_threshold), label))
         for radius in radii:
             prediction = flood_fill(image, radius, marker_radius, ink_threshold)
             batch[f"flood_fill_k{radius}"].append(_counts(prediction, label))

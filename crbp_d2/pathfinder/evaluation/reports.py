@@ -98,8 +98,8 @@ def steps_report(
     log: Log = print,
 ) -> List[Record]:
     """IoU after t = 0..max_steps for every model -> ``out.{csv,json,png}`` (one record per model
-    and step, and one per baseline: marker only and the best flood fill, on the first model's
-    test images); returns the records."""
+    and step, and one per baseline: marker only, all ink and the best flood fill, on the first
+    model's test images); returns the records."""
     records: List[Record] = []
     curves, train_steps = {}, {}
     baselines: Dict[str, float] = {}
@@ -112,6 +112,7 @@ def steps_report(
             )
             baselines = {
                 "marker only": scores["marker_only"]["iou"],
+                "all ink": scores["all_ink"]["iou"],
                 "flood fill": scores["flood_fill_best"]["iou"],
             }
             records += [

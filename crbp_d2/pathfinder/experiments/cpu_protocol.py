@@ -48,6 +48,7 @@ LABELS = {
     "cjfb": "C-JFB (JFB + LCP)",
     "cphantom": "C-phantom (phantom + LCP)",
     "crbp_fast": "C-RBP fast (Anderson to 3e-3, Neumann to 1e-2)",
+    "crbp_fast_tol12": "C-RBP fast (Anderson to 3e-3, Neumann to 0.12)",
 }
 
 Record = Dict[str, object]

@@ -469,16 +469,26 @@ def run_all(
 # -- aggregation -------------------------------------------------------------------------------
 
 
+# record name -> (evaluate_baselines' name, label)
+BASELINES = {
+    "marker_only": ("marker_only", "marker only"),
+    "all_ink": ("all_ink", "all ink (no tracing)"),
+    "flood_fill": ("flood_fill_best", "flood fill (best radius, oracle)"),
+}
+
+
 def baseline_records(settings: Settings) -> List[Record]:
-    """Marker-only and flood-fill (best radius of 1..4, an oracle) records on every test set,
-    cached in ``RUNS_DIR/baselines.json`` (keyed by the test-set fingerprint)."""
+    """Marker-only, all-ink and flood-fill (best radius of 1..4, an oracle) records on every
+    test set, cached in ``RUNS_DIR/baselines.json`` (keyed by the test-set fingerprint; computed
+    again when a baseline is missing)."""
     cfg = run_config(settings, "crbp", 0)
     key = fingerprint(settings, cfg) + json.dumps(list(settings.test_lengths))
     path = os.path.join(settings.runs_dir, "baselines.json")
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)
-        if stored.get("key") == key:
+        have = {r["model"] for r in stored.get("records", [])}
+        if stored.get("key") == key and have >= set(BASELINES):
             return stored["records"]
     records: List[Record] = []
     for length in settings.test_lengths:
@@ -491,10 +501,7 @@ def baseline_records(settings: Settings) -> List[Record]:
             best_by="iou",
         )
         params, image_size = length_params(cfg, length)
-        for method, name, label in (
-            ("marker_only", "marker_only", "marker only"),
-            ("flood_fill", "flood_fill_best", "flood fill (best radius, oracle)"),
-        ):
+        for method, (name, label) in BASELINES.items():
             row = dict({k: results[name][k] for k in METRIC_KEYS}, model=method, label=label)
             row.update(
                 method=method,
@@ -654,7 +661,7 @@ def markdown_report(
     lengths = sorted({r["test_length"] for r in rows})
     header = ["model", "params", "seeds"] + [f"PF{n}: N / 3N / best (step)" for n in lengths]
     table = []
-    order = [m.key for m in MODELS] + ["flood_fill", "marker_only"]
+    order = [m.key for m in MODELS] + ["flood_fill", "all_ink", "marker_only"]
     for key in order:
         cells = [_find(rows, key, n) for n in lengths]
         present = [c for c in cells if c is not None]
@@ -703,6 +710,18 @@ def markdown_report(
         + ("; **timings from a shared machine**" if shared else "")
         + ".\n\n"
     )
+    tracing = []
+    for n in lengths:
+        crbp, ink = _find(rows, "crbp", n), _find(rows, "all_ink", n)
+        if crbp is not None and ink is not None:
+            tracing.append(f"PF{n} {crbp['iou_at_3N'] - ink['iou']:+.3f}")
+    if tracing:
+        text += (
+            "Tracing check: C-RBP-20 at 3N minus all ink (every ink pixel predicted: a model "
+            "that finds the ink but does not trace the marked contour scores this): "
+            + ", ".join(tracing)
+            + ".\n\n"
+        )
     text += "Hypotheses (docs/pathfinder.md, written before the final runs):\n\n"
     for name, h in tests.items():
         evidence = "; ".join(h["evidence"]) if h["evidence"] else "no records yet"
@@ -722,7 +741,7 @@ def plot_curves(records: List[Record], path: str) -> None:
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = {m.key: colors[i % len(colors)] for i, m in enumerate(MODELS)}
-    styles = {"marker_only": ("0.6", ":"), "flood_fill": ("0.3", ":")}
+    styles = {"marker_only": ("0.6", ":"), "all_ink": ("0.45", "-."), "flood_fill": ("0.3", ":")}
     top = max((int(r["steps"]) for r in records if r["recurrent"]), default=MIN_EVAL_STEPS)
     for ax, length in zip(axes[0], lengths):
         rs = [r for r in records if r["test_length"] == length]
@@ -888,6 +907,7 @@ def run_pilot(
         own = _find(rows, model_key, length) or {}
         marker = (_find(rows, "marker_only", length) or {}).get("iou")
         flood = (_find(rows, "flood_fill", length) or {}).get("iou")
+        ink = (_find(rows, "all_ink", length) or {}).get("iou")
         at_n = own.get("iou_at_N", own.get("iou"))
         scores[f"PF{length}"] = {
             "iou_at_N": at_n,
@@ -896,6 +916,7 @@ def run_pilot(
             "best_step": own.get("best_step"),
             "marker_only": marker,
             "flood_fill": flood,
+            "all_ink": ink,
             "minus_marker_only": None if at_n is None else at_n - marker,
         }
     entry = {
@@ -929,7 +950,8 @@ def write_pilots_markdown(results_dir: str) -> str:
     with open(os.path.join(results_dir, PILOTS + ".json")) as f:
         entries = json.load(f)
     header = ["pilot", "model", "overrides", "test", "IoU at N", "at 3N", "marker only",
-              "flood fill", "minus marker", "wall min", "shared machine"]  # fmt: skip
+              "all ink", "flood fill", "minus marker", "minus all ink", "wall min",
+              "shared machine"]  # fmt: skip
     rows = []
     for e in entries:
         for test, s in e["scores"].items():
@@ -942,8 +964,10 @@ def write_pilots_markdown(results_dir: str) -> str:
                     f"{s['iou_at_N']:.3f}",
                     "" if s["iou_at_3N"] is None else f"{s['iou_at_3N']:.3f}",
                     f"{s['marker_only']:.3f}",
+                    "" if s.get("all_ink") is None else f"{s['all_ink']:.3f}",
                     f"{s['flood_fill']:.3f}",
                     f"{s['minus_marker_only']:+.3f}",
+                    "" if s.get("all_ink") is None else f"{s['iou_at_N'] - s['all_ink']:+.3f}",
                     f"{e['wall_seconds'] / 60:.1f}",
                     "yes" if e["shared_machine"] else "no",
                 ]

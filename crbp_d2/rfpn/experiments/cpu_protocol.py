@@ -119,7 +119,8 @@ def run_one(
     configs: Optional[Mapping[str, str]] = None,
 ) -> List[Dict]:
     """Train and evaluate ``run`` in ``out_dir/<dataset>/<head>/seed<k>`` (reusing a finished
-    run); returns its records (one per evaluated step count)."""
+    run, and a finished training whose evaluation did not end: ``train.json`` beside its
+    ``model_final.pth``); returns its records (one per evaluated step count)."""
     folder = os.path.join(out_dir, run.name)
     record_path = os.path.join(folder, "record.json")
     if os.path.isfile(record_path):
@@ -129,14 +130,21 @@ def run_one(
     config = os.path.abspath((configs or DATASET_CONFIGS)[run.dataset])
     python = [sys.executable, "-m"]
     opts = [*run.head_opts(), "SEED", str(run.seed)]
-    train = run_logged(
-        python + ["crbp_d2.cli.train_net", "--config-file", config, "--overwrite"]
-        + ["OUTPUT_DIR", folder, *opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
-        os.path.join(folder, "train.log"),
-    )  # fmt: skip
+    weights = os.path.join(folder, "model_final.pth")
+    train_path = os.path.join(folder, "train.json")
+    if os.path.isfile(train_path) and os.path.isfile(weights):
+        with open(train_path) as f:
+            train = json.load(f)
+    else:
+        train = run_logged(
+            python + ["crbp_d2.cli.train_net", "--config-file", config, "--overwrite"]
+            + ["OUTPUT_DIR", folder, *opts, "TEST.GT_BOX_MASKS", "True", *schedule_opts],
+            os.path.join(folder, "train.log"),
+        )  # fmt: skip
+        train = {"seconds": train["seconds"], "peak_rss_mib": train["peak_rss_mib"]}
+        atomic_write_json(train, train_path)
     metrics_path = os.path.join(folder, "metrics.json")
     final = final_results(metrics_path)
-    weights = os.path.join(folder, "model_final.pth")
     base = {
         "dataset": run.dataset,
         "head": run.head,
@@ -147,6 +155,7 @@ def run_one(
         **machine_record("cpu"),
         "peak_rss_mib": train["peak_rss_mib"],
         "train_minutes": train["seconds"] / 60,
+        **({"train_note": train["note"]} if train.get("note") else {}),
     }
     at_train_steps = {
         "gt_box_iou": final["gt_box/mIoU"],

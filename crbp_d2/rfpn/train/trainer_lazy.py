@@ -380,24 +380,36 @@ class _ResumeState:
             self.loader.skip_to(start_iter)
 
 
-def _resumable_loader_config(node: DictConfig) -> DictConfig:
-    """``dataloader.train`` with Detectron2's ``build_detection_train_loader`` swapped for
-    :func:`~crbp_d2.rfpn.data.resumable.resumable_detection_train_loader` (same arguments)."""
-    target = node.get("_target_")
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except ImportError:
-            return node
-    if target is not build_detection_train_loader:
+def _with_checked_targets(
+    node: DictConfig, loader, loader_target: str, dataset_target: str
+) -> DictConfig:
+    """A copy of the loader ``node`` with Detectron2's ``loader`` swapped for ``loader_target``
+    and a dataset built by ``get_detection_dataset_dicts`` swapped for ``dataset_target`` (same
+    arguments); ``node`` itself when it builds another loader."""
+    if not _is_target(node, loader):
         return node
     node = copy.deepcopy(node)
-    node._target_ = "crbp_d2.rfpn.data.resumable.resumable_detection_train_loader"
+    node._target_ = loader_target
     dataset = node.get("dataset")
     if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
-        # an empty dataset or a category id not in its file: one line naming the file
-        dataset._target_ = "crbp_d2.rfpn.data.resumable.load_training_dicts"
+        dataset._target_ = dataset_target
     return node
+
+
+def _resumable_loader_config(node: DictConfig) -> DictConfig:
+    """``dataloader.train`` with Detectron2's ``build_detection_train_loader`` swapped for
+    :func:`~crbp_d2.rfpn.data.resumable.resumable_detection_train_loader` and its dataset for
+    :func:`~crbp_d2.rfpn.data.resumable.load_training_dicts` (an empty dataset or a category id
+    not in its file: one line naming the file)."""
+    return _with_checked_targets(
+        node,
+        build_detection_train_loader,
+        "crbp_d2.rfpn.data.resumable.resumable_detection_train_loader",
+        "crbp_d2.rfpn.data.resumable.load_training_dicts",
+    )
+
+
+_LOAD_TEST_DICTS = "crbp_d2.rfpn.data.resumable.load_test_dicts"
 
 
 def _checked_test_loader_config(node: DictConfig) -> DictConfig:
@@ -406,15 +418,16 @@ def _checked_test_loader_config(node: DictConfig) -> DictConfig:
     (:func:`~crbp_d2.rfpn.data.resumable.checked_detection_test_loader`,
     :func:`~crbp_d2.rfpn.data.resumable.load_test_dicts`: a bad image, an empty dataset, unknown
     categories, tiny images: one line naming the file)."""
-    if not _is_target(node, build_detection_test_loader):
-        return node
-    node = copy.deepcopy(node)
-    node._target_ = "crbp_d2.rfpn.data.resumable.checked_detection_test_loader"
-    dataset = node.get("dataset")
-    if isinstance(dataset, DictConfig) and _is_target(dataset, get_detection_dataset_dicts):
-        dataset._target_ = "crbp_d2.rfpn.data.resumable.load_test_dicts"
-        node.dataset_names = ", ".join(_dataset_names(dataset.get("names", [])))
-    return node
+    checked = _with_checked_targets(
+        node,
+        build_detection_test_loader,
+        "crbp_d2.rfpn.data.resumable.checked_detection_test_loader",
+        _LOAD_TEST_DICTS,
+    )
+    dataset = checked.get("dataset") if checked is not node else None
+    if isinstance(dataset, DictConfig) and dataset.get("_target_") == _LOAD_TEST_DICTS:
+        checked.dataset_names = ", ".join(_dataset_names(dataset.get("names", [])))
+    return checked
 
 
 def _is_target(node: DictConfig, function) -> bool:
