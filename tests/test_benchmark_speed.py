@@ -80,7 +80,7 @@ def test_protocol_jobs_become_pathfinder_job_records(tmp_path):
     assert (fast["seconds"], fast["iou_n"], fast["iou_3n"]) == (300.0, 0.49, 0.48)
     assert by_variant["bptt6"]["iou_3n"] == 0.44
     assert all(r["shared_machine"] and r["measure"] == "pathfinder_job" for r in records)
-    assert "| pathfinder_job | crbp20-fast | 300 | 1.50 | 0.490 | 0.480 |" in table(records)
+    assert "| pathfinder_job | crbp20-fast | 300* | 1.50 | 0.490 | 0.480 |" in table(records)
 
 
 def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_row(tmp_path):
@@ -125,7 +125,11 @@ def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_r
         "mean_forward_evaluations": 2.0,
     }  # fmt: skip
     assert all(r["measure"] == "rfpn_protocol" and r["seed"] == 0 for r in records)
-    assert "| rfpn_protocol | crbp2-fast (seed 0) | 900 | 1.50 | 0.550 | 0.625 |" in table(records)
+    assert "| rfpn_protocol | crbp2-fast (seed 0) | 900* | 1.50 | 0.550 | 0.625 |" in table(records)
+    # a baseline from another machine (or one that did not record it): no ratio
+    for device in ("another cpu", None):
+        old["machine"] = dict(old["machine"], device=device)
+        assert "| crbp2-fast (seed 0) | 900* | other machine | 0.550 |" in table(records)
     with pytest.raises(FileNotFoundError, match="no run under"):
         rfpn_protocol_records(tmp_path / "elsewhere", "x", baseline, "crbp2")
     stopped = run.parent / "seed1"  # stopped before the end: its iterations and logged means

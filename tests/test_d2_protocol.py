@@ -54,6 +54,17 @@ def test_table_reports_mean_and_spread_over_seeds_and_the_change_at_3n():
     assert "| 50.5 ± 0.5 | - | - | 10.5 ± 0.5 |" in fpn
     # at N: 62 ± 2; at 3N: 60.5 ± 2.5; per-seed change -2 and -1: -1.5 ± 0.5
     assert "| 62.0 ± 2.0 | 60.5 ± 2.5 | -1.5 ± 0.5 |" in crbp and "| 1,234 |" in crbp
+    assert crbp.endswith("| 100 | 2 |")
+    # a training kept from an interrupted run has no peak RSS: the mean of the others, marked
+    for r in records:
+        if r["head"] == "crbp" and r["seed"] == 1:
+            r["peak_rss_mib"] = None
+    crbp = next(line for line in protocol_table(records).splitlines() if "C-RBP-2" in line)
+    assert crbp.endswith("| 100* | 2 |")
+    for r in records:
+        r["peak_rss_mib"] = None
+    crbp = next(line for line in protocol_table(records).splitlines() if "C-RBP-2" in line)
+    assert crbp.endswith("| n/a | 2 |")
 
 
 def test_contended_timings_are_kept_out_of_the_mean():

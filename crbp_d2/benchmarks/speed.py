@@ -796,6 +796,12 @@ def _job_baseline_of(candidate: Mapping, record: Mapping) -> bool:
     )
 
 
+def _same_device(a: Mapping, b: Mapping) -> bool:
+    """Both records name their machine and it is the same one."""
+    device = (a.get("machine") or {}).get("device")
+    return device is not None and device == (b.get("machine") or {}).get("device")
+
+
 def table(records: Sequence[Record]) -> str:
     """Markdown: per measure, seconds and the factor against the first baseline."""
     lines = [
@@ -860,10 +866,15 @@ def table(records: Sequence[Record]) -> str:
                 )
                 continue
             base = next((b for b in jobs if _job_baseline_of(b, r)), None)
-            vs_base = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
+            vs_base = ""
+            if base is r or (base is not None and _same_device(base, r)):
+                vs_base = f"{r['seconds'] / base['seconds']:.2f}"
+            elif base is not None:
+                vs_base = "other machine"
             ious = ("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_n", "iou_3n"))
+            mark = "*" if r.get("shared_machine") else ""
             lines.append(
-                f"| {r['measure']} | {label} | {r['seconds']:.0f} | {vs_base} | "
+                f"| {r['measure']} | {label} | {r['seconds']:.0f}{mark} | {vs_base} | "
                 + " | ".join(ious)
                 + " |"
             )
@@ -873,7 +884,9 @@ def table(records: Sequence[Record]) -> str:
             "thread each), read from the protocol run's records (`--add-protocol STEM`; "
             "rfpn_protocol: `--add-rfpn-protocol RUNS_DIR`, the GT-box mask IoU as a fraction, "
             "against the recorded C-RBP-6 row of `rfpn_cpu_protocol.json`, whose timings were "
-            "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31).",
+            "not flagged: its seed 0 ran at 0.59 s/iter, seed 1 at 0.31). *: taken on a shared "
+            "machine (not a clean number). other machine: the baseline job ran on another "
+            "machine, or did not record which, so no ratio is given.",
         ]
     if any(r["variant"] == PAIR_VARIANT for r in steps):
         lines += [

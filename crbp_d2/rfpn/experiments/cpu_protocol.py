@@ -192,6 +192,15 @@ def run_one(
     return records
 
 
+def _peak_rss(records: Sequence[Mapping]) -> str:
+    """The mean peak RSS (MiB) of the runs that measured it ("n/a" where none did; a training
+    kept from an interrupted protocol run has none)."""
+    known = [r["peak_rss_mib"] for r in records if r.get("peak_rss_mib") is not None]
+    if not known:
+        return "n/a"
+    return f"{np.mean(known):,.0f}" + ("" if len(known) == len(records) else "*")
+
+
 def run_protocol(
     runs: Sequence[ProtocolRun],
     out_dir: str,
@@ -278,7 +287,7 @@ def protocol_table(records: Sequence[Mapping]) -> str:
                     _mean_spread([r["pq_things"] for r in at_n]),
                     _mean_spread([r["pq"] for r in at_n]),
                     _timing(at_n),
-                    f"{np.mean([r['peak_rss_mib'] for r in at_n]):,.0f}",
+                    _peak_rss(at_n),
                     len(seeds),
                 ]
             )
@@ -354,6 +363,7 @@ def write_protocol_results(
         "(`crbp_d2.rfpn.evaluation.gt_box`); s/iter: Detectron2's per-iteration time; peak RSS of "
         "the training process (`tools/rfpn_cpu_protocol.py`). s/iter: the mean of the runs that "
         "ran alone; runs on a shared machine (*) are kept out of it; runs that differ by more "
-        "than 20% are shown one by one.\n"
+        "than 20% are shown one by one. Peak RSS: the mean of the runs that measured it (*: "
+        "not all did; n/a: none did).\n"
     )
     return write_results(stem, records, protocol_table(records) + note, plot_protocol)
