@@ -80,7 +80,24 @@ def test_protocol_jobs_become_pathfinder_job_records(tmp_path):
     assert (fast["seconds"], fast["iou_n"], fast["iou_3n"]) == (300.0, 0.49, 0.48)
     assert by_variant["bptt6"]["iou_3n"] == 0.44
     assert all(r["shared_machine"] and r["measure"] == "pathfinder_job" for r in records)
-    assert "| pathfinder_job | crbp20-fast | 300* | 1.50 | 0.490 | 0.480 |" in table(records)
+    assert "| pathfinder_job | crbp20-fast [run] | 300* | 1.50 | 0.490 | 0.480 |" in table(records)
+    # a second protocol run (another pair): its jobs keep to their own BPTT job
+    summary["job_seconds"] = {"crbp_fast": 500.0, "bptt": 400.0}
+    (tmp_path / "run2.json").write_text(json.dumps(evaluations))
+    (tmp_path / "run2_summary.json").write_text(json.dumps(summary))
+    both = records + protocol_job_records(tmp_path, "run2", shared=True)
+    text = table(both)
+    assert "| pathfinder_job | crbp20-fast [run] | 300* | 1.50 |" in text
+    assert "| pathfinder_job | crbp20-fast [run2] | 500* | 1.25 |" in text
+    # --add-protocol replaces the records of its own run only
+    from crbp_d2.benchmarks.speed import main
+
+    (tmp_path / "speed.json").write_text(json.dumps(both))
+    assert main(["--out", str(tmp_path / "speed"), "--add-protocol", "run2"]) == 0
+    kept = json.loads((tmp_path / "speed.json").read_text())
+    assert sorted((r["variant"], r["seconds"]) for r in kept) == [
+        ("bptt6", 200.0), ("bptt6", 400.0), ("crbp20-fast", 300.0), ("crbp20-fast", 500.0),
+    ]  # fmt: skip
 
 
 def test_rfpn_protocol_rerun_becomes_rfpn_protocol_records_beside_the_recorded_row(tmp_path):

@@ -63,3 +63,34 @@ def test_detectron2_head_logs_the_evaluations_terms_and_fallback():
     assert scalars["crbp/solver_fell_back"] in (0.0, 1.0)
     assert scalars["crbp/solver_residual"] <= 1e-2
     assert 1 <= scalars["crbp/neumann_terms"] < 40
+
+
+def test_detectron2_timecourse_has_every_step_with_anderson_at_inference():
+    """The timestep sweep reads step t of ``pred_masks_steps``: with FORWARD_SOLVER anderson and
+    a SOLVER_TOL it holds every step 1..T (plain steps), not the solver's fewer iterates."""
+    pytest.importorskip("detectron2")
+    from detectron2.structures import Instances
+    from test_d2_head import WIDTH, build_head, small_cfg
+
+    head = build_head(
+        small_cfg(
+            METHOD="crbp", TIMESTEPS=6, TEST_TIMESTEPS=18, FORWARD_SOLVER="anderson",
+            SOLVER_TOL=0.3,
+        )
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        head.engine.cell.gate_exc.bias.fill_(2.0)  # a contraction: Anderson stops early
+    x = torch.randn(2, WIDTH, 14, 14)
+
+    def instances():
+        return [Instances((64, 64), pred_classes=torch.tensor([0, 1]))]
+
+    with torch.no_grad():
+        solved = instances()
+        head(x, solved)
+        assert head.last_diagnostics["steps"] < 18  # the solver stops early
+        head.return_timecourse = True
+        course = instances()
+        head(x, course)
+    assert course[0].pred_masks_steps.shape == (2, 18, 28, 28)
+    assert head.last_diagnostics["steps"] == 18

@@ -788,11 +788,16 @@ def levers_text(records: Sequence[Record]) -> str:
 
 def _job_baseline_of(candidate: Mapping, record: Mapping) -> bool:
     """True when ``candidate`` is the baseline job of ``record``: the same measure and seed, a
-    baseline variant or a record marked ``baseline``."""
+    baseline variant or a record marked ``baseline``; for ``pathfinder_job`` also the same
+    protocol run (the jobs of one run ran side by side)."""
     return (
         candidate["measure"] == record["measure"]
         and (candidate["variant"] in JOB_BASELINES or bool(candidate.get("baseline")))
         and candidate.get("seed") == record.get("seed")
+        and (
+            record["measure"] != "pathfinder_job"
+            or candidate.get("source") == record.get("source")
+        )
     )
 
 
@@ -851,6 +856,8 @@ def table(records: Sequence[Record]) -> str:
         ]
         for r in jobs:
             label = r["variant"] + ("" if r.get("seed") is None else f" (seed {r['seed']})")
+            if r["measure"] == "pathfinder_job" and r.get("source"):
+                label += f" [{Path(r['source']).stem}]"  # the protocol run it came from
             if r.get("seconds") is None:  # a run stopped before the end
                 settings = r["settings"]
                 used = ""
@@ -1084,8 +1091,11 @@ def main(argv: Sequence[str] = None) -> int:
             records = json.load(f)
         if args.add_protocol:
             added = protocol_job_records(os.path.dirname(args.out), args.add_protocol, args.shared)
-            again = {(r["measure"], r["variant"]) for r in added}
-            records = [r for r in records if (r["measure"], r["variant"]) not in again] + added
+            # a protocol run replaces its own records; other runs' (another pair) stay
+            again = {(r["measure"], r["variant"], r.get("source")) for r in added}
+            records = [
+                r for r in records if (r["measure"], r["variant"], r.get("source")) not in again
+            ] + added
         write_results(args.out, records, table(records), plot)
         return 0
     for measure in args.measures:
