@@ -795,8 +795,7 @@ def _job_baseline_of(candidate: Mapping, record: Mapping) -> bool:
         and (candidate["variant"] in JOB_BASELINES or bool(candidate.get("baseline")))
         and candidate.get("seed") == record.get("seed")
         and (
-            record["measure"] != "pathfinder_job"
-            or candidate.get("source") == record.get("source")
+            record["measure"] != "pathfinder_job" or candidate.get("source") == record.get("source")
         )
     )
 
