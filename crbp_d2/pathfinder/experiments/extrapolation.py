@@ -661,7 +661,7 @@ def markdown_report(
     lengths = sorted({r["test_length"] for r in rows})
     header = ["model", "params", "seeds"] + [f"PF{n}: N / 3N / best (step)" for n in lengths]
     table = []
-    order = [m.key for m in MODELS] + ["flood_fill", "all_ink", "marker_only"]
+    order = [m.key for m in MODELS] + list(reversed(BASELINES))
     for key in order:
         cells = [_find(rows, key, n) for n in lengths]
         present = [c for c in cells if c is not None]
@@ -905,19 +905,15 @@ def run_pilot(
     scores = {}
     for length in pilot.test_lengths:
         own = _find(rows, model_key, length) or {}
-        marker = (_find(rows, "marker_only", length) or {}).get("iou")
-        flood = (_find(rows, "flood_fill", length) or {}).get("iou")
-        ink = (_find(rows, "all_ink", length) or {}).get("iou")
+        base = {name: (_find(rows, name, length) or {}).get("iou") for name in BASELINES}
         at_n = own.get("iou_at_N", own.get("iou"))
         scores[f"PF{length}"] = {
             "iou_at_N": at_n,
             "iou_at_3N": own.get("iou_at_3N"),
             "iou_best": own.get("iou_best"),
             "best_step": own.get("best_step"),
-            "marker_only": marker,
-            "flood_fill": flood,
-            "all_ink": ink,
-            "minus_marker_only": None if at_n is None else at_n - marker,
+            **base,
+            "minus_marker_only": None if at_n is None else at_n - base["marker_only"],
         }
     entry = {
         "name": name,
