@@ -27,11 +27,13 @@ import sys
 from crbp_d2.pathfinder.config import CONFIG_DIR, REPO_ROOT, ConfigError
 from crbp_d2.pathfinder.experiments.extrapolation import (
     CONFIGS,
+    DENSE_STEM,
     MODEL_BY_KEY,
     SEEDS,
     STEM,
     TEST_LENGTHS,
     Settings,
+    default_out_dir,
     run_all,
     run_pilot,
     train_and_evaluate,
@@ -46,7 +48,10 @@ PROG = "pathfinder_extrapolation.py"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--out-dir", default=os.path.join(REPO_ROOT, "output", "pathfinder", "extrapolation")
+        "--out-dir",
+        default=None,
+        help="checkpoints, logs and the data cache (default: output/pathfinder/ + the stem "
+        "without its 'pathfinder_' prefix, so runs of another recipe never resume these)",
     )
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "docs", "results"))
     p.add_argument("--models", nargs="+", default=list(MODEL_BY_KEY), choices=list(MODEL_BY_KEY))
@@ -65,6 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "extrapolation_gpu, PF14 -> PF14/20/25, 1 seed, 1 job, stem pathfinder_extrapolation_gpu",
     )
     p.add_argument(
+        "--dense",
+        action="store_true",
+        help="the dense recipe (10 distractors per 128-px canvas, 1,800 Adam steps; chosen by "
+        "the pilots): configs/pathfinder/extrapolation_dense, stem "
+        "pathfinder_extrapolation_dense",
+    )
+    p.add_argument(
         "--shared-machine",
         action="store_true",
         help="flag the records: other work shared the CPUs (timings are not clean)",
@@ -80,16 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pilot-checkpoint", default=None, help="score this checkpoint instead")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = p.parse_args(argv)
+    if args.gpu and args.dense:
+        p.error("--gpu and --dense are two set-ups; choose one")
+    if args.dense:
+        args.configs = str(CONFIG_DIR / "extrapolation_dense")
+        args.stem = DENSE_STEM
     if args.gpu:
         args.configs = str(CONFIG_DIR / "extrapolation_gpu")
         args.stem = "pathfinder_extrapolation_gpu"
         args.test_lengths, args.seeds, args.jobs = [14, 20, 25], [0], 1
         if args.models == p.get_default("models"):
             args.models = ["crbp", "bptt", "cnn"]
-        if args.out_dir == p.get_default("out_dir"):
-            args.out_dir = os.path.join(REPO_ROOT, "output", "pathfinder", "extrapolation_gpu")
         if args.test_size == p.get_default("test_size"):
             args.test_size = 256
+    if args.out_dir is None:
+        args.out_dir = default_out_dir(args.stem)
     for name in ("test_size", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -51,6 +51,7 @@ from ..modeling import count_parameters
 from .cpu_protocol import FLOOD_RADII
 
 STEM = "pathfinder_extrapolation"
+DENSE_STEM = "pathfinder_extrapolation_dense"  # configs/pathfinder/extrapolation_dense
 CONFIGS = CONFIG_DIR / "extrapolation"
 TEST_LENGTHS = (9, 14, 20, 25)
 SEEDS = (0, 1)
@@ -151,6 +152,13 @@ def marker_radius_for(cfg, length: int) -> float:
 
 
 # -- the protocol's settings -------------------------------------------------------------------
+
+
+def default_out_dir(stem: str) -> str:
+    """``output/pathfinder/`` + ``stem`` without its ``pathfinder_`` prefix: each results stem
+    (recipe) keeps its own checkpoints, so one recipe's runs never resume another's."""
+    name = stem[len("pathfinder_") :] if stem.startswith("pathfinder_") else stem
+    return os.path.join(REPO_ROOT, "output", "pathfinder", name)
 
 
 @dataclass
