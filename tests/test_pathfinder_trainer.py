@@ -11,7 +11,12 @@ from helpers import LineDataset, tiny_cfg
 
 from crbp_d2.cli import cuda_pathfinder_check, train_pathfinder
 from crbp_d2.pathfinder.config import ConfigError, config_from_dump, load_config
-from crbp_d2.pathfinder.evaluation.metrics import SegmentationMeter, confusion_counts, f1_to_iou
+from crbp_d2.pathfinder.evaluation.metrics import (
+    SegmentationMeter,
+    confusion_counts,
+    f1_to_iou,
+    two_class_argmax,
+)
 from crbp_d2.pathfinder.losses import compute_loss, segmentation_loss
 from crbp_d2.pathfinder.modeling import build_model
 from crbp_d2.pathfinder.train.loop import NonFiniteLossError, Trainer, prepare_output_dir
@@ -52,6 +57,17 @@ def test_metrics_from_logits_use_the_argmax():
     meter = SegmentationMeter()
     meter.update(logits, torch.tensor([[[1, 0]]]))
     assert meter.summary()["iou"] == 1.0
+
+
+def test_two_class_argmax_is_argmax_with_ties_and_nans():
+    logits = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    logits[0, :, 0, :3] = 1.5  # ties -> class 0
+    logits[1, 0, 1, :4] = float("nan")  # NaN background -> class 0
+    logits[1, 1, 1, 2:6] = float("nan")  # NaN contour -> class 1 unless both are NaN
+    logits[2, 1, 2] = float("inf")
+    expected = logits.argmax(dim=1)
+    assert torch.equal(two_class_argmax(logits).long(), expected)
+    assert {int(v) for v in expected[1, 1, :6]} == {0, 1}  # the NaN cases are exercised
 
 
 def test_losses():

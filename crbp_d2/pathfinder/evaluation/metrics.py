@@ -20,6 +20,15 @@ def f1_to_iou(f1: float) -> float:
     return f1 / (2.0 - f1)
 
 
+def two_class_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(dim=1)`` of (B, 2, H, W) logits as a (B, H, W) bool map, ties and NaNs
+    included (argmax takes the first maximum, and NaN as the maximum). A comparison instead of
+    argmax: argmax over a 2-long dimension is ~10x slower on CPU and was an eighth of a
+    60-step evaluation's time."""
+    background, contour = logits[:, 0], logits[:, 1]
+    return (contour > background) | (contour.isnan() & ~background.isnan())
+
+
 def confusion_counts(prediction: Tensor, target: Tensor) -> Tensor:
     """Per-image (TP, FP, FN) for boolean/0-1 (B, H, W) maps: a (B, 3) int64 tensor."""
     if prediction.shape != target.shape:
@@ -60,7 +69,7 @@ class SegmentationMeter:
         """Add a batch: (B, 2, H, W) logits or a (B, H, W) 0/1 prediction, and (B, H, W) labels."""
         pred = logits_or_prediction
         if pred.dim() == 4:
-            pred = pred.argmax(dim=1)
+            pred = two_class_argmax(pred) if pred.shape[1] == 2 else pred.argmax(dim=1)
         counts = confusion_counts(pred, target)
         self.update_counts(counts)
 
