@@ -290,3 +290,62 @@ def test_recorded_runs_stay_finished_after_the_cell_keys_moved():
     cfg.defrost()
     cfg.MODEL.RECURRENT.KERNEL_SIZE += 2
     assert ex.fingerprint(settings, cfg) != before
+
+
+@pytest.mark.parametrize("model", [m.key for m in ex.MODELS])
+def test_dense_recipe_is_the_protocol_with_more_clutter_and_training(model):
+    sparse = ex._flat_config(_cfg(model))
+    dense = ex._flat_config(_cfg(model, config_dir=str(ex.CONFIG_DIR / "extrapolation_dense")))
+    changed = {k for k in sparse if sparse[k] != dense[k] and k != "OUTPUT_DIR"}
+    assert changed == {"SOLVER.EPOCHS", "DATA.GENERATOR.num_distractors", "TEST.BATCH_SIZE"}
+    assert (sparse["SOLVER.EPOCHS"], dense["SOLVER.EPOCHS"]) == (6, 12)
+    assert (sparse["DATA.GENERATOR.num_distractors"], dense["DATA.GENERATOR.num_distractors"]) == (
+        3,
+        10,
+    )
+
+
+def test_report_names_each_recipe():
+    dense = ex.Settings(config_dir=str(ex.CONFIG_DIR / "extrapolation_dense"))
+    assert ex.training_recipe(_cfg()) == (
+        "PF9 (128 px -> 64 px), 3,000 images with 3 distractors, 900 Adam steps of batch 8 "
+        "(lr 0.01, cosine)"
+    )
+    assert "10 distractors, 1,800 Adam steps" in ex.training_recipe(ex.run_config(dense, "crbp", 0))
+    # the longer test sets keep the recipe's density: 10 per 128-px canvas, by area
+    params, _ = ex.length_params(ex.run_config(dense, "crbp", 0), 14)
+    assert params.num_distractors == round(10 * (params.canvas_size / 128) ** 2)
+
+
+def test_cli_dense_option(capsys):
+    from crbp_d2.cli import pathfinder_extrapolation as cli
+
+    args = cli.parse_args(["--dense"])
+    assert args.configs.endswith(os.path.join("pathfinder", "extrapolation_dense"))
+    assert args.stem == ex.DENSE_STEM
+    assert args.out_dir == os.path.join(ex.REPO_ROOT, "output", "pathfinder", "extrapolation_dense")
+    plain = cli.parse_args([])
+    assert plain.out_dir == os.path.join(ex.REPO_ROOT, "output", "pathfinder", "extrapolation")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--gpu", "--dense"])
+    assert "choose one" in capsys.readouterr().err
+
+
+def test_test_batch_is_part_of_the_input_of_a_batch_statistics_cell(tmp_path):
+    """The hGRU's BN uses batch statistics at test time too, so the test batch changes the
+    logits: the dense recipe fixes it in its config (TEST.BATCH_SIZE), hence in the fingerprint."""
+    settings = ex.Settings(out_dir=str(tmp_path), smoke=True)
+    cfg = ex.run_config(settings, "crbp", 0)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dataset = ex.build_test_set(cfg, 9, 4, settings.cache_dir)
+    images = torch.stack([dataset[i][0] for i in range(4)])
+    with torch.no_grad():
+        together = model.logits_at_steps(images, [3])[3]
+        alone = torch.cat([model.logits_at_steps(images[i : i + 1], [3])[3] for i in range(4)])
+    assert not torch.allclose(together, alone, atol=1e-3)
+    dense = ex.Settings(config_dir=str(ex.CONFIG_DIR / "extrapolation_dense"))
+    cfg = ex.run_config(dense, "crbp", 0)
+    assert cfg.TEST.BATCH_SIZE == cfg.SOLVER.BATCH_SIZE == 8
+    other = dataclasses.replace(dense, overrides=("TEST.BATCH_SIZE", "64"))
+    assert ex.fingerprint(dense, cfg) != ex.fingerprint(other, ex.run_config(other, "crbp", 0))

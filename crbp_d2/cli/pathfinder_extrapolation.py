@@ -43,7 +43,6 @@ from crbp_d2.pathfinder.experiments.extrapolation import (
 from ._common import report_input_error
 
 PROG = "pathfinder_extrapolation.py"
-CPU_EVAL_BATCH = 4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,13 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-lengths", nargs="+", type=int, default=list(TEST_LENGTHS))
     p.add_argument("--test-size", type=int, default=128, help="test images per length")
     p.add_argument("--min-eval-steps", type=int, default=60, help="read out to max(3N, this)")
-    p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=None,
-        help="images per evaluation batch (default: 4 on CPU, where small batches are ~3x "
-        "faster; the config's TEST.BATCH_SIZE with --gpu); changes IoU only by float rounding",
-    )
     p.add_argument("--jobs", type=int, default=2, help="1-thread runs side by side")
     p.add_argument("--data-cache", default=None, help="generated data (default OUT_DIR/data)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder of MODEL.yaml configs")
@@ -113,12 +105,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.models = ["crbp", "bptt", "cnn"]
         if args.test_size == p.get_default("test_size"):
             args.test_size = 256
-    if args.eval_batch_size is None and not args.gpu:
-        args.eval_batch_size = CPU_EVAL_BATCH
     if args.out_dir is None:
         args.out_dir = default_out_dir(args.stem)
-    for name in ("test_size", "jobs", "eval_batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    for name in ("test_size", "jobs"):
+        if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(n < 1 for n in args.test_lengths):
         p.error(f"--test-lengths must be >= 1, got {args.test_lengths}")
@@ -141,7 +131,6 @@ def main(argv=None) -> int:
         data_cache=os.path.abspath(args.data_cache) if args.data_cache else None,
         config_dir=os.path.abspath(args.configs),
         stem=args.stem,
-        eval_batch_size=args.eval_batch_size,
     )
     try:
         if args.only_run:

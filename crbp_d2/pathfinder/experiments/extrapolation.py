@@ -178,10 +178,6 @@ class Settings:
     data_cache: Optional[str] = None  # default: OUT_DIR/data
     config_dir: str = str(CONFIGS)  # MODEL.yaml for each model (extrapolation_gpu: paper scale)
     stem: str = STEM  # results file names
-    # Images per evaluation batch (None: the config's TEST.BATCH_SIZE). Not part of a run's
-    # fingerprint: it changes IoU only by float rounding, and on CPU small batches keep a step's
-    # tensors in cache (a 60-step PF25 read-out ~3x faster at 4 than at 64, 1 thread).
-    eval_batch_size: Optional[int] = None
 
     @property
     def runs_dir(self) -> str:
@@ -222,11 +218,6 @@ def run_name(model: str, seed: int) -> str:
 
 def run_dir(settings: Settings, model: str, seed: int) -> str:
     return os.path.join(settings.out_dir, run_name(model, seed))
-
-
-def eval_batch_size(settings: Settings, cfg) -> int:
-    """Images per evaluation batch: the settings' own, else the config's TEST.BATCH_SIZE."""
-    return settings.eval_batch_size or cfg.TEST.BATCH_SIZE
 
 
 def eval_steps(settings: Settings, n: int) -> int:
@@ -302,7 +293,7 @@ def evaluate_run(model, cfg, settings: Settings, label: str, key: str) -> List[R
     params = count_parameters(model)
     for length in settings.test_lengths:
         dataset = build_test_set(cfg, length, settings.test_size, settings.cache_dir)
-        loader = DataLoader(dataset, batch_size=eval_batch_size(settings, cfg), shuffle=False)
+        loader = DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE, shuffle=False)
         steps = list(range(1, top + 1)) if recurrent else [None]
         device = next(model.parameters()).device
         results = evaluate_model(model, loader, device, steps, loss_kind=cfg.SOLVER.LOSS)
@@ -378,7 +369,6 @@ def train_and_evaluate(settings: Settings, model_key: str, seed: int, log: Log =
             "fingerprint": fingerprint(settings, cfg),
             "train_seconds": train_seconds,
             "eval_seconds": time.time() - tic,
-            "eval_batch_size": eval_batch_size(settings, cfg),
             "resumed": resume,
             "shared_machine": settings.shared_machine,
             "load_average_at_start": load,
@@ -415,8 +405,6 @@ def settings_arguments(settings: Settings) -> List[str]:
     ]
     args += ["--test-lengths", *map(str, settings.test_lengths)]
     args += ["--configs", settings.config_dir, "--stem", settings.stem]
-    if settings.eval_batch_size:
-        args += ["--eval-batch-size", str(settings.eval_batch_size)]
     if settings.data_cache:
         args += ["--data-cache", settings.data_cache]
     if settings.shared_machine:
@@ -723,13 +711,20 @@ def markdown_report(
     text += (
         f"Pooled IoU on {settings.test_size} test images per length, mean over the seeds listed "
         "(recurrent: IoU after N steps / 3N steps / the best step 1..max(3N, 60) of the mean "
-        "curve; feed-forward controls and baselines: one number). Trained on "
-        f"PF{cfg.DATA.TRAIN_LENGTH} ({cfg.DATA.CANVAS_SIZE} px -> {cfg.DATA.IMAGE_SIZE} px). "
+        "curve; feed-forward controls and baselines: one number). "
+        f"Training recipe: {training_recipe(cfg)}. "
         f"Test sets: {'; '.join(canvases.values())}. "
         f"Machine: {', '.join(machines) or 'none yet'}"
         + ("; **timings from a shared machine**" if shared else "")
         + ".\n\n"
     )
+    resumed = [f"{r['model']}_s{r['seed']}" for r in runs if r.get("resumed")]
+    if resumed:
+        text += (
+            f"Runs whose training was already done when their record was written (a pilot's or "
+            f"an interrupted run's checkpoint of the same config; their train_seconds count only "
+            f"what was left): {', '.join(resumed)}.\n\n"
+        )
     tracing = []
     for n in lengths:
         crbp, ink = _find(rows, "crbp", n), _find(rows, "all_ink", n)
@@ -749,6 +744,19 @@ def markdown_report(
     if missing:
         text += f"\nRuns not yet recorded ({len(missing)}): {', '.join(missing)}.\n"
     return text
+
+
+def training_recipe(cfg) -> str:
+    """One line naming what a config trains on: length, canvas, images, clutter, steps."""
+    batches = cfg.DATA.TRAIN_SIZE // cfg.SOLVER.BATCH_SIZE
+    cap = cfg.SOLVER.MAX_ITERS_PER_EPOCH
+    steps = cfg.SOLVER.EPOCHS * (min(batches, cap) if cap > 0 else batches)
+    distractors = generator_params(cfg, cfg.DATA.TRAIN_LENGTH).num_distractors
+    return (
+        f"PF{cfg.DATA.TRAIN_LENGTH} ({cfg.DATA.CANVAS_SIZE} px -> {cfg.DATA.IMAGE_SIZE} px), "
+        f"{cfg.DATA.TRAIN_SIZE:,} images with {distractors} distractors, {steps:,} Adam steps "
+        f"of batch {cfg.SOLVER.BATCH_SIZE} (lr {cfg.SOLVER.LR:g}, {cfg.SOLVER.LR_SCHEDULE})"
+    )
 
 
 def plot_curves(records: List[Record], path: str) -> None:
