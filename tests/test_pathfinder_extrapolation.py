@@ -143,6 +143,8 @@ def test_smoke_protocol_writes_the_report_and_resumes(tmp_path):
     assert report["hypotheses"]["H1"]["verdict"] == "not yet measured"  # no PF20, no ff_hgru
     text = open(stem + ".md").read()
     assert "PF14: 200 px -> 100 px" in text and "H3 not yet measured" in text
+    hours = sum(r["train_seconds"] + r["eval_seconds"] for r in report["runs"]) / 3600
+    assert f"the recorded runs took {hours:.1f} h of 1-thread jobs" in text
     rows = ex.summary_rows(report["records"])
     margin = ex._find(rows, "crbp", 14)["iou_at_3N"] - ex._find(rows, "all_ink", 14)["iou"]
     assert f"PF14 {margin:+.3f}" in text.split("Tracing check")[1].split("\n")[0]

@@ -718,6 +718,16 @@ def markdown_report(
         + ("; **timings from a shared machine**" if shared else "")
         + ".\n\n"
     )
+    if runs:
+        train = sum(r["train_seconds"] for r in runs) / 3600
+        evaluation = sum(r["eval_seconds"] for r in runs) / 3600
+        text += (
+            f"Time: the recorded runs took {train + evaluation:.1f} h of 1-thread jobs "
+            f"({train:.1f} h training, {evaluation:.1f} h evaluation), so about "
+            f"{(train + evaluation) / 2:.1f} h of wall time as 2 jobs side by side on 2 cores"
+            + (" (timings from a shared machine)" if shared else "")
+            + ".\n\n"
+        )
     resumed = [f"{r['model']}_s{r['seed']}" for r in runs if r.get("resumed")]
     if resumed:
         text += (
