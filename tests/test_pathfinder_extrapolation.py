@@ -296,8 +296,8 @@ def test_recorded_runs_stay_finished_after_the_cell_keys_moved():
 
 @pytest.mark.parametrize("model", [m.key for m in ex.MODELS])
 def test_dense_recipe_is_the_protocol_with_more_clutter_and_training(model):
-    sparse = ex._flat_config(_cfg(model))
-    dense = ex._flat_config(_cfg(model, config_dir=str(ex.CONFIG_DIR / "extrapolation_dense")))
+    sparse = ex.flat_config(_cfg(model))
+    dense = ex.flat_config(_cfg(model, config_dir=str(ex.CONFIG_DIR / "extrapolation_dense")))
     changed = {k for k in sparse if sparse[k] != dense[k] and k != "OUTPUT_DIR"}
     assert changed == {"SOLVER.EPOCHS", "DATA.GENERATOR.num_distractors", "TEST.BATCH_SIZE"}
     assert (sparse["SOLVER.EPOCHS"], dense["SOLVER.EPOCHS"]) == (6, 12)

@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -300,6 +301,21 @@ def test_resume_reproduces_the_next_step_exactly(tmp_path):
     rows = list(csv.DictReader(open(os.path.join(cfg.OUTPUT_DIR, "train_log.csv"))))
     epoch2 = [float(r["loss"]) for r in rows if r["epoch"] == "2"][:2]
     assert epoch2 == pytest.approx(expected, abs=0)
+
+
+def test_resume_names_the_settings_that_changed_since_the_checkpoint(tmp_path):
+    cfg = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 1)
+    Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), progress=False).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same config: no warning
+        Trainer(cfg, LineDataset(8), LineDataset(4, seed=1), resume=True, progress=False)
+    longer = tiny_cfg(tmp_path, "SOLVER.EPOCHS", 3, "SOLVER.LR", 0.5)
+    with pytest.warns(UserWarning, match="other settings") as caught:
+        resumed = Trainer(longer, LineDataset(8), LineDataset(4, seed=1), resume=True)
+    message = str(caught[0].message)
+    assert "SOLVER.EPOCHS 1 -> 3" in message and "SOLVER.LR" in message
+    assert "OUTPUT_DIR" not in message and "MODEL" not in message
+    assert resumed.epoch == 1  # the run goes on
 
 
 def next_step_losses(trainer, epoch, count):

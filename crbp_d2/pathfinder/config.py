@@ -290,3 +290,27 @@ def config_from_dump(text: str, where: str) -> CN:
     _check_values(cfg)
     cfg.freeze()
     return cfg
+
+
+def flat_config(node, prefix: str = "") -> Dict[str, Any]:
+    """``{"MODEL.RECURRENT.TIMESTEPS": 20, ...}`` of a config node (dict values flattened too)."""
+    flat: Dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_differences(old: CN, new: CN, ignore: Sequence[str] = ("OUTPUT_DIR",)) -> List[str]:
+    """``"KEY old -> new"`` for each setting that differs between two configs (sorted; keys
+    in ``ignore`` and under an ignored prefix left out)."""
+    before, after = flat_config(old), flat_config(new)
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if any(key == i or key.startswith(i + ".") for i in ignore):
+            continue
+        if before.get(key) != after.get(key):
+            lines.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}")
+    return lines

@@ -42,7 +42,14 @@ from crbp_d2.utils.io import atomic_write_json, atomic_write_text
 from crbp_d2.utils.report import markdown_table, pyplot
 
 from ...utils.machine import machine_record
-from ..config import CELL_KEYS_MOVED, CONFIG_DIR, REPO_ROOT, get_default_config, load_config
+from ..config import (
+    CELL_KEYS_MOVED,
+    CONFIG_DIR,
+    REPO_ROOT,
+    flat_config,
+    get_default_config,
+    load_config,
+)
 from ..data.datasets import InMemoryPathfinder, generator_params
 from ..evaluation.baselines import dataset_pairs, evaluate_baselines
 from ..evaluation.evaluator import METRIC_KEYS, evaluate_model
@@ -225,25 +232,14 @@ def eval_steps(settings: Settings, n: int) -> int:
     return max(3 * n, 0 if settings.smoke else settings.min_eval_steps)
 
 
-def _flat_config(node, prefix: str = "") -> Dict[str, object]:
-    """``{"MODEL.RECURRENT.TIMESTEPS": 20, ...}`` of a config node."""
-    flat: Dict[str, object] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def config_changes(cfg) -> List[Tuple[str, str]]:
     """The settings of ``cfg`` that differ from the Pathfinder defaults (``OUTPUT_DIR`` aside),
     as sorted ``(key, repr(value))`` pairs: what decides a run, so that a key added to the
     defaults later (with a default that keeps the old behaviour) does not invalidate runs."""
-    defaults = _flat_config(get_default_config())
+    defaults = flat_config(get_default_config())
     return sorted(
         (_FINGERPRINT_NAMES.get(key, key), repr(value))
-        for key, value in _flat_config(cfg).items()
+        for key, value in flat_config(cfg).items()
         if key != "OUTPUT_DIR" and (key not in defaults or defaults[key] != value)
     )
 

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -36,6 +37,7 @@ from crbp_d2.utils.safe_load import CheckpointReadError, load_torch_file
 
 from ...utils.errors import NonFiniteLossError
 from ...utils.rng import get_rng_state, seed_everything, set_rng_state
+from ..config import ConfigError, config_differences, config_from_dump
 from ..data.datasets import build_dataset
 from ..dist import DistInfo, autocast, pick_device, setup_distributed, unwrap
 from ..evaluation.evaluator import evaluate_model
@@ -295,6 +297,7 @@ class Trainer:
             raise CheckpointReadError(
                 f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)}"
             )
+        self._warn_config_changes(state.get("config"), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
@@ -302,6 +305,25 @@ class Trainer:
         self.best_iou = state["best_iou"]
         self.history = state["history"]
         set_rng_state(state["rng"])
+
+    def _warn_config_changes(self, dumped: Optional[str], path: str) -> None:
+        """Warn, naming each key, when the run resumed from ``path`` was trained with other
+        settings than this config (e.g. a longer schedule: the run goes on with the new ones)."""
+        if not isinstance(dumped, str):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # renamed keys: not a change
+            try:
+                before = config_from_dump(dumped, path)
+            except ConfigError:
+                return
+        changes = config_differences(before, self.cfg)
+        if changes:
+            warnings.warn(
+                f"resuming {path}, trained with other settings than this config; the run goes "
+                f"on with this config's: {'; '.join(changes)}",
+                stacklevel=3,
+            )
 
     # -- training ------------------------------------------------------------------------------
 
