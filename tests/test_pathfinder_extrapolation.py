@@ -244,6 +244,28 @@ def test_pilot_is_recorded_by_code(tmp_path):
     assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
 
 
+def test_pilot_scores_a_checkpoint_on_its_own_test_sets(tmp_path):
+    base = dict(
+        out_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"), smoke=True,
+        test_lengths=(9,), test_size=4,
+    )  # fmt: skip
+    clutter = ("DATA.GENERATOR.num_distractors", "8")
+    trained = ex.run_pilot(ex.Settings(**base, overrides=clutter), "dense", "cnn", log=print)
+    checkpoint = str(tmp_path / "out" / "pilots" / "dense" / "cnn_s0" / "last.pth")
+    scorer = ex.Settings(**base, overrides=("TEST.BATCH_SIZE", "2"))  # no clutter override
+    scored = ex.run_pilot(scorer, "rescored", "cnn", checkpoint=checkpoint, log=lambda _: None)
+    # the checkpoint's test set (8 distractors) and baselines, not the settings' (3)
+    for key in ("all_ink", "marker_only", "iou_at_N"):
+        assert scored["scores"]["PF9"][key] == pytest.approx(trained["scores"]["PF9"][key])
+    plain = ex.baseline_records(dataclasses.replace(scorer, overrides=()))
+    ink = [r["iou"] for r in plain if r["model"] == "all_ink"][0]
+    assert ink != pytest.approx(scored["scores"]["PF9"]["all_ink"])
+    with pytest.raises(ValueError, match=r"only TEST\.\* overrides apply, not \['SOLVER.LR'\]"):
+        ex.run_pilot(
+            ex.Settings(**base, overrides=("SOLVER.LR", "0.1")), "x", "cnn", checkpoint=checkpoint
+        )
+
+
 def test_fingerprint_reads_only_the_changes_from_the_defaults(monkeypatch):
     """A key added to the defaults later (with a default that keeps the old behaviour) leaves
     finished runs valid; a changed setting does not."""

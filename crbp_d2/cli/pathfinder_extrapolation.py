@@ -89,7 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pilot", metavar="NAME", help="train one pilot run and record it")
     p.add_argument("--pilot-model", default="crbp", choices=list(MODEL_BY_KEY))
     p.add_argument("--pilot-note", default="", help="what the pilot tries (recorded)")
-    p.add_argument("--pilot-checkpoint", default=None, help="score this checkpoint instead")
+    p.add_argument(
+        "--pilot-checkpoint",
+        default=None,
+        help="score this checkpoint instead, on its own test sets (only TEST.* overrides apply)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = p.parse_args(argv)
     if args.gpu and args.dense:

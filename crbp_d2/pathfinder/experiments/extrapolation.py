@@ -481,11 +481,12 @@ BASELINES = {
 }
 
 
-def baseline_records(settings: Settings) -> List[Record]:
+def baseline_records(settings: Settings, cfg=None) -> List[Record]:
     """Marker-only, all-ink and flood-fill (best radius of 1..4, an oracle) records on every
     test set, cached in ``RUNS_DIR/baselines.json`` (keyed by the test-set fingerprint; computed
-    again when a baseline is missing)."""
-    cfg = run_config(settings, "crbp", 0)
+    again when a baseline is missing). ``cfg``: the config whose test sets to use (default: the
+    protocol's C-RBP run)."""
+    cfg = cfg if cfg is not None else run_config(settings, "crbp", 0)
     key = fingerprint(settings, cfg) + json.dumps(list(settings.test_lengths))
     path = os.path.join(settings.runs_dir, "baselines.json")
     if os.path.isfile(path):
@@ -902,6 +903,24 @@ def _repo_relative(path: str) -> str:
 PILOTS = "pathfinder_extrapolation_pilots"
 
 
+def scoring_overrides(cfg, overrides: Sequence[str]):
+    """``cfg`` with KEY VALUE ``overrides`` that change only how a trained model is scored
+    (``TEST.*``, e.g. TEST.BATCH_SIZE); any other key raises ValueError naming it."""
+    keys = list(overrides[::2])
+    others = [k for k in keys if not str(k).startswith("TEST.")]
+    if others:
+        raise ValueError(
+            f"a checkpoint is scored as it was trained: only TEST.* overrides apply, not {others}"
+        )
+    if not keys:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(list(overrides))
+    cfg.freeze()
+    return cfg
+
+
 def run_pilot(
     settings: Settings,
     name: str,
@@ -929,12 +948,14 @@ def run_pilot(
         train_and_evaluate(pilot, model_key, 0, log)
         with open(record_path(pilot, model_key, 0)) as f:
             records = json.load(f)["records"]
-        source = f"configs/pathfinder/extrapolation/{model_key}.yaml"
+        source = _repo_relative(os.path.join(settings.config_dir, f"{model_key}.yaml"))
+        cfg = run_config(pilot, model_key, 0)
     else:
         model, cfg = load_trained(checkpoint)
+        cfg = scoring_overrides(cfg, settings.overrides)
         records = evaluate_run(model, cfg, pilot, MODEL_BY_KEY[model_key].label, model_key)
         source = _repo_relative(checkpoint)
-    baselines = baseline_records(pilot)
+    baselines = baseline_records(pilot, cfg)
     rows = summary_rows(records + baselines)
     scores = {}
     for length in pilot.test_lengths:
