@@ -231,8 +231,8 @@ def test_pilot_is_recorded_by_code(tmp_path):
         out_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "results"), smoke=True,
         test_lengths=(9,), test_size=4, shared_machine=True, overrides=("SOLVER.LR", "0.02"),
     )  # fmt: skip
-    entry = ex.run_pilot(settings, "lr2e2", "cnn", note="a try", log=lambda _: None)
-    again = ex.run_pilot(settings, "lr2e2", "cnn", note="again", log=lambda _: None)
+    entry = ex.run_pilot(settings, "lr2e2", "crbp", note="a try", log=lambda _: None)
+    again = ex.run_pilot(settings, "lr2e2", "crbp", note="again", log=lambda _: None)
     with open(tmp_path / "results" / f"{ex.PILOTS}.json") as f:
         entries = json.load(f)
     assert [e["note"] for e in entries] == ["again"]  # one entry per name
@@ -241,7 +241,9 @@ def test_pilot_is_recorded_by_code(tmp_path):
     assert 0 < score["all_ink"] < 1
     assert entry["overrides"] == ["SOLVER.LR", "0.02"] and again["shared_machine"] is True
     text = (tmp_path / "results" / f"{ex.PILOTS}.md").read_text()
-    assert "| lr2e2 | cnn | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
+    assert "| lr2e2 | crbp | `SOLVER.LR` `0.02` | PF9 |" in text and "yes" in text
+    best = f"| {score['iou_best']:.3f} ({score['best_step']}) |"
+    assert best in text  # the best step of the read-out
 
 
 def test_pilot_scores_a_checkpoint_on_its_own_test_sets(tmp_path):

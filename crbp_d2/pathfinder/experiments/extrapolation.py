@@ -1000,7 +1000,8 @@ def write_pilots_markdown(results_dir: str) -> str:
     """``PILOTS.md`` from ``PILOTS.json``: one row per pilot and test length."""
     with open(os.path.join(results_dir, PILOTS + ".json")) as f:
         entries = json.load(f)
-    header = ["pilot", "model", "overrides", "test", "IoU at N", "at 3N", "marker only",
+    header = ["pilot", "model", "overrides", "test", "IoU at N", "at 3N", "best (step)",
+              "marker only",
               "all ink", "flood fill", "minus marker", "minus all ink", "wall min",
               "shared machine"]  # fmt: skip
     rows = []
@@ -1014,6 +1015,11 @@ def write_pilots_markdown(results_dir: str) -> str:
                     test,
                     f"{s['iou_at_N']:.3f}",
                     "" if s["iou_at_3N"] is None else f"{s['iou_at_3N']:.3f}",
+                    (
+                        ""
+                        if s.get("iou_best") is None
+                        else f"{s['iou_best']:.3f} ({s['best_step']})"
+                    ),
                     f"{s['marker_only']:.3f}",
                     "" if s.get("all_ink") is None else f"{s['all_ink']:.3f}",
                     f"{s['flood_fill']:.3f}",
