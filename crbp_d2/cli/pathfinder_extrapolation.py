@@ -3,6 +3,7 @@
     python tools/pathfinder_extrapolation.py                    # pending runs, then the report
     python tools/pathfinder_extrapolation.py --jobs 1 --shared-machine  # one job at a time
     python tools/pathfinder_extrapolation.py --report-only      # only rewrite the report
+    python tools/pathfinder_extrapolation.py --dense            # the dense recipe (own stem)
     python tools/pathfinder_extrapolation.py --models crbp bptt cnn --seeds 0
     python tools/pathfinder_extrapolation.py --pilot NAME --pilot-model bptt \\
         MODEL.RECURRENT.KERNEL_SIZE 7
