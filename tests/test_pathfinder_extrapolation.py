@@ -375,3 +375,22 @@ def test_test_batch_is_part_of_the_input_of_a_batch_statistics_cell(tmp_path):
     assert cfg.TEST.BATCH_SIZE == cfg.SOLVER.BATCH_SIZE == 8
     other = dataclasses.replace(dense, overrides=("TEST.BATCH_SIZE", "64"))
     assert ex.fingerprint(dense, cfg) != ex.fingerprint(other, ex.run_config(other, "crbp", 0))
+
+
+def test_verdicts_over_different_seeds_are_marked_provisional(tmp_path):
+    def records(model, seed, recurrent):
+        base = dict(model=model, label=model, test_length=9, seed=seed, params=1)
+        if not recurrent:
+            return [dict(base, recurrent=False, train_steps=None, steps=6, iou=0.5)]
+        return [
+            dict(base, recurrent=True, train_steps=2, steps=t, iou=0.1 * t) for t in range(1, 7)
+        ]
+
+    settings = ex.Settings(out_dir=str(tmp_path), results_dir=str(tmp_path), smoke=True)
+    both = records("crbp", 0, True) + records("crbp", 1, True) + records("cnn", 0, False)
+    for recs, provisional in ((both, True), (both[:6] + both[12:], False)):
+        rows = ex.summary_rows(recs)
+        text = ex.markdown_report(rows, ex.hypotheses(rows), [], settings)
+        assert ("**Provisional**: the models have different seeds" in text) is provisional
+        if provisional:
+            assert "recorded so far (0; 0,1)" in text

@@ -744,7 +744,14 @@ def markdown_report(
             + ", ".join(tracing)
             + ".\n\n"
         )
+    seed_sets = {tuple(r["seeds"]) for r in rows if r.get("seeds")}
     text += "Hypotheses (docs/pathfinder.md, written before the final runs):\n\n"
+    if len(seed_sets) > 1:
+        text += (
+            "**Provisional**: the models have different seeds recorded so far ("
+            + "; ".join(",".join(map(str, s)) for s in sorted(seed_sets))
+            + "), so these verdicts compare means over different seeds.\n\n"
+        )
     for name, h in tests.items():
         evidence = "; ".join(h["evidence"]) if h["evidence"] else "no records yet"
         text += f"- **{name} {h['verdict']}**: {h['statement']}. {evidence}.\n"
