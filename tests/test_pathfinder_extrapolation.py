@@ -266,6 +266,8 @@ def test_pilot_scores_a_checkpoint_on_its_own_test_sets(tmp_path):
         ex.run_pilot(
             ex.Settings(**base, overrides=("SOLVER.LR", "0.1")), "x", "cnn", checkpoint=checkpoint
         )
+    with pytest.raises(ValueError, match="bad TEST.* override.*TEST.NO_SUCH_KEY"):
+        ex.scoring_overrides(ex.run_config(scorer, "cnn", 0), ("TEST.NO_SUCH_KEY", "1"))
 
 
 def test_fingerprint_reads_only_the_changes_from_the_defaults(monkeypatch):

@@ -923,7 +923,10 @@ def scoring_overrides(cfg, overrides: Sequence[str]):
         return cfg
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list(list(overrides))
+    try:
+        cfg.merge_from_list(list(overrides))
+    except (AssertionError, KeyError, ValueError) as err:  # yacs: odd length, unknown key, type
+        raise ValueError(f"bad TEST.* override {list(overrides)}: {err}") from None
     cfg.freeze()
     return cfg
 
