@@ -23,8 +23,8 @@ def f1_to_iou(f1: float) -> float:
 def two_class_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` of (B, 2, H, W) logits as a (B, H, W) bool map, ties and NaNs
     included (argmax takes the first maximum, and NaN as the maximum). A comparison instead of
-    argmax: argmax over a 2-long dimension is ~10x slower on CPU and was an eighth of a
-    60-step evaluation's time."""
+    argmax: argmax over a 2-long dimension was ~50x slower on CPU (16 x 2 x 180 x 180, 1 thread)
+    and an eighth of a 60-step evaluation's time."""
     background, contour = logits[:, 0], logits[:, 1]
     return (contour > background) | (contour.isnan() & ~background.isnan())
 

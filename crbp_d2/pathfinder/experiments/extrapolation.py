@@ -172,7 +172,7 @@ def default_out_dir(stem: str) -> str:
 class Settings:
     """What a protocol run uses; ``smoke`` shrinks everything to a seconds-long check."""
 
-    out_dir: str = os.path.join(REPO_ROOT, "output", "pathfinder", "extrapolation")
+    out_dir: str = default_out_dir(STEM)
     results_dir: str = os.path.join(REPO_ROOT, "docs", "results")
     models: Tuple[str, ...] = tuple(m.key for m in MODELS)
     seeds: Tuple[int, ...] = SEEDS
