@@ -154,6 +154,26 @@ def test_smoke_protocol_writes_the_report_and_resumes(tmp_path):
     assert ex.pending_runs(changed) == [("crbp", 0), ("cnn", 0)]
 
 
+def test_protocol_time_counts_resumed_training_at_the_models_from_scratch_mean():
+    def run(model, train, evaluation, resumed=False):
+        return dict(model=model, train_seconds=train, eval_seconds=evaluation, resumed=resumed)
+
+    runs = [
+        run("crbp", 100.0, 10.0),
+        run("crbp", 300.0, 20.0),
+        run("crbp", 5.0, 30.0, resumed=True),  # counted at (100 + 300) / 2, not 5
+        run("cnn", 40.0, 1.0),
+    ]
+    seconds, unmeasured = ex.protocol_seconds_from_scratch(runs)
+    assert seconds == pytest.approx(100 + 300 + 200 + 40 + 10 + 20 + 30 + 1)
+    assert unmeasured == []
+    # a model whose every run was resumed: its training is left out and named
+    runs += [run("bptt", 2.0, 7.0, resumed=True), run("bptt", 3.0, 8.0, resumed=True)]
+    seconds, unmeasured = ex.protocol_seconds_from_scratch(runs)
+    assert seconds == pytest.approx(100 + 300 + 200 + 40 + 10 + 20 + 30 + 1 + 7 + 8)
+    assert unmeasured == ["bptt"]
+
+
 def _row(model, length, at_n=None, at_3n=None, iou=None, recurrent=True):
     row = {"model": model, "label": model, "test_length": length, "recurrent": recurrent}
     if recurrent:

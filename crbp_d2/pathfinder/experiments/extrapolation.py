@@ -659,6 +659,28 @@ def hypotheses(rows: List[Dict[str, object]], train_length: int = 9) -> Dict[str
     return out
 
 
+def protocol_seconds_from_scratch(runs: Sequence[Dict[str, object]]) -> Tuple[float, List[str]]:
+    """Seconds of 1-thread jobs that ``runs`` (run records) take when every one is trained from
+    scratch: a resumed run's training (its record counts only what was left) is counted at the mean
+    training time of the same model's runs that were not resumed. Returns the seconds and the
+    models that have no such run (their resumed runs' training is left out: a lower bound)."""
+    from_scratch: Dict[str, List[float]] = {}
+    for run in runs:
+        if not run.get("resumed"):
+            from_scratch.setdefault(str(run["model"]), []).append(float(run["train_seconds"]))
+    seconds, unmeasured = 0.0, []
+    for run in runs:
+        seconds += float(run["eval_seconds"])
+        measured = from_scratch.get(str(run["model"]))
+        if not run.get("resumed"):
+            seconds += float(run["train_seconds"])
+        elif measured:
+            seconds += sum(measured) / len(measured)
+        elif run["model"] not in unmeasured:
+            unmeasured.append(str(run["model"]))
+    return seconds, unmeasured
+
+
 def markdown_report(
     rows: List[Dict[str, object]], tests: Dict[str, dict], runs: List[dict], settings: Settings
 ) -> str:
@@ -731,6 +753,19 @@ def markdown_report(
             f"Runs whose training was already done when their record was written (a pilot's or "
             f"an interrupted run's checkpoint of the same config; their train_seconds count only "
             f"what was left): {', '.join(resumed)}.\n\n"
+        )
+        seconds, unmeasured = protocol_seconds_from_scratch(runs)
+        text += (
+            f"Estimated for these runs trained from scratch: {seconds / 3600:.1f} h of 1-thread "
+            f"jobs, about {seconds / 7200:.1f} h on 2 cores (each resumed run's training counted "
+            "at the mean of the same model's runs trained from scratch"
+            + (
+                f"; no run of {', '.join(unmeasured)} was trained from scratch, so their "
+                "training is left out and the estimate is a lower bound"
+                if unmeasured
+                else ""
+            )
+            + ").\n\n"
         )
     tracing = []
     for n in lengths:
