@@ -668,16 +668,17 @@ def protocol_seconds_from_scratch(runs: Sequence[Dict[str, object]]) -> Tuple[fl
     for run in runs:
         if not run.get("resumed"):
             from_scratch.setdefault(str(run["model"]), []).append(float(run["train_seconds"]))
-    seconds, unmeasured = 0.0, []
+    seconds = sum(float(run["eval_seconds"]) for run in runs)
+    seconds += sum(sum(times) for times in from_scratch.values())
+    unmeasured: List[str] = []
     for run in runs:
-        seconds += float(run["eval_seconds"])
-        measured = from_scratch.get(str(run["model"]))
+        model = str(run["model"])
         if not run.get("resumed"):
-            seconds += float(run["train_seconds"])
-        elif measured:
-            seconds += sum(measured) / len(measured)
-        elif run["model"] not in unmeasured:
-            unmeasured.append(str(run["model"]))
+            continue
+        if model in from_scratch:
+            seconds += float(np.mean(from_scratch[model]))
+        elif model not in unmeasured:
+            unmeasured.append(model)
     return seconds, unmeasured
 
 
